@@ -1,0 +1,37 @@
+"""The ``cfpo`` command line.
+
+Services and the learner run as their own processes: commands that start one hand over to its module with
+``python -m``, so this package never imports ``services`` or ``trainer``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="CFPO: clipping-free RL post-training pipeline.")
+model_app = typer.Typer(no_args_is_help=True, help="Prepare local model directories (no downloads).")
+app.add_typer(model_app, name="model")
+
+FORWARD_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _hand_over(module: str, args: list[str]) -> None:
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+
+
+@app.command(context_settings=FORWARD_ARGS)
+def demo(ctx: typer.Context) -> None:
+    """Run the demo (now: the learner demo, CFPO vs GRPO on one reused batch). --help lists its options."""
+    _hand_over("trainer.demo", ctx.args)
+
+
+@model_app.command("tiny")
+def model_tiny(out_dir: Path = typer.Argument(..., help="directory to write"), seed: int = 0) -> None:
+    """Write the tiny random test model (Llama, BPE tokenizer trained on the fly) to OUT_DIR."""
+    from cfpo.models import build_tiny_model
+
+    typer.echo(build_tiny_model(out_dir, seed=seed))

@@ -1,0 +1,106 @@
+"""Typed, validated settings shared by the services and the learner (validated once, at the edge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "reinforce"]
+Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a misspelt setting must not silently fall back to its default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LossConfig(StrictModel):
+    name: LossName = "cfpo"
+    eps: float = Field(0.2, gt=0, description="trust-region half-width (PPO's clip epsilon)")
+    eps_high: float | None = Field(None, gt=0, description="upper width; default eps (0.28 for dapo)")
+    agg: Aggregation = "seq-mean-token-mean"
+    beta: float = Field(0.0, ge=0, description="weight of the reference-KL term")
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    norm_length: int | None = Field(None, gt=0, description="Dr.GRPO constant; default the batch's width")
+    ratio_reference: Literal["behaviour", "proximal"] = Field(
+        "behaviour",
+        description="behaviour: ratio against the sampling policy's log-probs; proximal: against the learner's "
+        "own log-probs before the first update on the batch, with a truncated importance weight for staleness",
+    )
+    is_cap: float = Field(2.0, gt=0, description="truncation of the proximal/behaviour importance weight")
+
+    @model_validator(mode="after")
+    def _grpo_is_symmetric(self) -> "LossConfig":
+        if self.name == "grpo" and self.eps_high is not None and self.eps_high != self.eps:
+            raise ValueError("eps_high: grpo clips symmetrically; use loss 'dapo' for a separate upper bound")
+        return self
+
+
+class OptimizerConfig(StrictModel):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0, description="global gradient-norm clip")
+
+
+class LearnerConfig(StrictModel):
+    """How one rollout batch becomes optimizer steps: iterations passes x minibatches steps per pass."""
+
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: int = Field(32, gt=0, description="sequences per rollout batch (prompts x G)")
+    iterations: int = Field(1, ge=1, description="passes over each batch (the paper's mu)")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per pass (the paper's batch ratio)")
+    micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward; default a whole minibatch")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are of logits / T")
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs that have it, else fp32")
+    seed: int = 0
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.minibatches
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.minibatch_size // (self.micro_batch_size or self.minibatch_size)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "LearnerConfig":
+        if self.batch_size % self.minibatches:
+            raise ValueError(
+                f"minibatches: {self.minibatches} does not divide batch_size {self.batch_size}; pick a divisor"
+            )
+        micro = self.micro_batch_size
+        if micro is not None and self.minibatch_size % micro:
+            raise ValueError(
+                f"micro_batch_size: {micro} does not divide the minibatch of {self.minibatch_size} sequences"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A settings file that cannot be used; the message names the file, the field and the problem."""
+
+
+def load_config(model: type[StrictModel], path: str | Path, **overrides: Any) -> StrictModel:
+    """Read a YAML settings file into ``model``, with ``overrides`` on top (a mapping of top-level fields)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read it: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return model.model_validate({**data, **overrides})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None

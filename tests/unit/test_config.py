@@ -1,0 +1,49 @@
+import typing
+
+import pytest
+from pydantic import ValidationError
+
+from cfpo.config import ConfigError, LearnerConfig, LossConfig, LossName, load_config
+from trainer.losses import LOSSES
+
+
+def test_config_names_every_registered_loss():
+    assert set(typing.get_args(LossName)) == set(LOSSES)
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"batch_size": 12, "minibatches": 5}, "minibatches"),
+    ({"batch_size": 12, "minibatches": 2, "micro_batch_size": 4}, "micro_batch_size"),
+    ({"iterations": 0}, "iterations"),
+    ({"zero_stage": 4}, "zero_stage"),
+    ({"lr": 1e-3}, "lr"),  # belongs under optimizer: unknown keys are refused, not ignored
+])
+def test_bad_learner_settings_name_the_field(settings, field):
+    with pytest.raises(ValidationError, match=field):
+        LearnerConfig(**settings)
+
+
+def test_loss_settings_validate():
+    with pytest.raises(ValidationError, match="eps_high"):
+        LossConfig(name="grpo", eps_high=0.28)
+    with pytest.raises(ValidationError, match="name"):
+        LossConfig(name="ppo2")
+
+
+def test_accumulation_follows_the_minibatch():
+    config = LearnerConfig(batch_size=32, minibatches=2, micro_batch_size=4)
+    assert (config.minibatch_size, config.gradient_accumulation_steps) == (16, 4)
+
+
+def test_shipped_learner_config_loads():
+    config = load_config(LearnerConfig, "configs/learner-demo.yaml")
+    assert config.loss.name == "cfpo" and config.iterations == 16
+
+
+def test_config_file_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  name: ppo2\niterations: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(LearnerConfig, bad)
+    message = str(error.value)
+    assert message.startswith(str(bad)) and "loss.name" in message and "iterations" in message

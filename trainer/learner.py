@@ -1,0 +1,180 @@
+"""The learner step: a rollout batch becomes ``iterations x minibatches`` optimizer steps on a DeepSpeed engine.
+
+Each optimizer step increments the policy version. The engine owns the model, the optimizer, gradient
+accumulation and clipping, ZeRO partitioning and checkpoints; this module owns what RL adds on top: log-probs
+at the sampling temperature, the policy loss, and the bookkeeping that makes a resumed run bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from cfpo.batch import Sample
+from cfpo.config import LearnerConfig
+from trainer.distributed import init_distributed, quiet_deepspeed
+from trainer.logprobs import PackedBatch, completion_logprobs, pack
+from trainer.losses import policy_loss
+
+
+CLIENT_STATE_KEY = "cfpo"
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did: its loss metrics (micro-batch means) and the engine's figures."""
+
+    version: int
+    iteration: int
+    minibatch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _use_bf16(precision: str) -> bool:
+    if precision == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def deepspeed_config(config: LearnerConfig) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch_size or config.minibatch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_clipping": config.optimizer.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": _use_bf16(config.precision)},
+        "steps_per_print": 2**31 - 1,
+    }
+
+
+class Learner:
+    """A policy on a DeepSpeed engine, trained one rollout batch at a time."""
+
+    def __init__(self, model_dir: str | Path, config: LearnerConfig):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        quiet_deepspeed()
+        init_distributed()
+        self.config = config
+        self.version = 0
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        optimizer = torch.optim.AdamW(  # torch's AdamW: DeepSpeed's CPU Adam would need a compiled op
+            model.parameters(),
+            lr=config.optimizer.lr,
+            betas=config.optimizer.betas,
+            weight_decay=config.optimizer.weight_decay,
+        )
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(config))
+        self.pad_token_id = model.config.pad_token_id or 0
+        self.reference = self._load_reference(model_dir) if config.loss.beta > 0 else None
+
+    def _load_reference(self, model_dir: str | Path) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.engine.module.dtype)
+        return reference.to(self.engine.device).eval().requires_grad_(False)
+
+    def train_on(
+        self, samples: list[Sample], on_step: Callable[[StepResult], None] | None = None
+    ) -> list[StepResult]:
+        """Run ``iterations`` passes of ``minibatches`` optimizer steps over one batch; ``on_step`` sees each."""
+        config = self.config
+        if len(samples) != config.batch_size:
+            raise ValueError(f"samples: got {len(samples)} sequences, the learner is configured for {config.batch_size}")
+        batch = pack(samples, self.pad_token_id).to(self.engine.device)
+        proximal = self._proximal_logprobs(batch)
+        reference = self._frozen_logprobs(self.reference, batch) if self.reference is not None else None
+        results = []
+        for iteration in range(config.iterations):
+            order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(config.seed + self.version))
+            for minibatch, indices in enumerate(order.split(config.minibatch_size)):
+                started = time.perf_counter()
+                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, reference)
+                self.version += 1
+                metrics["step_seconds"] = time.perf_counter() - started
+                results.append(StepResult(self.version, iteration, minibatch, metrics))
+                if on_step is not None:
+                    on_step(results[-1])
+        return results
+
+    def _proximal_logprobs(self, batch: PackedBatch) -> torch.Tensor | None:
+        """The learner's own log-probs before the first update on this batch (decoupled ratio), if configured."""
+        if self.config.loss.ratio_reference != "proximal":
+            return None
+        return self._frozen_logprobs(self.engine.module, batch)
+
+    def _frozen_logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([
+                completion_logprobs(model, batch.select(chunk), self.config.temperature)[0]
+                for chunk in self._micro_chunks(torch.arange(len(batch), device=batch.input_ids.device))
+            ])
+
+    def _micro_chunks(self, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return indices.split(self.config.micro_batch_size or self.config.minibatch_size)
+
+    def _optimizer_step(
+        self,
+        batch: PackedBatch,
+        indices: torch.Tensor,
+        proximal: torch.Tensor | None,
+        reference: torch.Tensor | None,
+    ) -> dict[str, float]:
+        loss_config = self.config.loss
+        sums: dict[str, float] = {}
+        chunks = self._micro_chunks(indices)
+        for chunk in chunks:
+            micro = batch.select(chunk)
+            logprobs, entropy = completion_logprobs(self.engine, micro, self.config.temperature)
+            behaviour = micro.behaviour_logprobs
+            loss, metrics = policy_loss(
+                loss_config.name,
+                logprobs,
+                proximal[chunk] if proximal is not None else behaviour,
+                micro.advantages,
+                micro.completion_mask,
+                eps=loss_config.eps,
+                eps_high=loss_config.eps_high,
+                agg=loss_config.agg,
+                ref_logprobs=reference[chunk] if reference is not None else None,
+                beta=loss_config.beta,
+                kl_estimator=loss_config.kl_estimator,
+                behaviour_logprobs=behaviour if proximal is not None else None,
+                is_cap=loss_config.is_cap,
+                entropy=entropy.detach(),
+                norm_length=loss_config.norm_length,
+            )
+            self.engine.backward(loss)
+            self.engine.step()  # steps the optimizer only at the accumulation boundary
+            metrics["loss"] = float(loss.detach())
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+        merged = {key: value / len(chunks) for key, value in sums.items()}
+        grad_norm = self.engine.get_global_grad_norm()
+        merged["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        merged["lr"] = float(self.engine.get_lr()[0])
+        merged["tokens"] = float(batch.completion_mask[indices].sum())
+        return merged
+
+    def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:
+        """Save engine, optimizer and version under a tag named by the version; returns the tag."""
+        tag = f"version-{self.version}"
+        state = {"version": self.version, **(client_state or {})}
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state={CLIENT_STATE_KEY: state})
+        return tag
+
+    def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict[str, Any]:
+        """Restore a checkpoint (the latest when no tag is given); returns the state given to save_checkpoint."""
+        path, checkpoint = self.engine.load_checkpoint(str(directory), tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"checkpoint: none found in {directory} (tag {tag or 'latest'})")
+        # DeepSpeed hands back the whole checkpoint as "client state"; ours is the one entry we wrote.
+        state = checkpoint[CLIENT_STATE_KEY]
+        self.version = int(state["version"])
+        return state
