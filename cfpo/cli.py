@@ -29,6 +29,18 @@ def demo(ctx: typer.Context) -> None:
     _hand_over("trainer.demo", ctx.args)
 
 
+SERVICES = ("generation", "reward")
+
+
+@app.command(context_settings=FORWARD_ARGS)
+def serve(ctx: typer.Context, service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}")) -> None:
+    """Start one service in the foreground (`cfpo serve SERVICE --help` lists its options)."""
+    if service not in SERVICES:
+        typer.echo(f"error: service: unknown {service!r}; choose one of {', '.join(SERVICES)}", err=True)
+        raise typer.Exit(2)
+    _hand_over(f"services.{service}", ctx.args)
+
+
 @model_app.command("tiny")
 def model_tiny(out_dir: Path = typer.Argument(..., help="directory to write"), seed: int = 0) -> None:
     """Write the tiny random test model (Llama, BPE tokenizer trained on the fly) to OUT_DIR."""
