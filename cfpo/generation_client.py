@@ -1,0 +1,163 @@
+"""Client of the generation service (vLLM started by ``cfpo serve generation``), for rollout and learner.
+
+Sampling goes through vLLM's token-in/token-out route, so the prompt ids the learner trains on are exactly
+the ids the model saw, and every completion comes back with its token ids, their log-probs under the
+distribution sampled (temperature applied, no top-k or top-p) and the weight versions that produced it.
+
+Weight updates: pause (in-flight requests finish on the old weights) -> load the file in every worker ->
+label the new version -> reset the prefix cache -> resume. A failed load leaves the old weights and version.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+# vLLM labels output "default" until a version is set: that is the checkpoint the server started on.
+INITIAL_VERSION_LABEL = "default"
+
+
+class GenerationError(RuntimeError):
+    """The generation service refused or failed a request; the message says which and why."""
+
+
+class WeightUpdateError(GenerationError):
+    """A weight update failed; the server still serves the weights and version it had."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    min_version: int  # oldest policy version that produced any of its tokens
+    max_version: int  # newest
+
+
+@dataclass(frozen=True)
+class WeightUpdate:
+    version: int
+    seconds: float
+    bytes: int
+
+
+def parse_version(label: str) -> int:
+    if label == INITIAL_VERSION_LABEL:
+        return 0
+    try:
+        return int(label)
+    except ValueError:
+        raise GenerationError(f"weight version {label!r} is not a policy version number") from None
+
+
+class GenerationClient:
+    def __init__(self, base_url: str, *, timeout: float = 300.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def wait_until_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self._http.get("/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise GenerationError(f"generation service at {self.base_url} not ready after {timeout:.0f} s")
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 64,
+        seed: int | None = None,
+        stop_token_ids: list[int] | None = None,
+        timeout: float | None = None,
+    ) -> list[Completion]:
+        """``n`` completions of one prompt, sampled from softmax(logits / temperature) over the whole vocabulary."""
+        sampling = {
+            "n": n, "temperature": temperature, "max_tokens": max_tokens, "logprobs": 0,
+            "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+            "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": seed,
+            "stop_token_ids": stop_token_ids or [],
+        }
+        body = {"token_ids": prompt_ids, "sampling_params": sampling}
+        reply = self._post("/inference/v1/generate", json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        return [self._completion(choice) for choice in sorted(reply["choices"], key=lambda c: c["index"])]
+
+    @staticmethod
+    def _completion(choice: dict) -> Completion:
+        spans = choice.get("weight_versions") or []
+        versions = [parse_version(span["version"]) for span in spans] or [0]
+        return Completion(
+            token_ids=choice["token_ids"],
+            logprobs=[token["logprob"] for token in choice["logprobs"]["content"]],
+            finish_reason=choice.get("finish_reason") or "stop",
+            min_version=min(versions),
+            max_version=max(versions),
+        )
+
+    def version(self) -> int:
+        return parse_version(self._get("/weight_info")["weight_version"])
+
+    def update_weights(self, path: str | Path, version: int, *, timeout: float = 120.0) -> WeightUpdate:
+        """Load a safetensors file (every tensor of the model) as policy ``version``; blocks until served."""
+        started = time.perf_counter()
+        self._post("/pause", params={"mode": "wait"}, timeout=timeout)
+        try:
+            reply = self._post(
+                "/collective_rpc",
+                json={"method": "cfpo_update_weights", "args": [str(Path(path).resolve())], "timeout": timeout},
+                timeout=timeout + 5,
+                failure=WeightUpdateError,
+                # vLLM drops the connection after a failed call; a pooled connection would fail the resume.
+                headers={"Connection": "close"},
+            )
+            self._post("/update_weight_version", json={"new_version": str(version)})
+            self._post("/reset_prefix_cache")  # cached prefixes hold the old weights' keys and values
+        finally:
+            self._post("/resume")
+        loaded = reply["results"][0]
+        return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=int(loaded["bytes"]))
+
+    def _get(self, path: str) -> dict:
+        return self._checked(self._request("GET", path), path, GenerationError)
+
+    def _post(self, path: str, *, failure: type[GenerationError] = GenerationError, **kwargs) -> dict:
+        return self._checked(self._request("POST", path, **kwargs), path, failure)
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise GenerationError(f"{method} {self.base_url}{path}: timed out") from None
+        except httpx.TransportError as error:
+            raise GenerationError(f"{method} {self.base_url}{path}: {error}") from None
+
+    @staticmethod
+    def _checked(response: httpx.Response, path: str, failure: type[GenerationError]) -> dict:
+        if response.status_code >= 400:
+            raise failure(f"{path}: HTTP {response.status_code}: {_error_text(response)}")
+        return response.json() if response.content else {}
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        error = body.get("error") or body.get("detail") or body
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        return str(error)[:2000]
+    return str(body)[:500]

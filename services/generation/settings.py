@@ -1,0 +1,32 @@
+"""Settings of the generation service, validated before vLLM is started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from cfpo.config import StrictModel
+
+
+class GenerationSettings(StrictModel):
+    model: Path = Field(description="local Hugging Face model directory (config.json + safetensors)")
+    host: str = Field("127.0.0.1", description="bind address; never a public one: the dev routes run code")
+    port: int = Field(8000, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: str = Field("auto", description="auto: float32 on CPU (exact log-probs), the model's dtype on GPU")
+    kv_cache_gib: int = Field(1, ge=1, description="CPU only: KV-cache size in GiB")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="default 0.3 on CPU, 0.85 on GPU")
+    max_model_len: int | None = Field(None, ge=16, description="default: what the model config allows")
+    served_model_name: str | None = Field(None, description="name in the API; default the model directory")
+    extra_args: list[str] = Field(default_factory=list, description="passed to vLLM's server unchanged")
+
+    @field_validator("model")
+    @classmethod
+    def _is_model_directory(cls, model: Path) -> Path:
+        if not (model / "config.json").is_file():
+            raise ValueError(f"{model} is not a Hugging Face model directory (no config.json)")
+        if not any(model.glob("*.safetensors")):
+            raise ValueError(f"{model} has no safetensors weights (in-place updates check against them)")
+        return model.resolve()

@@ -1,0 +1,154 @@
+"""The generation service on a real vLLM CPU server: exact log-probs, versions, in-place weight updates.
+
+The model is the tiny test model with tied embeddings, the case where an in-place reload is easiest to get
+silently wrong on CPU. Its reference is transformers in float32 with the same weights.
+"""
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from cfpo.batch import Sample
+from cfpo.generation_client import GenerationClient, WeightUpdateError
+from cfpo.models import build_tiny_model
+from tests.servers import free_port, python_module, running
+from trainer.logprobs import completion_logprobs, pack
+from trainer.weight_export import export_weights
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Question: what is 3 + 4? Answer:", "Question: what is 12 * 9?", "The answer is"]
+LOGPROB_TOLERANCE = 1e-4
+
+
+@dataclass
+class Served:
+    """The running server and a transformers copy of whatever weights it serves now."""
+
+    client: GenerationClient
+    url: str
+    model: torch.nn.Module
+    version: int
+    prompt_ids: list[list[int]]
+    eos_token_id: int
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("tied-model"), seed=1, tie_word_embeddings=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("logs") / "generation.log"
+    argv = python_module("services.generation", "--model", str(model_dir), "--port", str(port))
+    with running(argv, f"{url}/health", log=log):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        client = GenerationClient(url)
+        yield Served(client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id)
+        client.close()
+
+
+def _hf_greedy(model, prompt_ids, max_tokens, eos_token_id):
+    with torch.no_grad():
+        output = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                                do_sample=False, max_new_tokens=max_tokens, pad_token_id=eos_token_id)
+    tokens = output[0, len(prompt_ids):].tolist()
+    return tokens[: tokens.index(eos_token_id) + 1] if eos_token_id in tokens else tokens
+
+
+def _max_logprob_error(served, temperature, seed):
+    """Sample from the server and compare its log-probs with the learner's computation on the same tokens."""
+    samples = []
+    for prompt_ids in served.prompt_ids:
+        for c in served.client.generate(prompt_ids, n=4, temperature=temperature, max_tokens=12, seed=seed):
+            samples.append(Sample(prompt_ids=prompt_ids, completion_ids=c.token_ids,
+                                  behaviour_logprobs=c.logprobs, advantage=0.0))
+    batch = pack(samples)
+    with torch.no_grad():
+        learner_logprobs, _ = completion_logprobs(served.model, batch, temperature)
+    return float((learner_logprobs - batch.behaviour_logprobs)[batch.completion_mask].abs().max())
+
+
+def _greedy_matches_transformers(served):
+    for prompt_ids in served.prompt_ids:
+        [completion] = served.client.generate(prompt_ids, temperature=0.0, max_tokens=12)
+        assert completion.token_ids == _hf_greedy(served.model, prompt_ids, 12, served.eos_token_id)
+
+
+def test_metrics_are_vllms(served):
+    text = httpx.get(f"{served.url}/metrics").text
+    assert "vllm:num_requests_running" in text
+
+
+def test_greedy_tokens_equal_transformers(served):
+    _greedy_matches_transformers(served)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_the_learners(served, temperature):
+    assert _max_logprob_error(served, temperature, seed=5) < LOGPROB_TOLERANCE
+
+
+def test_completions_carry_their_version(served):
+    completions = served.client.generate(served.prompt_ids[0], n=3, max_tokens=4, seed=1)
+    assert len(completions) == 3
+    assert all((c.min_version, c.max_version) == (served.version, served.version) for c in completions)
+    assert all(len(c.token_ids) == len(c.logprobs) > 0 for c in completions)
+
+
+def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
+    before = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for parameter in served.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    new_version = served.version + 5
+    path = export_weights(served.model, tmp_path, new_version)
+
+    update = served.client.update_weights(path, new_version, timeout=60)
+    served.version = new_version
+
+    assert update.version == new_version and update.seconds > 0 and update.bytes == path.stat().st_size - _header_size(path)
+    assert served.client.version() == new_version
+    after = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
+    assert after != before
+    _greedy_matches_transformers(served)
+    assert _max_logprob_error(served, 0.7, seed=9) < LOGPROB_TOLERANCE
+    [completion] = served.client.generate(served.prompt_ids[0], max_tokens=4)
+    assert (completion.min_version, completion.max_version) == (new_version, new_version)
+
+
+def _header_size(path):
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def _bad_weight_files(model, directory):
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    corrupt = directory / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\x00" * 64)
+    wrong_shape = dict(state)
+    wrong_shape["model.norm.weight"] = torch.ones(3)
+    missing = {k: v for k, v in state.items() if k != "model.layers.0.mlp.up_proj.weight"}
+    files = {"missing file": (directory / "absent.safetensors", "no file"), "corrupt": (corrupt, "not a readable")}
+    for name, tensors, reason in (("wrong shape", wrong_shape, "wrong shapes"), ("missing tensor", missing, "missing tensors")):
+        path = directory / f"{name.replace(' ', '-')}.safetensors"
+        save_file(tensors, str(path))
+        files[name] = (path, reason)
+    return files
+
+
+def test_failed_updates_keep_the_previous_weights(served, tmp_path):
+    version = served.client.version()
+    before = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
+    for name, (path, reason) in _bad_weight_files(served.model, tmp_path).items():
+        with pytest.raises(WeightUpdateError, match=reason):
+            served.client.update_weights(path, version + 1, timeout=30)
+        assert served.client.version() == version, name
+        after = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
+        assert after == before, name
