@@ -10,7 +10,9 @@ label the new version -> reset the prefix cache -> resume. A failed load leaves 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +114,7 @@ class GenerationClient:
     def update_weights(self, path: str | Path, version: int, *, timeout: float = 120.0) -> WeightUpdate:
         """Load a safetensors file (every tensor of the model) as policy ``version``; blocks until served."""
         started = time.perf_counter()
-        self._post("/pause", params={"mode": "wait"}, timeout=timeout)
-        try:
+        with self.paused(timeout=timeout):
             reply = self._post(
                 "/collective_rpc",
                 json={"method": "cfpo_update_weights", "args": [str(Path(path).resolve())], "timeout": timeout},
@@ -122,12 +123,23 @@ class GenerationClient:
                 # vLLM drops the connection after a failed call; a pooled connection would fail the resume.
                 headers={"Connection": "close"},
             )
-            self._post("/update_weight_version", json={"new_version": str(version)})
-            self._post("/reset_prefix_cache")  # cached prefixes hold the old weights' keys and values
-        finally:
-            self._post("/resume")
+            self.label_version(version)
         loaded = reply["results"][0]
         return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=int(loaded["bytes"]))
+
+    @contextlib.contextmanager
+    def paused(self, *, timeout: float = 120.0) -> Iterator[None]:
+        """Hold generation while weights change: requests in flight finish on the old weights, new ones wait."""
+        self._post("/pause", params={"mode": "wait"}, timeout=timeout)
+        try:
+            yield
+        finally:
+            self._post("/resume")
+
+    def label_version(self, version: int) -> None:
+        """Name the weights now loaded (call while paused) and drop prefix-cache entries of the old ones."""
+        self._post("/update_weight_version", json={"new_version": str(version)})
+        self._post("/reset_prefix_cache")
 
     def _get(self, path: str) -> dict:
         return self._checked(self._request("GET", path), path, GenerationError)

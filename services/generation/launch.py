@@ -47,6 +47,8 @@ def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, s
         *(["--served-model-name", settings.served_model_name] if settings.served_model_name else []),
         *settings.extra_args,
     ]
+    if device == "cuda":  # the learner can then broadcast weights over NCCL (trainer/weight_sync/nccl.py)
+        argv += ["--weight-transfer-config", '{"backend": "nccl"}']
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)

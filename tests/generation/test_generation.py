@@ -17,7 +17,7 @@ from cfpo.generation_client import GenerationClient, WeightUpdateError
 from cfpo.models import build_tiny_model
 from tests.servers import free_port, python_module, running
 from trainer.logprobs import completion_logprobs, pack
-from trainer.weight_export import export_weights
+from trainer.weight_sync.file import push_weights
 
 pytestmark = pytest.mark.slow
 
@@ -109,12 +109,14 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
         for parameter in served.model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     new_version = served.version + 5
-    path = export_weights(served.model, tmp_path, new_version)
 
-    update = served.client.update_weights(path, new_version, timeout=60)
+    update = push_weights(served.client, served.model, tmp_path, new_version, timeout=60)
     served.version = new_version
 
-    assert update.version == new_version and update.seconds > 0 and update.bytes == path.stat().st_size - _header_size(path)
+    tensors = {k: v for k, v in served.model.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
+    assert update.version == new_version and update.seconds > 0
+    assert update.bytes == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert not list(tmp_path.iterdir())  # the exported file is removed once served
     assert served.client.version() == new_version
     after = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
     assert after != before
@@ -122,10 +124,6 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
     assert _max_logprob_error(served, 0.7, seed=9) < LOGPROB_TOLERANCE
     [completion] = served.client.generate(served.prompt_ids[0], max_tokens=4)
     assert (completion.min_version, completion.max_version) == (new_version, new_version)
-
-
-def _header_size(path):
-    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
 
 
 def _bad_weight_files(model, directory):

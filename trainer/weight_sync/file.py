@@ -1,4 +1,4 @@
-"""Writing the learner's weights where the generation service can load them."""
+"""File transport: the learner writes safetensors, the generation workers load them in place."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from cfpo.generation_client import GenerationClient, WeightUpdate
 
 
 def export_weights(model: torch.nn.Module, directory: str | Path, version: int) -> Path:
@@ -25,3 +27,13 @@ def export_weights(model: torch.nn.Module, directory: str | Path, version: int) 
     save_file(state, str(partial), metadata={"format": "pt", "policy_version": str(version)})
     os.replace(partial, path)
     return path
+
+
+def push_weights(client: GenerationClient, model: torch.nn.Module, directory: str | Path, version: int,
+                 *, timeout: float = 120.0) -> WeightUpdate:
+    """Export ``model`` as ``version`` and have the generation service serve it; the file is removed after."""
+    path = export_weights(model, directory, version)
+    try:
+        return client.update_weights(path, version, timeout=timeout)
+    finally:
+        path.unlink(missing_ok=True)
