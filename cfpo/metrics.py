@@ -1,0 +1,126 @@
+"""Every Prometheus metric of the pipeline, defined once: name, type, help text, labels.
+
+Dashboards, alert rules and tests read these definitions instead of repeating the strings. A service records
+through a recorder: ``PrometheusRecorder`` for one process (its own ``/metrics``), or ``RayRecorder`` for
+replicas under Ray Serve, where a per-process prometheus-client counter would only count the replica that
+happens to answer a scrape. To add a service's metrics, add ``Metric`` constants and a tuple of them below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # counters get Prometheus' "_total" suffix on export, and Ray's metrics a "ray_" prefix
+    kind: Literal["counter", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+
+
+# Reward service (services/reward)
+REWARD_REQUESTS = Metric("cfpo_reward_requests", "counter", "Score requests answered, by HTTP status.", ("status",))
+REWARD_REQUEST_SECONDS = Metric("cfpo_reward_request_seconds", "histogram", "Time to answer a score request.")
+REWARD_ITEMS = Metric("cfpo_reward_items", "counter", "Items scored.")
+REWARD_FUNCTION_CALLS = Metric(
+    "cfpo_reward_function_calls",
+    "counter",
+    "Reward function calls by outcome: ok, error (raised or its worker died) or timeout (worker killed).",
+    ("function", "outcome"),
+)
+REWARD_METRICS = (REWARD_REQUESTS, REWARD_REQUEST_SECONDS, REWARD_ITEMS, REWARD_FUNCTION_CALLS)
+
+
+class Recorder(Protocol):
+    content_type: str
+
+    def inc(self, metric: Metric, amount: float = 1.0, **labels: str) -> None: ...
+
+    def observe(self, metric: Metric, value: float, **labels: str) -> None: ...
+
+    async def exposition(self) -> bytes: ...
+
+
+class PrometheusRecorder:
+    """One process's metrics in its own registry, exposed as Prometheus text by that process."""
+
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+    def __init__(self, metrics: tuple[Metric, ...]):
+        import prometheus_client as prom
+
+        self._registry = prom.CollectorRegistry()
+        self._metrics = {}
+        for m in metrics:
+            if m.kind == "counter":
+                made = prom.Counter(m.name, m.help, m.labels, registry=self._registry)
+            else:
+                made = prom.Histogram(m.name, m.help, m.labels, buckets=m.buckets, registry=self._registry)
+            self._metrics[m.name] = made
+
+    def _child(self, metric: Metric, labels: dict[str, str]):
+        made = self._metrics[metric.name]
+        return made.labels(**labels) if labels else made
+
+    def inc(self, metric: Metric, amount: float = 1.0, **labels: str) -> None:
+        self._child(metric, labels).inc(amount)
+
+    def observe(self, metric: Metric, value: float, **labels: str) -> None:
+        self._child(metric, labels).observe(value)
+
+    async def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self._registry)
+
+
+class RayRecorder:
+    """Replica metrics through Ray's metrics agent, which exports every replica's series of a node together.
+
+    ``exposition`` returns this node's agent's export of these metrics (names prefixed ``ray_``, one series per
+    replica process, told apart by the ``WorkerId`` label): complete for a one-node Ray; on a multi-node
+    cluster scrape every node's agent instead. The agent publishes what replicas report every
+    ``metrics_report_interval_ms`` (Ray's default: 10 s), so recent requests show up after that delay.
+    """
+
+    content_type = PrometheusRecorder.content_type
+
+    def __init__(self, metrics: tuple[Metric, ...]):
+        import ray
+        from ray.util import metrics as ray_metrics
+
+        self._metrics = {}
+        for m in metrics:
+            if m.kind == "counter":
+                made = ray_metrics.Counter(m.name, m.help, m.labels)
+            else:
+                made = ray_metrics.Histogram(m.name, m.help, list(m.buckets), m.labels)
+            self._metrics[m.name] = made
+        node_id = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+        self._agent_url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        self._prefixes = tuple(f"ray_{m.name}" for m in metrics)
+
+    def inc(self, metric: Metric, amount: float = 1.0, **labels: str) -> None:
+        self._metrics[metric.name].inc(amount, tags=labels or None)
+
+    def observe(self, metric: Metric, value: float, **labels: str) -> None:
+        self._metrics[metric.name].observe(value, tags=labels or None)
+
+    async def exposition(self) -> bytes:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(self._agent_url)
+        response.raise_for_status()
+        return "".join(line for line in response.text.splitlines(keepends=True) if self._ours(line)).encode()
+
+    def _ours(self, line: str) -> bool:
+        words = line.split(" ", 3)
+        name = words[2] if line.startswith("#") and len(words) > 2 else line  # "# HELP name ..." or a sample
+        return name.startswith(self._prefixes)
