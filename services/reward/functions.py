@@ -108,3 +108,12 @@ def length_penalty(item: ScoreInput) -> tuple[float, dict[str, Any]]:
         raise ValueError(f"metadata.length_budget: must be a positive whole number of characters, not {budget!r}")
     over = max(0, len(item.completion) - budget)
     return -min(1.0, over / budget), {"chars": len(item.completion)}
+
+
+@reward("digit_share")
+def digit_share(item: ScoreInput) -> tuple[float, dict[str, Any]]:
+    """The share of the completion's non-blank characters that are digits (0 for a blank completion): a dense
+    toy reward that even a random model improves on within a few steps, for smoke tests and tiny demos."""
+    visible = [c for c in item.completion if not c.isspace()]
+    digits = sum(c.isdigit() for c in visible)
+    return (digits / len(visible) if visible else 0.0), {"digits": digits, "chars": len(visible)}

@@ -17,6 +17,7 @@ DEFAULT_TASKS: dict[str, Weights] = {
     "math": {"math_equivalence": 1.0},
     "arithmetic": {"math_equivalence": 1.0},
     "exact_match": {"exact_match": 1.0},
+    "digits": {"digit_share": 1.0},
 }
 
 

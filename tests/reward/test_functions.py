@@ -77,3 +77,11 @@ def test_extraction_stays_linear_on_hostile_input():
 
 def test_registry_names_the_built_ins():
     assert {"math_equivalence", "exact_match", "format", "length_penalty"} <= set(REGISTRY)
+
+
+def test_digit_share_counts_visible_digits():
+    from services.reward.functions import digit_share
+
+    assert digit_share(ScoreInput("p", " 12 ab\n", "x"))[0] == pytest.approx(0.5)
+    assert digit_share(ScoreInput("p", "   ", "x"))[0] == 0.0
+    assert digit_share(ScoreInput("p", "7", "x"))[0] == 1.0

@@ -111,5 +111,5 @@ def test_health_and_openapi_docs(client):
     schema = client.get("/openapi.json").json()
     assert "/v1/score" in schema["paths"]
     item_schema = schema["components"]["schemas"]["ScoreItem"]["properties"]
-    assert item_schema["task"]["enum"] == ["math", "arithmetic", "exact_match"]
+    assert item_schema["task"]["enum"] == ["math", "arithmetic", "exact_match", "digits"]
     assert client.get("/docs").status_code == 200
