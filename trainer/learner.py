@@ -22,6 +22,33 @@ from trainer.losses import policy_loss
 
 
 CLIENT_STATE_KEY = "cfpo"
+STALENESS_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
+BUCKET_METRICS = ("clip_frac", "kl_k3", "tv")
+
+
+def _staleness_buckets(staleness: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows of each non-empty staleness bucket (versions between generation and this step)."""
+    buckets = {}
+    for low, high, name in STALENESS_BUCKETS:
+        rows = (staleness >= low) & (staleness <= high if high is not None else True)
+        if rows.any():
+            buckets[name] = rows
+    return buckets
+
+
+def merge_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Micro-batch metrics as one step's: extremes of the extremes, token-weighted means of the rest."""
+    merged: dict[str, float] = {}
+    total = sum(tokens for _, tokens in parts) or 1.0
+    for key in parts[0][0]:
+        values = [metrics[key] for metrics, tokens in parts if tokens > 0] or [parts[0][0][key]]
+        if key.endswith("_min"):
+            merged[key] = min(values)
+        elif key.endswith("_max"):
+            merged[key] = max(values)
+        else:
+            merged[key] = sum(metrics[key] * tokens for metrics, tokens in parts) / total
+    return merged
 
 
 @dataclass
@@ -90,12 +117,15 @@ class Learner:
         batch = pack(samples, self.pad_token_id).to(self.engine.device)
         proximal = self._proximal_logprobs(batch)
         reference = self._frozen_logprobs(self.reference, batch) if self.reference is not None else None
+        staleness = self.version - batch.min_versions  # fixed at consumption: the controlled variable
         results = []
         for iteration in range(config.iterations):
             order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(config.seed + self.version))
             for minibatch, indices in enumerate(order.split(config.minibatch_size)):
                 started = time.perf_counter()
-                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, reference)
+                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, reference, staleness)
+                metrics["staleness_mean"] = float(staleness.float().mean())
+                metrics["staleness_max"] = float(staleness.max())
                 self.version += 1
                 metrics["step_seconds"] = time.perf_counter() - started
                 results.append(StepResult(self.version, iteration, minibatch, metrics))
@@ -125,42 +155,55 @@ class Learner:
         indices: torch.Tensor,
         proximal: torch.Tensor | None,
         reference: torch.Tensor | None,
+        staleness: torch.Tensor,
     ) -> dict[str, float]:
-        loss_config = self.config.loss
-        sums: dict[str, float] = {}
-        chunks = self._micro_chunks(indices)
-        for chunk in chunks:
+        parts: list[tuple[dict[str, float], float]] = []
+        bucket_parts: dict[str, list[tuple[dict[str, float], float]]] = {}
+        for chunk in self._micro_chunks(indices):
             micro = batch.select(chunk)
             logprobs, entropy = completion_logprobs(self.engine, micro, self.config.temperature)
-            behaviour = micro.behaviour_logprobs
-            loss, metrics = policy_loss(
-                loss_config.name,
-                logprobs,
-                proximal[chunk] if proximal is not None else behaviour,
-                micro.advantages,
-                micro.completion_mask,
-                eps=loss_config.eps,
-                eps_high=loss_config.eps_high,
-                agg=loss_config.agg,
-                ref_logprobs=reference[chunk] if reference is not None else None,
-                beta=loss_config.beta,
-                kl_estimator=loss_config.kl_estimator,
-                behaviour_logprobs=behaviour if proximal is not None else None,
-                is_cap=loss_config.is_cap,
-                entropy=entropy.detach(),
-                norm_length=loss_config.norm_length,
-            )
+            proximal_chunk = proximal[chunk] if proximal is not None else None
+            loss, metrics = self._loss(logprobs, micro, proximal_chunk, reference[chunk] if reference is not None else None,
+                                       entropy.detach(), micro.completion_mask)
             self.engine.backward(loss)
             self.engine.step()  # steps the optimizer only at the accumulation boundary
             metrics["loss"] = float(loss.detach())
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value
-        merged = {key: value / len(chunks) for key, value in sums.items()}
+            parts.append((metrics, float(micro.completion_mask.sum())))
+            with torch.no_grad():
+                for bucket, rows in _staleness_buckets(staleness[chunk]).items():
+                    mask = micro.completion_mask & rows[:, None]
+                    _, bucket_metrics = self._loss(logprobs.detach(), micro, proximal_chunk, None, None, mask)
+                    bucket_parts.setdefault(bucket, []).append((bucket_metrics, float(mask.sum())))
+        merged = merge_metrics(parts)
+        for bucket, bucket_metrics in bucket_parts.items():
+            merged.update({f"{key}/staleness_{bucket}": value for key, value in merge_metrics(bucket_metrics).items()
+                           if key in BUCKET_METRICS})
         grad_norm = self.engine.get_global_grad_norm()
         merged["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         merged["lr"] = float(self.engine.get_lr()[0])
         merged["tokens"] = float(batch.completion_mask[indices].sum())
         return merged
+
+    def _loss(self, logprobs, micro: PackedBatch, proximal, reference, entropy, mask):
+        """The configured loss; against the proximal log-probs (with the behaviour's as IS weight) when given."""
+        loss_config = self.config.loss
+        return policy_loss(
+            loss_config.name,
+            logprobs,
+            proximal if proximal is not None else micro.behaviour_logprobs,
+            micro.advantages,
+            mask,
+            eps=loss_config.eps,
+            eps_high=loss_config.eps_high,
+            agg=loss_config.agg,
+            ref_logprobs=reference,
+            beta=loss_config.beta if reference is not None else 0.0,
+            kl_estimator=loss_config.kl_estimator,
+            behaviour_logprobs=micro.behaviour_logprobs if proximal is not None else None,
+            is_cap=loss_config.is_cap,
+            entropy=entropy,
+            norm_length=loss_config.norm_length,
+        )
 
     def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:
         """Save engine, optimizer and version under a tag named by the version; returns the tag."""

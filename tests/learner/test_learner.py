@@ -104,3 +104,17 @@ def test_reference_kl_term_starts_at_zero(tiny_model_dir, batch):
 def test_wrong_batch_size_is_refused(tiny_model_dir, batch):
     with pytest.raises(ValueError, match="^samples:"):
         Learner(tiny_model_dir, _config()).train_on(batch[:8])
+
+
+def test_metrics_merge_over_micro_batches_and_split_by_staleness(tiny_model_dir, batch):
+    # Half the samples claim to come from an older policy: their staleness at consumption is 3.
+    versions = [0] * 8 + [3] * 8
+    stamped = [s.model_copy(update={"min_version": v, "max_version": v}) for s, v in zip(batch, versions)]
+    learner = Learner(tiny_model_dir, _config(micro_batch_size=4))
+    learner.version = 3
+    result = learner.train_on(stamped)[0]
+    assert result.metrics["staleness_max"] == 3 and result.metrics["staleness_mean"] == 1.5
+    assert {"clip_frac/staleness_0", "kl_k3/staleness_0", "tv/staleness_3-4"} <= result.metrics.keys()
+    assert not any(key.endswith("staleness_1") for key in result.metrics)
+    # Extremes are extremes over micro-batches, not their means: on-policy here, so every ratio is 1.
+    assert result.metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4) == result.metrics["ratio_max"]
