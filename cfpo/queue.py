@@ -1,0 +1,292 @@
+"""The rollout queue of one run: rollout workers append groups to a Redis stream, the learner reads them.
+
+Why it is built this way (DESIGN.md, "Queue = Redis Streams with a consumer group"):
+
+- The learner reads through the consumer group ``learner``: an entry stays pending until the learner acknowledges
+  it *after applying it*, so a learner that dies mid-batch loses nothing; the next one takes its pending entries
+  over with ``reclaim`` (XAUTOCLAIM).
+- Acknowledged entries are deleted, so the stream's length is exactly the queue depth (unread + pending), and
+  bounding it is one atomic check-and-append (a Lua script). Unread entries are never trimmed: a full queue makes
+  producers wait (backpressure) and raise ``QueueFull`` after a timeout.
+- A malformed entry is moved to the dead-letter stream with its reason, counted, and acknowledged, so one bad
+  producer cannot stall the learner or be redelivered forever.
+- For staleness admission control (``cfpo.staleness``) rollout workers take slots from one counter
+  (``reserve_slot``), and the learner publishes its policy version for them (``current_version``,
+  ``wait_for_version``).
+
+Every key is under ``run:<id>:``. Any Redis >= 6.2 (XAUTOCLAIM) works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import redis
+from pydantic import Field
+
+from cfpo.codec import MalformedEntry, RolloutGroup, decode_group, encode_group
+from cfpo.config import StrictModel
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "learner"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+T = TypeVar("T")
+
+# Append only while the stream holds fewer than ARGV[1] entries; nil when full. Atomic, so concurrent producers
+# can never overshoot the bound together.
+_APPEND_IF_ROOM = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+
+class QueueSettings(StrictModel):
+    redis_url: str = Field(
+        default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        description="default: the REDIS_URL environment variable, else a local Redis",
+    )
+    max_depth: int = Field(64, ge=1, description="groups unread + pending beyond which append waits")
+    append_timeout_s: float = Field(300.0, gt=0, description="how long append waits for room before QueueFull")
+    poll_interval_s: float = Field(0.05, gt=0, description="how often a waiting producer or version wait re-checks")
+    dead_letter_max_len: int = Field(
+        10_000, ge=1, description="dead letters kept (older ones are trimmed; the dead-letter count is never reset)"
+    )
+
+
+class QueueFull(TimeoutError):
+    """The learner freed no room in the queue within the append timeout."""
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """The Redis keys of one run."""
+
+    run_id: str
+
+    def __post_init__(self) -> None:
+        if not _RUN_ID.fullmatch(self.run_id):
+            raise ValueError(f"run id {self.run_id!r}: use letters, digits, '.', '_' and '-' (no ':' or spaces)")
+
+    @property
+    def rollouts(self) -> str:
+        return f"run:{self.run_id}:rollouts"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"run:{self.run_id}:dead-letter"
+
+    @property
+    def dead_letter_count(self) -> str:
+        return f"run:{self.run_id}:dead-letter-count"
+
+    @property
+    def policy_version(self) -> str:
+        return f"run:{self.run_id}:policy-version"
+
+    @property
+    def next_slot(self) -> str:
+        return f"run:{self.run_id}:next-slot"
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: str  # the stream id: acknowledge it after applying the group, and keep it in the learner checkpoint
+    group: RolloutGroup
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str  # in the dead-letter stream
+    source_id: str  # in the rollout stream
+    reason: str
+    fields: dict[bytes, bytes]  # the original entry, unchanged
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    unread: int  # appended, not yet delivered to any consumer
+    pending: int  # delivered, not yet acknowledged
+
+    @property
+    def total(self) -> int:
+        return self.unread + self.pending
+
+
+class RolloutQueue:
+    """The rollout stream of one run, for both its producers (``append``) and its consumer (``read``/``ack``)."""
+
+    def __init__(self, run_id: str, settings: QueueSettings | None = None):
+        self.keys = RunKeys(run_id)
+        self.settings = settings or QueueSettings()
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self._append_if_room = self.redis.register_script(_APPEND_IF_ROOM)
+        self._create_consumer_group()
+
+    def _create_consumer_group(self) -> None:
+        """From id 0, so groups appended before the learner first connects are read too."""
+        try:
+            self.redis.xgroup_create(self.keys.rollouts, CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # producer side
+
+    def append(self, group: RolloutGroup, timeout_s: float | None = None) -> str:
+        """Append ``group``, waiting while the queue is full (default: the settings' timeout); return its stream id."""
+        if group.run_id != self.keys.run_id:
+            raise ValueError(f"run_id: group of run {group.run_id!r} appended to the queue of run {self.keys.run_id!r}")
+        args = [self.settings.max_depth, *(part for pair in encode_group(group).items() for part in pair)]
+        entry_id = self._poll(
+            lambda: self._append_if_room(keys=[self.keys.rollouts], args=args),
+            self.settings.append_timeout_s if timeout_s is None else timeout_s,
+        )
+        if entry_id is None:
+            raise QueueFull(
+                f"{self.keys.rollouts} holds max_depth={self.settings.max_depth} unread or unacknowledged groups "
+                f"and no room was freed in time: is the learner running and acknowledging what it applies?"
+            )
+        return entry_id.decode()
+
+    # consumer side
+
+    def read(self, consumer: str, count: int = 1, block_ms: int | None = None) -> list[QueueEntry]:
+        """Up to ``count`` groups never delivered before, oldest first; they stay pending on ``consumer`` until acked.
+
+        ``block_ms``: wait that long for a first entry (None: do not wait; 0: wait forever). Malformed entries are
+        dead-lettered on the way, so fewer than ``count`` may come back even when more were waiting.
+        """
+        reply = self.redis.xreadgroup(
+            CONSUMER_GROUP, consumer, {self.keys.rollouts: ">"}, count=count, block=block_ms
+        )
+        return self._decode_valid(reply[0][1] if reply else [])
+
+    def ack(self, ids: list[str]) -> int:
+        """Acknowledge (and delete) applied entries; returns how many were pending, so a repeat acknowledges none."""
+        if not ids:
+            return 0
+        with self.redis.pipeline() as transaction:
+            transaction.xack(self.keys.rollouts, CONSUMER_GROUP, *ids)
+            transaction.xdel(self.keys.rollouts, *ids)
+            acknowledged, _ = transaction.execute()
+        return acknowledged
+
+    def reclaim(self, consumer: str, min_idle_ms: int, count: int = 100) -> list[QueueEntry]:
+        """Take over up to ``count`` entries pending on any consumer for at least ``min_idle_ms`` (a dead learner's).
+
+        A restarted learner with its old consumer name gets its own unacknowledged entries back this way too.
+        """
+        messages: list = []
+        cursor = b"0-0"
+        while len(messages) < count:
+            cursor, claimed, *_ = self.redis.xautoclaim(
+                self.keys.rollouts, CONSUMER_GROUP, consumer, min_idle_ms, start_id=cursor, count=count - len(messages)
+            )
+            messages += claimed
+            if cursor == b"0-0":
+                break
+        return self._decode_valid(messages)
+
+    def depth(self) -> QueueDepth:
+        with self.redis.pipeline() as transaction:  # both counts from the same instant
+            transaction.xlen(self.keys.rollouts)
+            transaction.xpending(self.keys.rollouts, CONSUMER_GROUP)
+            length, pending = transaction.execute()
+        return QueueDepth(unread=length - pending["pending"], pending=pending["pending"])
+
+    def dead_letter_count(self) -> int:
+        """Malformed entries dead-lettered over the run's whole life."""
+        return int(self.redis.get(self.keys.dead_letter_count) or 0)
+
+    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters still kept, for inspection."""
+        letters = []
+        for letter_id, fields in self.redis.xrange(self.keys.dead_letter, count=count):
+            original = dict(fields)
+            reason = original.pop(b"dead_letter_reason").decode()
+            source_id = original.pop(b"dead_letter_source_id").decode()
+            letters.append(DeadLetter(letter_id.decode(), source_id, reason, original))
+        return letters
+
+    def _decode_valid(self, messages: list) -> list[QueueEntry]:
+        entries = []
+        for entry_id, fields in messages:
+            if entry_id is None:  # Redis 6.2 reports an entry deleted while pending as nil; 7.0 skips it
+                continue
+            try:
+                group = decode_group(fields)
+                if group.run_id != self.keys.run_id:
+                    raise MalformedEntry(f"run_id: {group.run_id!r} in the queue of run {self.keys.run_id!r}")
+                entries.append(QueueEntry(entry_id.decode(), group))
+            except MalformedEntry as error:
+                self._dead_letter(entry_id, fields, error.reason)
+        return entries
+
+    def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        """Move the entry to the dead-letter stream, count it and acknowledge it, all or nothing."""
+        log.warning("dead-lettered %s %s: %s", self.keys.rollouts, entry_id.decode(), reason)
+        letter = {**fields, b"dead_letter_reason": reason.encode(), b"dead_letter_source_id": entry_id}
+        with self.redis.pipeline() as transaction:
+            transaction.xadd(
+                self.keys.dead_letter, letter, maxlen=self.settings.dead_letter_max_len, approximate=True
+            )
+            transaction.incr(self.keys.dead_letter_count)
+            transaction.xack(self.keys.rollouts, CONSUMER_GROUP, entry_id)
+            transaction.xdel(self.keys.rollouts, entry_id)
+            transaction.execute()
+
+    # staleness admission control (cfpo.staleness): slots and the learner's policy version
+
+    def reserve_slot(self) -> int:
+        """The next admission-control slot (0, 1, 2, ...), each given to exactly one of the run's rollout workers."""
+        return self.redis.incr(self.keys.next_slot) - 1
+
+    def publish_version(self, version: int) -> None:
+        """Set the learner's policy version (a resumed learner may set an older one: it is the authority)."""
+        if version < 0:
+            raise ValueError(f"version: {version} is negative")
+        self.redis.set(self.keys.policy_version, version)
+
+    def current_version(self) -> int | None:
+        """The learner's last published policy version; None before it published one."""
+        value = self.redis.get(self.keys.policy_version)
+        return None if value is None else int(value)
+
+    def wait_for_version(self, at_least: int, timeout_s: float) -> int:
+        """Wait until the learner reaches ``at_least`` (a worker that is too far ahead waits here); return it."""
+
+        def reached() -> int | None:
+            version = self.current_version()
+            return version if version is not None and version >= at_least else None
+
+        version = self._poll(reached, timeout_s)
+        if version is None:
+            raise TimeoutError(
+                f"{self.keys.policy_version}: learner at version {self.current_version()}, not {at_least}, "
+                f"after {timeout_s} s"
+            )
+        return version
+
+    def _poll(self, attempt: Callable[[], T | None], timeout_s: float) -> T | None:
+        """Call ``attempt`` every poll interval until it returns a value or ``timeout_s`` has passed (then None)."""
+        deadline = time.monotonic() + timeout_s
+        while (result := attempt()) is None and (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(self.settings.poll_interval_s, remaining))
+        return result
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> "RolloutQueue":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""The wire codec on its own: exact round trips, compactness, and a readable refusal of every malformed entry."""
+
+import struct
+
+import pytest
+from pydantic import ValidationError
+
+from cfpo.batch import Sample
+from cfpo.codec import SCHEMA_VERSION, MalformedEntry, RolloutGroup, decode_group, encode_group
+from tests.queue.groups import MALFORMED, f32, make_group
+
+
+def float_bits(values: list[float]) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def test_round_trip_is_exact():
+    group = make_group(
+        "run-a", slot=17, zero_variance_discarded=2, timings={"generate": 1.25, "reward": 0.1},
+        produced_at=1_790_000_000.123456,
+    )
+    edge_logprobs = [0.0, -0.0, f32(-1e-40), f32(-87.3), -2.0**-149]  # zeros, a subnormal, large, the smallest
+    samples = [*group.samples, group.samples[0].model_copy(update={
+        "completion_ids": [0, 2**31 - 1, 7, 8, 9], "behaviour_logprobs": edge_logprobs,
+        "completion_mask": [True, False, True, True, False], "min_version": 0, "max_version": 12,
+    })]
+    group = group.model_copy(update={"samples": samples})
+
+    fields = encode_group(group)
+    decoded = decode_group(fields)
+
+    assert fields[b"schema"] == str(SCHEMA_VERSION).encode()
+    assert decoded == group
+    for sent, received in zip(group.samples, decoded.samples):
+        assert float_bits(received.behaviour_logprobs) == float_bits(sent.behaviour_logprobs)  # -0.0 too
+
+
+def test_float64_log_probs_arrive_as_their_float32_value():
+    group = make_group("run-a")
+    precise = [-0.1, -1 / 3, -2.718281828459045]
+    sample = group.samples[0].model_copy(update={"behaviour_logprobs": precise})
+    decoded = decode_group(encode_group(group.model_copy(update={"samples": [sample]})))
+    assert decoded.samples[0].behaviour_logprobs == [f32(x) for x in precise]
+    assert decoded.samples[0].behaviour_logprobs != precise
+
+
+def test_wire_form_is_compact():
+    tokens = 1000
+    group = make_group("run-a", rewards=(1.0, 0.0, 0.5, 0.25), length=tokens)
+    size = sum(len(v) for v in encode_group(group).values())
+    assert size < 4 * tokens * 11  # ~10.7 bytes per completion token (ids + log-probs); JSON decimals take ~25
+
+
+@pytest.mark.parametrize("corrupt, reason", MALFORMED)
+def test_malformed_entry_is_refused_with_its_reason(corrupt, reason):
+    fields = corrupt(encode_group(make_group("run-a")))
+    with pytest.raises(MalformedEntry) as caught:
+        decode_group(fields)
+    assert reason in caught.value.reason
+
+
+def test_token_id_outside_int32_is_refused_when_encoding():
+    group = make_group("run-a")
+    sample = group.samples[0].model_copy(update={"completion_ids": [1, 2**31, 3]})
+    with pytest.raises(ValueError, match="samples.0.completion_ids: does not fit int32"):
+        encode_group(group.model_copy(update={"samples": [sample]}))
+
+
+def test_group_holds_the_completions_of_one_prompt():
+    group = make_group("run-a")
+    other_prompt = Sample(prompt_ids=[9], completion_ids=[1], behaviour_logprobs=[-1.0], advantage=0.0)
+    with pytest.raises(ValidationError, match="share their prompt_ids"):
+        RolloutGroup(run_id="run-a", prompt_id="p0", slot=0, samples=[*group.samples, other_prompt])
+
+
+def test_group_level_facts():
+    group = make_group("run-a", rewards=(1.0, 0.0))
+    assert (group.rewards, group.zero_variance, group.min_version, group.max_version) == ([1.0, 0.0], False, 3, 4)
+    assert make_group("run-a", rewards=(0.5, 0.5)).zero_variance
