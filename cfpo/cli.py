@@ -29,7 +29,8 @@ def demo(ctx: typer.Context) -> None:
     _hand_over("trainer.demo", ctx.args)
 
 
-SERVICES = ("generation", "reward")
+SERVICES = {"generation": "services.generation", "reward": "services.reward", "rollout": "services.rollout",
+            "learner": "trainer"}
 
 
 @app.command(context_settings=FORWARD_ARGS)
@@ -38,7 +39,7 @@ def serve(ctx: typer.Context, service: str = typer.Argument(..., help=f"one of: 
     if service not in SERVICES:
         typer.echo(f"error: service: unknown {service!r}; choose one of {', '.join(SERVICES)}", err=True)
         raise typer.Exit(2)
-    _hand_over(f"services.{service}", ctx.args)
+    _hand_over(SERVICES[service], ctx.args)
 
 
 @model_app.command("tiny")

@@ -20,6 +20,7 @@ import httpx
 
 # vLLM labels output "default" until a version is set: that is the checkpoint the server started on.
 INITIAL_VERSION_LABEL = "default"
+RUN_SEPARATOR = "@"
 
 
 class GenerationError(RuntimeError):
@@ -31,12 +32,39 @@ class WeightUpdateError(GenerationError):
 
 
 @dataclass(frozen=True)
+class PolicyVersion:
+    """Which weights a server holds: a run's policy version (``run@number``), or the checkpoint it started on.
+
+    The run is part of the label so that a worker of one run never takes output of another run's weights,
+    left on a shared server, for its own version ``number``.
+    """
+
+    run: str | None
+    number: int
+
+    @property
+    def label(self) -> str:
+        return str(self.number) if self.run is None else f"{self.run}{RUN_SEPARATOR}{self.number}"
+
+    @classmethod
+    def parse(cls, label: str) -> "PolicyVersion":
+        if label == INITIAL_VERSION_LABEL:
+            return cls(None, 0)
+        run, _, number = label.rpartition(RUN_SEPARATOR)
+        try:
+            return cls(run or None, int(number))
+        except ValueError:
+            raise GenerationError(f"weight version {label!r} is not [run@]number") from None
+
+
+@dataclass(frozen=True)
 class Completion:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str
     min_version: int  # oldest policy version that produced any of its tokens
     max_version: int  # newest
+    runs: tuple[str | None, ...]  # the runs whose weights produced it (one, unless a run's first push landed mid-way)
 
 
 @dataclass(frozen=True)
@@ -44,15 +72,6 @@ class WeightUpdate:
     version: int
     seconds: float
     bytes: int
-
-
-def parse_version(label: str) -> int:
-    if label == INITIAL_VERSION_LABEL:
-        return 0
-    try:
-        return int(label)
-    except ValueError:
-        raise GenerationError(f"weight version {label!r} is not a policy version number") from None
 
 
 class GenerationClient:
@@ -98,21 +117,23 @@ class GenerationClient:
 
     @staticmethod
     def _completion(choice: dict) -> Completion:
-        spans = choice.get("weight_versions") or []
-        versions = [parse_version(span["version"]) for span in spans] or [0]
+        spans = choice.get("weight_versions") or [{"version": INITIAL_VERSION_LABEL}]
+        versions = [PolicyVersion.parse(span["version"]) for span in spans]
         return Completion(
             token_ids=choice["token_ids"],
             logprobs=[token["logprob"] for token in choice["logprobs"]["content"]],
             finish_reason=choice.get("finish_reason") or "stop",
-            min_version=min(versions),
-            max_version=max(versions),
+            min_version=min(v.number for v in versions),
+            max_version=max(v.number for v in versions),
+            runs=tuple(dict.fromkeys(v.run for v in versions)),
         )
 
-    def version(self) -> int:
-        return parse_version(self._get("/weight_info")["weight_version"])
+    def version(self) -> PolicyVersion:
+        return PolicyVersion.parse(self._get("/weight_info")["weight_version"])
 
-    def update_weights(self, path: str | Path, version: int, *, timeout: float = 120.0) -> WeightUpdate:
-        """Load a safetensors file (every tensor of the model) as policy ``version``; blocks until served."""
+    def update_weights(self, path: str | Path, version: int, *, run: str | None = None,
+                       timeout: float = 120.0) -> WeightUpdate:
+        """Load a safetensors file (every tensor of the model) as ``run``'s policy ``version``; blocks until served."""
         started = time.perf_counter()
         with self.paused(timeout=timeout):
             reply = self._post(
@@ -123,7 +144,7 @@ class GenerationClient:
                 # vLLM drops the connection after a failed call; a pooled connection would fail the resume.
                 headers={"Connection": "close"},
             )
-            self.label_version(version)
+            self.label_version(PolicyVersion(run, version))
         loaded = reply["results"][0]
         return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=int(loaded["bytes"]))
 
@@ -136,9 +157,9 @@ class GenerationClient:
         finally:
             self._post("/resume")
 
-    def label_version(self, version: int) -> None:
+    def label_version(self, version: PolicyVersion) -> None:
         """Name the weights now loaded (call while paused) and drop prefix-cache entries of the old ones."""
-        self._post("/update_weight_version", json={"new_version": str(version)})
+        self._post("/update_weight_version", json={"new_version": version.label})
         self._post("/reset_prefix_cache")
 
     def _get(self, path: str) -> dict:

@@ -17,7 +17,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 @dataclass(frozen=True)
 class Metric:
     name: str  # counters get Prometheus' "_total" suffix on export, and Ray's metrics a "ray_" prefix
-    kind: Literal["counter", "histogram"]
+    kind: Literal["counter", "gauge", "histogram"]
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = LATENCY_BUCKETS
@@ -59,6 +59,8 @@ class PrometheusRecorder:
         for m in metrics:
             if m.kind == "counter":
                 made = prom.Counter(m.name, m.help, m.labels, registry=self._registry)
+            elif m.kind == "gauge":
+                made = prom.Gauge(m.name, m.help, m.labels, registry=self._registry)
             else:
                 made = prom.Histogram(m.name, m.help, m.labels, buckets=m.buckets, registry=self._registry)
             self._metrics[m.name] = made
@@ -72,6 +74,15 @@ class PrometheusRecorder:
 
     def observe(self, metric: Metric, value: float, **labels: str) -> None:
         self._child(metric, labels).observe(value)
+
+    def set(self, metric: Metric, value: float, **labels: str) -> None:
+        self._child(metric, labels).set(value)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose /metrics on its own port, for processes that run no web app (learner, rollout workers)."""
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=self._registry)
 
     async def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -124,3 +135,63 @@ class RayRecorder:
         words = line.split(" ", 3)
         name = words[2] if line.startswith("#") and len(words) > 2 else line  # "# HELP name ..." or a sample
         return name.startswith(self._prefixes)
+
+
+# Rollout workers (services/rollout)
+ROLLOUT_GROUPS = Metric("cfpo_rollout_groups", "counter", "Groups appended to the run's stream.", ("run",))
+ROLLOUT_ZERO_VARIANCE = Metric(
+    "cfpo_rollout_zero_variance_groups", "counter", "Groups whose rewards were all equal, by what happened to them.",
+    ("run", "action"),
+)
+ROLLOUT_ERRORS = Metric("cfpo_rollout_errors", "counter", "Failed calls (retried), by stage.", ("run", "stage"))
+ROLLOUT_STAGE_SECONDS = Metric(
+    "cfpo_rollout_stage_seconds", "histogram", "Seconds per group spent in each stage.", ("run", "stage"),
+)
+ROLLOUT_METRICS = (ROLLOUT_GROUPS, ROLLOUT_ZERO_VARIANCE, ROLLOUT_ERRORS, ROLLOUT_STAGE_SECONDS)
+
+# Learner (trainer/service.py): one gauge per step metric, labelled by run and loss.
+LEARNER_STEP_VALUES = {
+    "clip_frac": "Share of tokens outside the trust region on the side the advantage favours (for CFPO: would clip).",
+    "clip_frac_low": "Share of tokens with r < 1 - eps and A < 0.",
+    "clip_frac_high": "Share of tokens with r > 1 + eps_high and A > 0.",
+    "ratio_mean": "Mean importance ratio pi/pi_old over tokens.",
+    "ratio_min": "Smallest importance ratio.",
+    "ratio_max": "Largest importance ratio.",
+    "tv": "Total variation estimate 0.5 * mean |r - 1|.",
+    "kl_k1": "KL(behaviour || current), k1 estimator.",
+    "kl_k3": "KL(behaviour || current), k3 estimator.",
+    "entropy": "Mean token entropy of the current policy.",
+    "adv_mean": "Mean advantage.",
+    "adv_std": "Standard deviation of the advantages.",
+    "loss": "Policy loss of the step.",
+    "grad_norm": "Global gradient norm before clipping.",
+    "lr": "Learning rate.",
+    "reward_mean": "Mean reward of the step's samples.",
+    "reward_std": "Standard deviation of the step's rewards.",
+    "response_length": "Mean completion length in tokens.",
+    "step_seconds": "Seconds of the optimizer step.",
+    "tokens_per_second": "Completion tokens trained per second of optimizer step.",
+    "staleness_mean": "Mean staleness of the step's samples (learner version at consumption - generating version).",
+    "policy_version": "Learner policy version (optimizer steps).",
+    "queue_unread": "Groups in the stream not yet read by the learner.",
+    "queue_pending": "Groups read but not yet acknowledged (applied, awaiting a checkpoint).",
+    "dead_letters": "Malformed groups set aside over the run.",
+}
+LEARNER_GAUGES = {
+    key: Metric(f"cfpo_learner_{key}", "gauge", text, ("run", "loss")) for key, text in LEARNER_STEP_VALUES.items()
+}
+LEARNER_BUCKET_GAUGES = {
+    key: Metric(f"cfpo_learner_{key}_by_staleness", "gauge", f"{LEARNER_STEP_VALUES[key]} By staleness bucket.",
+                ("run", "loss", "staleness_bucket"))
+    for key in ("clip_frac", "kl_k3", "tv")
+}
+LEARNER_STEPS = Metric("cfpo_learner_optimizer_steps", "counter", "Optimizer steps taken.", ("run", "loss"))
+LEARNER_STALENESS = Metric(
+    "cfpo_learner_staleness", "histogram", "Staleness of consumed samples, in policy versions.", ("run", "loss"),
+    buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
+LEARNER_WEIGHT_SYNC_SECONDS = Metric(
+    "cfpo_learner_weight_sync_seconds", "histogram", "Seconds to push weights to generation.", ("run",),
+)
+LEARNER_METRICS = (*LEARNER_GAUGES.values(), *LEARNER_BUCKET_GAUGES.values(), LEARNER_STEPS, LEARNER_STALENESS,
+                   LEARNER_WEIGHT_SYNC_SECONDS)

@@ -95,6 +95,10 @@ class RunKeys:
     def next_slot(self) -> str:
         return f"run:{self.run_id}:next-slot"
 
+    @property
+    def next_prompt(self) -> str:
+        return f"run:{self.run_id}:next-prompt"
+
 
 @dataclass(frozen=True)
 class QueueEntry:
@@ -248,6 +252,10 @@ class RolloutQueue:
     def reserve_slot(self) -> int:
         """The next admission-control slot (0, 1, 2, ...), each given to exactly one of the run's rollout workers."""
         return self.redis.incr(self.keys.next_slot) - 1
+
+    def reserve_prompt(self) -> int:
+        """The next index into the run's prompt order (a replaced zero-variance group takes a fresh prompt)."""
+        return self.redis.incr(self.keys.next_prompt) - 1
 
     def publish_version(self, version: int) -> None:
         """Set the learner's policy version (a resumed learner may set an older one: it is the authority)."""

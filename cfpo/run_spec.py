@@ -80,6 +80,13 @@ class RunSpec(StrictModel):
     def versions_per_step(self) -> int:
         return self.learner.iterations * self.learner.minibatches
 
+    @property
+    def queue_capacity(self) -> int:
+        """Groups the stream must hold: steps read but not yet checkpointed, the one in training, and the steps
+        admission control lets workers produce ahead of the learner. Backpressure beyond this means a stall."""
+        ahead = -(-self.staleness.bound // self.versions_per_step) + 1
+        return (self.checkpoint_every + ahead + 1) * self.rollout.prompts_per_step
+
     @model_validator(mode="after")
     def _staleness_is_reachable(self) -> "RunSpec":
         """Generation serves every sync_every-th version; a tighter bound would wait forever."""

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from cfpo.batch import Sample
-from cfpo.generation_client import GenerationClient, WeightUpdateError
+from cfpo.generation_client import GenerationClient, PolicyVersion, WeightUpdateError
 from cfpo.models import build_tiny_model
 from tests.servers import free_port, python_module, running
 from trainer.logprobs import completion_logprobs, pack
@@ -99,6 +99,7 @@ def test_completions_carry_their_version(served):
     completions = served.client.generate(served.prompt_ids[0], n=3, max_tokens=4, seed=1)
     assert len(completions) == 3
     assert all((c.min_version, c.max_version) == (served.version, served.version) for c in completions)
+    assert all(c.runs == (None,) for c in completions)  # the checkpoint the server started on
     assert all(len(c.token_ids) == len(c.logprobs) > 0 for c in completions)
 
 
@@ -110,20 +111,21 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
             parameter.add_(torch.randn_like(parameter) * 0.05)
     new_version = served.version + 5
 
-    update = push_weights(served.client, served.model, tmp_path, new_version, timeout=60)
+    update = push_weights(served.client, served.model, tmp_path, new_version, run="run-a", timeout=60)
     served.version = new_version
 
     tensors = {k: v for k, v in served.model.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
     assert update.version == new_version and update.seconds > 0
     assert update.bytes == sum(t.numel() * t.element_size() for t in tensors.values())
     assert not list(tmp_path.iterdir())  # the exported file is removed once served
-    assert served.client.version() == new_version
+    assert served.client.version() == PolicyVersion("run-a", new_version)
     after = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
     assert after != before
     _greedy_matches_transformers(served)
     assert _max_logprob_error(served, 0.7, seed=9) < LOGPROB_TOLERANCE
     [completion] = served.client.generate(served.prompt_ids[0], max_tokens=4)
     assert (completion.min_version, completion.max_version) == (new_version, new_version)
+    assert completion.runs == ("run-a",)
 
 
 def _bad_weight_files(model, directory):
@@ -146,7 +148,7 @@ def test_failed_updates_keep_the_previous_weights(served, tmp_path):
     before = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
     for name, (path, reason) in _bad_weight_files(served.model, tmp_path).items():
         with pytest.raises(WeightUpdateError, match=reason):
-            served.client.update_weights(path, version + 1, timeout=30)
+            served.client.update_weights(path, version.number + 1, timeout=30)
         assert served.client.version() == version, name
         after = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
         assert after == before, name

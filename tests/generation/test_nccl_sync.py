@@ -29,7 +29,7 @@ def test_nccl_push_changes_outputs_and_matches_transformers(tmp_path):
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.05)
         update = sync.push(3)
-        served_version = client.version()
+        served_version = client.version().number
         after = client.generate(prompt, temperature=0.0, max_tokens=12)[0]
         with torch.no_grad():
             expected = model.generate(torch.tensor([prompt]).cuda(), do_sample=False, max_new_tokens=12,

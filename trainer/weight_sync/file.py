@@ -30,10 +30,10 @@ def export_weights(model: torch.nn.Module, directory: str | Path, version: int) 
 
 
 def push_weights(client: GenerationClient, model: torch.nn.Module, directory: str | Path, version: int,
-                 *, timeout: float = 120.0) -> WeightUpdate:
-    """Export ``model`` as ``version`` and have the generation service serve it; the file is removed after."""
+                 *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
+    """Export ``model`` as ``run``'s ``version`` and have generation serve it; the file is removed after."""
     path = export_weights(model, directory, version)
     try:
-        return client.update_weights(path, version, timeout=timeout)
+        return client.update_weights(path, version, run=run, timeout=timeout)
     finally:
         path.unlink(missing_ok=True)

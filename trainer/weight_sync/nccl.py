@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from cfpo.generation_client import GenerationClient, WeightUpdate
+from cfpo.generation_client import GenerationClient, PolicyVersion, WeightUpdate
 
 
 class NcclWeightSync:
@@ -30,11 +30,11 @@ class NcclWeightSync:
             init_info, client=HTTPVLLMWeightSyncClient(client.base_url), source=ModuleSource(model)
         )
 
-    def push(self, version: int, *, timeout: float = 120.0) -> WeightUpdate:
+    def push(self, version: int, *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
         started = time.perf_counter()
         with self.client.paused(timeout=timeout):
             self.engine.send_weights()
-            self.client.label_version(version)
+            self.client.label_version(PolicyVersion(run, version))
         return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=self.bytes)
 
     def close(self) -> None:

@@ -1,0 +1,162 @@
+"""The rollout worker: prompts -> generation -> reward -> group advantages -> the run's stream.
+
+Each group is reserved a slot; the worker generates it only when staleness admission control allows, so the
+learner never consumes data older than the run permits, and nothing generated is thrown away for lateness.
+Several workers may serve one run: slots and prompts are handed out by Redis counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cfpo.advantages import group_advantages
+from cfpo.batch import Sample
+from cfpo.codec import RolloutGroup
+from cfpo.generation_client import Completion, GenerationClient, GenerationError
+from cfpo.metrics import ROLLOUT_ERRORS, ROLLOUT_GROUPS, ROLLOUT_STAGE_SECONDS, ROLLOUT_ZERO_VARIANCE, PrometheusRecorder
+from cfpo.queue import RolloutQueue
+from cfpo.reward_client import RewardClient, RewardError, ScoreItem
+from cfpo.run_spec import RunSpec
+from cfpo.staleness import may_generate
+from cfpo.tasks import Problem, batches, load_task, render_prompt
+
+log = logging.getLogger("cfpo.rollout")
+T = TypeVar("T")
+
+MAX_ZERO_VARIANCE_REPLACEMENTS = 8  # then keep the group (zero advantages) rather than starve the learner
+ADMISSION_POLL_SECONDS = 0.05
+
+
+class ForeignWeights(RuntimeError):
+    """Completions came (in part) from weights that are not this run's."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 5
+    first_backoff: float = 0.5
+    max_backoff: float = 8.0
+
+
+class RolloutWorker:
+    def __init__(self, spec: RunSpec, run_id: str, queue: RolloutQueue, generation: GenerationClient,
+                 rewards: RewardClient, recorder: PrometheusRecorder, *, retry: Retry = Retry()):
+        from transformers import AutoTokenizer
+
+        self.spec, self.run_id, self.queue = spec, run_id, queue
+        self.generation, self.rewards, self.recorder, self.retry = generation, rewards, recorder, retry
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
+        self.problems = load_task(spec.task, "train")
+        self.stop = threading.Event()
+
+    @property
+    def total_slots(self) -> int:
+        return self.spec.steps * self.spec.rollout.prompts_per_step
+
+    def run(self) -> int:
+        """Fill slots until the run has all it needs (or ``stop`` is set); returns how many groups this worker made."""
+        made = 0
+        while not self.stop.is_set():
+            slot = self.queue.reserve_slot()
+            if slot >= self.total_slots:
+                break
+            group = self.fill(slot)
+            if group is None:
+                break
+            self.queue.append(group)
+            self.recorder.inc(ROLLOUT_GROUPS, run=self.run_id)
+            made += 1
+        return made
+
+    def fill(self, slot: int) -> RolloutGroup | None:
+        """Generate, score and weigh one group for ``slot``; replaces zero-variance groups if the run says so."""
+        discarded = 0
+        while True:
+            timings = {"admission_wait": self._wait_for_admission(slot)}
+            if self.stop.is_set():
+                return None
+            problem = self._problem(self.queue.reserve_prompt())
+            try:
+                group = self._scored_group(slot, problem, timings, discarded)
+            except ForeignWeights as error:
+                log.warning("%s; generating the slot again", error)
+                self.recorder.inc(ROLLOUT_ERRORS, run=self.run_id, stage="foreign_weights")
+                continue
+            if not group.zero_variance or not self.spec.rollout.drop_zero_variance:
+                return group
+            if discarded >= MAX_ZERO_VARIANCE_REPLACEMENTS:
+                self.recorder.inc(ROLLOUT_ZERO_VARIANCE, run=self.run_id, action="kept")
+                return group
+            discarded += 1
+            self.recorder.inc(ROLLOUT_ZERO_VARIANCE, run=self.run_id, action="replaced")
+
+    def _wait_for_admission(self, slot: int) -> float:
+        """Wait until generation serves this run's weights at a version allowed to generate ``slot``."""
+        started = time.perf_counter()
+        while not self.stop.is_set():
+            served = self._with_retries("version", self.generation.version)
+            if served.run == self.run_id and may_generate(self.spec, slot, served.number):
+                break
+            time.sleep(ADMISSION_POLL_SECONDS)
+        return time.perf_counter() - started
+
+    def _problem(self, index: int) -> Problem:
+        return next(batches(self.problems, 1, seed=self.spec.seed, start_index=index))[0]
+
+    def _scored_group(self, slot: int, problem: Problem, timings: dict[str, float], discarded: int) -> RolloutGroup:
+        rollout = self.spec.rollout
+        prompt = render_prompt(self.tokenizer, problem.prompt)
+        started = time.perf_counter()
+        completions = self._with_retries("generate", lambda: self.generation.generate(
+            prompt.token_ids, n=rollout.group_size, temperature=self.spec.learner.temperature,
+            max_tokens=rollout.max_tokens, seed=self.spec.seed * 1_000_003 + slot * 101 + discarded,
+            stop_token_ids=[self.tokenizer.eos_token_id], timeout=rollout.request_timeout,
+        ))
+        timings["generate"] = time.perf_counter() - started
+        if any(c.runs != (self.run_id,) for c in completions):
+            # Another run's weights were loaded while this group was generated (a shared server): not our policy.
+            raise ForeignWeights(f"slot {slot}: generated by weights of {sorted(map(str, completions[0].runs))}")
+        started = time.perf_counter()
+        items = [ScoreItem(problem.prompt, self._text(c), problem.reference, problem.task, dict(problem.metadata))
+                 for c in completions]
+        scores = self._with_retries("reward", lambda: self.rewards.score(items, rewards=rollout.rewards))
+        timings["reward"] = time.perf_counter() - started
+        for stage, seconds in timings.items():
+            self.recorder.observe(ROLLOUT_STAGE_SECONDS, seconds, run=self.run_id, stage=stage)
+        rewards = [score.reward for score in scores]
+        advantages = group_advantages(rollout.advantage, rewards)
+        samples = [
+            Sample(prompt_ids=prompt.token_ids, completion_ids=c.token_ids, behaviour_logprobs=c.logprobs,
+                   advantage=a, reward=r, min_version=c.min_version, max_version=c.max_version)
+            for c, r, a in zip(completions, rewards, advantages)
+        ]
+        log.info("slot %d: prompt %s, rewards mean %.3f sd %.3f, versions %d-%d", slot, problem.id,
+                 statistics.fmean(rewards), statistics.pstdev(rewards),
+                 min(s.min_version for s in samples), max(s.max_version for s in samples))
+        return RolloutGroup(run_id=self.run_id, prompt_id=problem.id, slot=slot, samples=samples,
+                            zero_variance_discarded=discarded, timings=timings)
+
+    def _text(self, completion: Completion) -> str:
+        return self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+
+    def _with_retries(self, stage: str, call: Callable[[], T]) -> T:
+        """Retry a failed generation or reward call with exponential backoff; each call has its own timeout."""
+        backoff = self.retry.first_backoff
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return call()
+            except (GenerationError, RewardError) as error:
+                self.recorder.inc(ROLLOUT_ERRORS, run=self.run_id, stage=stage)
+                if attempt == self.retry.attempts:
+                    raise
+                log.warning("%s failed (attempt %d/%d): %s; retrying in %.1f s", stage, attempt,
+                            self.retry.attempts, error, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.retry.max_backoff)
+        raise ValueError("retry.attempts: must be at least 1")

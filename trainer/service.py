@@ -1,0 +1,159 @@
+"""The learner service: consumes a run's rollout steps from Redis, trains, and keeps generation up to date.
+
+Per step: take the step's groups (slot order), train ``iterations x minibatches`` optimizer steps, push weights
+to generation every ``sync_every`` versions, record every metric (JSONL in the run directory and Prometheus).
+Stream entries are acknowledged only when a checkpoint holds their effect, so a learner killed at any point
+and restarted with ``resume`` replays exactly the steps the checkpoint lacks: none lost, none applied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cfpo.codec import RolloutGroup
+from cfpo.generation_client import GenerationClient
+from cfpo.metrics import (
+    LEARNER_BUCKET_GAUGES, LEARNER_GAUGES, LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS,
+    PrometheusRecorder,
+)
+from cfpo.queue import RolloutQueue
+from cfpo.run_spec import RunSpec
+from cfpo.staleness import groups_needed_before_serving, is_warm_up
+from trainer.assembler import StepAssembler
+from trainer.learner import Learner, StepResult
+from trainer.weight_sync.file import push_weights
+
+log = logging.getLogger("cfpo.learner")
+CONSUMER = "learner"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def applied(self) -> Path:
+        return self.root / "applied.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+
+class LearnerService:
+    def __init__(self, spec: RunSpec, run_id: str, run_dir: Path, queue: RolloutQueue,
+                 generation: GenerationClient, recorder: PrometheusRecorder, *, data_timeout: float = 600.0):
+        self.spec, self.run_id, self.paths, self.queue = spec, run_id, RunPaths(run_dir), queue
+        self.generation, self.recorder, self.data_timeout = generation, recorder, data_timeout
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.labels = {"run": run_id, "loss": spec.learner.loss.name}
+        self.learner = Learner(spec.model, spec.learner)
+        self.assembler: StepAssembler | None = None
+        self.last_sync_seconds = 0.0
+
+    def run(self, resume: bool = False) -> None:
+        start_step = self._restore() if resume else 0
+        self._truncate_logs(start_step)
+        self.assembler = StepAssembler(self.queue, CONSUMER, self.spec.rollout.prompts_per_step, start_step)
+        recovered = self.assembler.recover()
+        log.info("starting at step %d, version %d (%d entries recovered)", start_step, self.learner.version, recovered)
+        self._push(self.learner.version)  # generation must serve this learner's weights, whatever it served before
+        unacknowledged: list[str] = []
+        for step in range(start_step, self.spec.steps):
+            entries = self.assembler.take(step, self.data_timeout)
+            groups = [entry.group for entry in entries]
+            results = self.learner.train_on([s for g in groups for s in g.samples], on_step=self._after_optimizer_step)
+            self._record(step, groups, results)
+            self._append(self.paths.applied, {"step": step, "slots": [g.slot for g in groups],
+                                              "ids": [e.id for e in entries]})
+            unacknowledged += [entry.id for entry in entries]
+            if (step + 1) % self.spec.checkpoint_every == 0 or step + 1 == self.spec.steps:
+                self.learner.save_checkpoint(self.paths.checkpoints, {"step": step + 1})
+                self.queue.ack(unacknowledged)
+                unacknowledged = []
+        self.paths.status.write_text(json.dumps({"state": "succeeded", "steps": self.spec.steps,
+                                                 "version": self.learner.version}))
+        log.info("run %s finished: %d steps, version %d", self.run_id, self.spec.steps, self.learner.version)
+
+    def _restore(self) -> int:
+        if not (self.paths.checkpoints / "latest").exists():
+            log.info("no checkpoint in %s: starting from the beginning", self.paths.checkpoints)
+            return 0
+        state = self.learner.load_checkpoint(self.paths.checkpoints)
+        return int(state["step"])
+
+    def _truncate_logs(self, start_step: int) -> None:
+        """Drop log lines of steps the checkpoint does not hold: they are replayed, and logged again."""
+        for path in (self.paths.metrics, self.paths.applied):
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < start_step]
+                path.write_text("".join(f"{line}\n" for line in kept))
+
+    def _after_optimizer_step(self, result: StepResult) -> None:
+        self.recorder.inc(LEARNER_STEPS, **self.labels)
+        if result.version % self.spec.sync_every == 0:
+            needed = groups_needed_before_serving(self.spec, result.version)
+            if needed:
+                self.assembler.wait_for_slots_below(needed, self.data_timeout)
+            self._push(result.version)
+
+    def _push(self, version: int) -> None:
+        update = push_weights(self.generation, self.learner.engine.module, self.paths.weights, version, run=self.run_id)
+        self.queue.publish_version(version)
+        self.last_sync_seconds = update.seconds
+        self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.seconds, run=self.run_id)
+
+    def _record(self, step: int, groups: list[RolloutGroup], results: list[StepResult]) -> None:
+        rewards = [r for g in groups for r in g.rewards]
+        lengths = [len(s.completion_ids) for g in groups for s in g.samples]
+        consumed_version = results[0].version - 1  # the version before the step's first update
+        staleness = [consumed_version - g.min_version for g in groups]
+        depth = self.queue.depth()
+        shared = {
+            "reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards),
+            "response_length": statistics.fmean(lengths), "queue_unread": depth.unread,
+            "queue_pending": depth.pending, "dead_letters": self.queue.dead_letter_count(),
+            "weight_sync_seconds": self.last_sync_seconds, "warm_up": is_warm_up(self.spec, step),
+            "zero_variance_discarded": sum(g.zero_variance_discarded for g in groups),
+        }
+        for value in staleness:
+            self.recorder.observe(LEARNER_STALENESS, value, **self.labels)
+        for result in results:
+            row = {"step": step, "version": result.version, "iteration": result.iteration,
+                   "minibatch": result.minibatch, "time": time.time(), **shared, **result.metrics,
+                   "tokens_per_second": result.metrics["tokens"] / max(result.metrics["step_seconds"], 1e-9),
+                   "policy_version": result.version}
+            self._append(self.paths.metrics, row)
+            self._export(row)
+
+    def _export(self, row: dict) -> None:
+        for key, metric in LEARNER_GAUGES.items():
+            if key in row:
+                self.recorder.set(metric, float(row[key]), **self.labels)
+        for key, metric in LEARNER_BUCKET_GAUGES.items():
+            for name, value in row.items():
+                if name.startswith(f"{key}/staleness_"):
+                    bucket = name.removeprefix(f"{key}/staleness_")
+                    self.recorder.set(metric, value, staleness_bucket=bucket, **self.labels)
+
+    @staticmethod
+    def _append(path: Path, row: dict) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
