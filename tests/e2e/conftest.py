@@ -1,0 +1,135 @@
+"""The whole pipeline on CPU: real Redis, the real vLLM CPU server, the real reward service, learner and workers
+as the processes users run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cfpo.queue import QueueSettings, RolloutQueue
+from tests.redis_server import redis_url  # noqa: F401  (fixture)
+from tests.servers import free_port, python_module, running, stop
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    generation_url: str
+    reward_url: str
+    model_dir: Path
+
+    def env(self) -> dict[str, str]:
+        return {"REDIS_URL": self.redis_url, "CFPO_GENERATION_URL": self.generation_url,
+                "CFPO_REWARD_URL": self.reward_url}
+
+
+@pytest.fixture(scope="package")
+def stack(redis_url, tiny_model_dir, tmp_path_factory):  # noqa: F811
+    logs = tmp_path_factory.mktemp("stack-logs")
+    generation_port, reward_port = free_port(), free_port()
+    generation = python_module("services.generation", "--model", str(tiny_model_dir), "--port", str(generation_port))
+    reward = python_module("services.reward", "--port", str(reward_port))
+    with running(reward, f"http://127.0.0.1:{reward_port}/health", log=logs / "reward.log"), \
+            running(generation, f"http://127.0.0.1:{generation_port}/health", log=logs / "generation.log"):
+        yield Stack(redis_url, f"http://127.0.0.1:{generation_port}", f"http://127.0.0.1:{reward_port}",
+                    tiny_model_dir)
+
+
+@dataclass
+class Run:
+    """One run's processes and files."""
+
+    stack: Stack
+    run_id: str
+    directory: Path
+    spec_path: Path
+    workers: list[subprocess.Popen]
+    learner: subprocess.Popen | None = None
+
+    def start_learner(self, *extra: str) -> subprocess.Popen:
+        argv = python_module("trainer", "--spec", str(self.spec_path), "--run-id", self.run_id,
+                             "--run-dir", str(self.directory), "--data-timeout", "120", *extra)
+        log = (self.directory.parent / f"{self.run_id}-learner.log").open("ab")
+        self.learner = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=_env(self.stack))
+        return self.learner
+
+    def wait(self, timeout: float = 240) -> int:
+        code = self.learner.wait(timeout)
+        assert code == 0, self.log_tail()
+        return code
+
+    def kill_learner(self) -> None:
+        self.learner.send_signal(signal.SIGKILL)
+        self.learner.wait(30)
+
+    def metrics(self) -> list[dict]:
+        return _jsonl(self.directory / "metrics.jsonl")
+
+    def applied(self) -> list[dict]:
+        return _jsonl(self.directory / "applied.jsonl")
+
+    def queue(self) -> RolloutQueue:
+        return RolloutQueue(self.run_id, QueueSettings(redis_url=self.stack.redis_url))
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return (self.directory.parent / f"{self.run_id}-learner.log").read_text()[-chars:]
+
+    def wait_for_steps(self, steps: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while len({row["step"] for row in self.metrics()}) < steps:
+            assert self.learner.poll() is None, self.log_tail()
+            assert time.monotonic() < deadline, f"fewer than {steps} steps after {timeout} s"
+            time.sleep(0.2)
+
+
+def _env(stack: Stack) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **stack.env()}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+TOY_SPEC = {
+    "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
+    "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 16, "rewards": {"digit_share": 1.0}},
+    "learner": {"loss": {"name": "cfpo"}, "optimizer": {"lr": 5.0e-3}},
+    "staleness": {"mode": "bounded", "max_staleness": 1},
+    "steps": 20,
+    "checkpoint_every": 5,
+}
+
+
+@pytest.fixture
+def start_run(stack, tmp_path, request):
+    """Write a spec, start its rollout workers; the test starts (and restarts) the learner."""
+    runs: list[Run] = []
+
+    def start(spec: dict, *, workers: int = 1) -> Run:
+        run_id = f"{request.node.name.replace('[', '-').rstrip(']')}-{len(runs)}"
+        spec_path = tmp_path / f"{run_id}.yaml"
+        spec_path.write_text(yaml.safe_dump({"model": str(stack.model_dir), **spec}))
+        processes = [
+            subprocess.Popen(python_module("services.rollout", "--spec", str(spec_path), "--run-id", run_id),
+                             stdout=(tmp_path / f"{run_id}-rollout-{i}.log").open("wb"), stderr=subprocess.STDOUT,
+                             start_new_session=True, env=_env(stack))
+            for i in range(workers)
+        ]
+        run = Run(stack, run_id, tmp_path / run_id, spec_path, processes)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        for process in [*run.workers, *([run.learner] if run.learner else [])]:
+            stop(process, grace=10)
