@@ -48,3 +48,18 @@ def model_tiny(out_dir: Path = typer.Argument(..., help="directory to write"), s
     from cfpo.models import build_tiny_model
 
     typer.echo(build_tiny_model(out_dir, seed=seed))
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories, each with a metrics.jsonl"),
+    out: Path = typer.Option(Path("report"), help="directory for report.md and the PNG figures"),
+) -> None:
+    """Compare runs side by side: plots of reward, clipping, KL, TV, entropy, staleness and a summary table."""
+    from cfpo.report import ReportError, print_report, write_report
+
+    try:
+        print_report(*write_report(run_dirs, out))
+    except ReportError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None

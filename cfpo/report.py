@@ -1,0 +1,284 @@
+"""``cfpo report``: compare runs from their ``metrics.jsonl`` in PNG plots and one summary table.
+
+A step (one rollout batch) logs one row per optimizer step, ``iterations x minibatches`` of them. The report
+reduces each step to one value per metric: the mean of its rows, or their max (min) for keys ending in
+``_max`` (``_min``). Curves are plotted against that step, so runs with different iterations or minibatches
+line up, and every table value is read off the same per-step curves the figures show.
+
+Input is all-or-nothing: if any run directory is unusable, the report lists every problem and writes nothing,
+since a comparison silently missing a run reads as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+FINAL_STEPS = 5  # "final reward" averages this many last steps: one step's reward is noisy
+METRICS_PNG = "metrics.png"
+BUCKETS_PNG = "staleness_buckets.png"
+PANEL_INCHES, LEGEND_INCHES = (4.2, 3.2), 0.6  # one panel's width and height; the legend strip below them
+PANELS = {  # title -> plotted keys; a second key is drawn dashed
+    "reward (mean)": ("reward_mean",),
+    "clip fraction": ("clip_frac",),
+    "KL k3 (behaviour || current)": ("kl_k3",),
+    "TV": ("tv",),
+    "entropy": ("entropy",),
+    "staleness (solid: mean, dashed: max)": ("staleness_mean", "staleness_max"),
+}
+BUCKET_METRICS = {"clip_frac": "clip fraction", "kl_k3": "KL k3"}
+BUCKET_KEY = re.compile(rf"^({'|'.join(BUCKET_METRICS)})/staleness_(.+)$")
+HEADERS = ("run", "steps", f"reward, last {FINAL_STEPS}", "clip frac max", "clip frac mean", "KL k3 max", "TV mean",
+           "entropy first → last", "staleness max")
+
+
+class ReportError(Exception):
+    """Input the report cannot use; the message names the file (and line) so it can be fixed."""
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    label: str
+    steps: list[int]
+    series: dict[str, list[float]]  # metric -> its value at each of ``steps``; NaN where a step lacks it
+
+    def points(self, key: str) -> tuple[list[int], list[float]]:
+        """The steps that have a value of ``key``, and those values."""
+        pairs = [(s, v) for s, v in zip(self.steps, self.series.get(key, ())) if not math.isnan(v)]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+@dataclass(frozen=True)
+class Summary:
+    steps: int
+    final_reward: float | None
+    clip_frac_max: float | None
+    clip_frac_mean: float | None
+    kl_k3_max: float | None
+    tv_mean: float | None
+    entropy_first: float | None
+    entropy_last: float | None
+    staleness_max: float | None
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    """Every run, or a ReportError listing the problem of each unusable one."""
+    names = [path.resolve().name for path in paths]
+    runs, problems = [], []
+    for path, name in zip(paths, names):
+        try:
+            runs.append(load_run(path, name=str(path) if names.count(name) > 1 else name))
+        except ReportError as error:
+            problems.append(str(error))
+    if problems:
+        raise ReportError("\n".join(problems))
+    return runs
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    """A run directory's metrics, reduced to one value per step, labelled ``name (loss)`` when a spec names it."""
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such directory")
+    steps, series = _per_step(_read_rows(path / "metrics.jsonl"))
+    name = name or path.resolve().name
+    loss = _loss_name(path / "spec.yaml")
+    return Run(path, f"{name} ({loss})" if loss else name, steps, series)
+
+
+def _read_rows(file: Path) -> list[dict]:
+    if not file.is_file():
+        raise ReportError(f"{file}: not found (is {file.parent} a run directory?)")
+    text = file.read_text(errors="replace")  # undecodable bytes then fail as JSON, with their line
+    if not text.strip():
+        raise ReportError(f"{file}: empty, no step logged")
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ReportError(f"{file}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise ReportError(f"{file}:{number}: not a metrics row (a JSON object with an integer 'step')")
+        rows.append(row)
+    return rows
+
+
+def _per_step(rows: list[dict]) -> tuple[list[int], dict[str, list[float]]]:
+    by_step: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        values = by_step.setdefault(row["step"], {})
+        for key, value in row.items():
+            if _is_number(value):
+                values.setdefault(key, []).append(float(value))
+    steps = sorted(by_step)
+    keys = {key for values in by_step.values() for key in values}
+    return steps, {key: [_reduce(key, by_step[step].get(key)) for step in steps] for key in keys}
+
+
+def _reduce(key: str, values: list[float] | None) -> float:
+    if not values:
+        return math.nan
+    if key.endswith("_max"):
+        return max(values)
+    if key.endswith("_min"):
+        return min(values)
+    return statistics.fmean(values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _loss_name(spec_file: Path) -> str | None:
+    """The loss a run spec names; metrics rows do not carry it. None when there is no readable spec."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(spec_file.read_text())
+        return str(spec["learner"]["loss"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def summarise(run: Run) -> Summary:
+    def values(key: str) -> list[float]:
+        return run.points(key)[1]
+
+    reward, clip, tv, entropy = values("reward_mean"), values("clip_frac"), values("tv"), values("entropy")
+    return Summary(
+        steps=len(run.steps),
+        final_reward=statistics.fmean(reward[-FINAL_STEPS:]) if reward else None,
+        clip_frac_max=max(clip, default=None),
+        clip_frac_mean=statistics.fmean(clip) if clip else None,
+        kl_k3_max=max(values("kl_k3"), default=None),
+        tv_mean=statistics.fmean(tv) if tv else None,
+        entropy_first=entropy[0] if entropy else None,
+        entropy_last=entropy[-1] if entropy else None,
+        staleness_max=max(values("staleness_max"), default=None),
+    )
+
+
+def table_rows(runs: list[Run]) -> list[list[str]]:
+    """One row of formatted cells per run, in the order of ``HEADERS``."""
+    rows = []
+    for run in runs:
+        s = summarise(run)
+        rows.append([run.label, str(s.steps), *map(_cell, (s.final_reward, s.clip_frac_max, s.clip_frac_mean,
+                                                           s.kl_k3_max, s.tv_mean)),
+                     f"{_cell(s.entropy_first)} → {_cell(s.entropy_last)}", _cell(s.staleness_max)])
+    return rows
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def staleness_buckets(runs: list[Run]) -> list[str]:
+    """Staleness buckets any run logged clip fraction or KL for, youngest first ("0", "1", "3-4", "9+")."""
+    found = {match[2] for run in runs for key in run.series if (match := BUCKET_KEY.match(key))}
+    return sorted(found, key=lambda bucket: int(re.match(r"\d+", bucket)[0]))
+
+
+def write_report(paths: list[Path], out: Path) -> tuple[list[Run], list[Path]]:
+    """Load the runs, write the figures and ``report.md`` into ``out``; returns the runs and the files written."""
+    runs = load_runs(paths)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ReportError(f"{out}: cannot create the output directory ({error.strerror})") from None
+    figures = {"metrics": _plot_metrics(runs, out / METRICS_PNG)}
+    (out / BUCKETS_PNG).unlink(missing_ok=True)  # a figure left from an earlier report would mislead
+    if buckets := staleness_buckets(runs):
+        figures["clip fraction and KL k3 by staleness bucket"] = _plot_buckets(runs, buckets, out / BUCKETS_PNG)
+    markdown = out / "report.md"
+    markdown.write_text(_markdown(runs, figures))
+    return runs, [markdown, *figures.values()]
+
+
+def _markdown(runs: list[Run], figures: dict[str, Path]) -> str:
+    lines = [
+        "# Run report", "",
+        *(f"- `{run.label}`: {run.path}" for run in runs), "",
+        "Each step (rollout batch) is the mean of its optimizer steps' rows (the max for `*_max` keys); the table "
+        f"is read off those per-step values. Final reward: mean of the last {FINAL_STEPS} steps.", "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+        *("| " + " | ".join(cells) + " |" for cells in table_rows(runs)), "",
+        *(f"![{title}]({path.name})\n" for title, path in figures.items()),
+    ]
+    return "\n".join(lines)
+
+
+def print_report(runs: list[Run], written: list[Path]) -> None:
+    """The table with metrics down and runs across, which fits a terminal where nine columns would not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    labels, *columns = zip(*table_rows(runs))
+    table = Table(title="runs")
+    table.add_column(no_wrap=True)
+    for label in labels:
+        table.add_column(label, justify="right", overflow="fold")  # a label is never cut: it tells runs apart
+    for header, cells in zip(HEADERS[1:], columns):
+        table.add_row(header, *cells)
+    console = Console()
+    console.print(table)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+def _figure(rows: int, cols: int, runs: list[Run], sharey: bool | str = False):
+    """A grid of axes with one legend entry per run, below; each run keeps its colour in every figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    width, height = PANEL_INCHES
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + LEGEND_INCHES), squeeze=False,
+                             sharex=True, sharey=sharey)
+    handles = [Line2D([], [], color=f"C{i}", marker=".") for i in range(len(runs))]
+    fig.legend(handles, [run.label for run in runs], loc="lower center", ncol=min(len(runs), 4), frameon=False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step (rollout batch)")
+    return fig, axes
+
+
+def _draw(ax, runs: list[Run], key: str, linestyle: str = "-") -> None:
+    for i, run in enumerate(runs):
+        ax.plot(*run.points(key), color=f"C{i}", linestyle=linestyle, marker=".", markersize=4)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))  # the bottom strip is the legend's
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_metrics(runs: list[Run], path: Path) -> Path:
+    fig, axes = _figure(2, len(PANELS) // 2, runs)
+    for ax, (title, keys) in zip(axes.flat, PANELS.items()):
+        for key, linestyle in zip(keys, ("-", "--")):
+            _draw(ax, runs, key, linestyle)
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_buckets(runs: list[Run], buckets: list[str], path: Path) -> Path:
+    fig, axes = _figure(len(BUCKET_METRICS), len(buckets), runs, sharey="row")  # compare buckets at a glance
+    for row, (metric, title) in zip(axes, BUCKET_METRICS.items()):
+        row[0].set_ylabel(title)
+        for ax, bucket in zip(row, buckets):
+            _draw(ax, runs, f"{metric}/staleness_{bucket}")
+            ax.set_title(f"{title}, staleness {bucket}", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,134 @@
+"""`cfpo report` on small synthetic runs: table values against hand-computed numbers, figures, errors."""
+
+import json
+import struct
+
+import pytest
+from typer.testing import CliRunner
+
+from cfpo.cli import app
+from cfpo.report import load_run, summarise
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(path, steps=6, buckets=True, spec_loss=None):
+    """A run of ``steps`` steps with two optimizer-step rows each, whose per-step values are easy to derive.
+
+    Step s: reward 0.1(s+1); clip_frac rows 0.01s and 0.01s + 0.02 (step mean 0.01s + 0.01); kl_k3 rows 0.001s
+    and 0.003s (mean 0.002s); tv rows 0.05 and 0.07; entropy rows 2 - 0.1s ± 0.05; staleness_max rows 0 and s // 2.
+    """
+    path.mkdir(parents=True)
+    rows = []
+    for s in range(steps):
+        for i, sign in enumerate((-1, 1)):
+            row = {"step": s, "version": 2 * s + i + 1, "iteration": i, "minibatch": 0, "warm_up": False,
+                   "reward_mean": 0.1 * (s + 1), "clip_frac": 0.01 * s + 0.02 * i, "kl_k3": 0.001 * s * (1 + 2 * i),
+                   "tv": 0.05 + 0.02 * i, "entropy": 2 - 0.1 * s + sign * 0.05, "staleness_mean": 0.25 * i,
+                   "staleness_max": (s // 2) * i, "grad_norm": float("nan")}
+            if buckets:
+                row["clip_frac/staleness_0"] = 0.0
+                row["kl_k3/staleness_0"] = 0.0
+                if s >= 2:
+                    row["clip_frac/staleness_3-4"] = 0.2
+                    row["kl_k3/staleness_3-4"] = 0.1
+            rows.append(row)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if spec_loss:
+        (path / "spec.yaml").write_text(f"model: /m\nlearner:\n  loss: {{name: {spec_loss}}}\n")
+    return path
+
+
+def report(*args):
+    return CliRunner().invoke(app, ["report", *map(str, args)])
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_summary_matches_hand_computed_values(tmp_path):
+    summary = summarise(load_run(write_run(tmp_path / "run")))
+
+    assert summary.steps == 6
+    assert summary.final_reward == pytest.approx((0.2 + 0.3 + 0.4 + 0.5 + 0.6) / 5)  # last 5 steps
+    assert summary.clip_frac_max == pytest.approx(0.06)  # max of step means, not the 0.07 of one row
+    assert summary.clip_frac_mean == pytest.approx(0.035)
+    assert summary.kl_k3_max == pytest.approx(0.010)
+    assert summary.tv_mean == pytest.approx(0.06)
+    assert (summary.entropy_first, summary.entropy_last) == (pytest.approx(2.0), pytest.approx(1.5))
+    assert summary.staleness_max == 2  # *_max keys reduce by max: the step mean would give 1
+
+
+def test_report_writes_table_and_valid_figures(tmp_path):
+    out = tmp_path / "out"
+    result = report(write_run(tmp_path / "run-a"), "--out", out)
+
+    assert result.exit_code == 0, result.output
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["metrics.png", "staleness_buckets.png"]
+    for png in pngs:
+        width, height = png_size(png)
+        assert width > 300 and height > 300
+    markdown = (out / "report.md").read_text()
+    assert "| run-a | 6 | 0.4 | 0.06 | 0.035 | 0.01 | 0.06 | 2 → 1.5 | 2 |" in markdown
+    for png in pngs:
+        assert f"]({png.name})" in markdown  # relative to report.md
+    assert "run-a" in result.output and str(out / "report.md") in result.output
+
+
+def test_no_bucket_keys_no_bucket_figure(tmp_path):
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "staleness_buckets.png").write_bytes(PNG_SIGNATURE)  # from an earlier report
+
+    assert report(write_run(tmp_path / "run", buckets=False), "--out", out).exit_code == 0
+    assert [p.name for p in out.glob("*.png")] == ["metrics.png"]
+    assert "staleness_buckets" not in (out / "report.md").read_text()
+
+
+def test_runs_compared_with_labels(tmp_path):
+    out = tmp_path / "out"
+    result = report(write_run(tmp_path / "a" / "run"), write_run(tmp_path / "b" / "run", steps=3, spec_loss="grpo"),
+                    "--out", out)
+
+    assert result.exit_code == 0, result.output
+    markdown = (out / "report.md").read_text()
+    # same directory name twice: labelled by the path given; the spec's loss is added
+    assert f"| {tmp_path / 'a' / 'run'} | 6 |" in markdown
+    assert f"| {tmp_path / 'b' / 'run'} (grpo) | 3 |" in markdown
+    assert len(list(out.glob("*.png"))) == 2
+
+
+def test_loss_label_from_spec(tmp_path):
+    assert load_run(write_run(tmp_path / "run-x", spec_loss="cfpo")).label == "run-x (cfpo)"
+    assert load_run(write_run(tmp_path / "run-y")).label == "run-y"
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda run: (run / "metrics.jsonl").unlink(), "metrics.jsonl: not found"),
+    (lambda run: (run / "metrics.jsonl").write_text(""), "metrics.jsonl: empty"),
+    (lambda run: (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1, "clip_fr\n'),
+     "metrics.jsonl:2: not valid JSON"),
+    (lambda run: (run / "metrics.jsonl").write_text('{"step": 0}\n[1, 2]\n'), "metrics.jsonl:2: not a metrics row"),
+])
+def test_bad_run_is_a_clear_error_and_nothing_is_written(tmp_path, damage, expected):
+    good, bad, out = write_run(tmp_path / "good"), write_run(tmp_path / "bad"), tmp_path / "out"
+    damage(bad)
+
+    result = report(good, bad, "--out", out)
+
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    assert f"error: {bad / expected.split(':')[0]}" in result.output and expected in result.output
+    assert not out.exists()
+
+
+def test_every_bad_run_is_listed(tmp_path):
+    result = report(tmp_path / "missing", write_run(tmp_path / "ok"), tmp_path / "ok" / "metrics.jsonl")
+
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'missing'}: no such directory" in result.output
+    assert f"{tmp_path / 'ok' / 'metrics.jsonl'}: no such directory" in result.output
