@@ -12,9 +12,12 @@ from pathlib import Path
 
 import typer
 
+from cfpo.cli_runs import run_app
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CFPO: clipping-free RL post-training pipeline.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare local model directories (no downloads).")
 app.add_typer(model_app, name="model")
+app.add_typer(run_app, name="run")
 
 FORWARD_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
@@ -30,7 +33,7 @@ def demo(ctx: typer.Context) -> None:
 
 
 SERVICES = {"generation": "services.generation", "reward": "services.reward", "rollout": "services.rollout",
-            "learner": "trainer"}
+            "learner": "trainer", "control": "services.control"}
 
 
 @app.command(context_settings=FORWARD_ARGS)

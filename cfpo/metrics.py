@@ -195,3 +195,17 @@ LEARNER_WEIGHT_SYNC_SECONDS = Metric(
 )
 LEARNER_METRICS = (*LEARNER_GAUGES.values(), *LEARNER_BUCKET_GAUGES.values(), LEARNER_STEPS, LEARNER_STALENESS,
                    LEARNER_WEIGHT_SYNC_SECONDS)
+
+# Control API (services/control)
+CONTROL_REQUESTS = Metric(
+    "cfpo_control_requests", "counter", "API requests answered, by method, route template and HTTP status.",
+    ("method", "route", "status"),
+)
+CONTROL_RUNS_SUBMITTED = Metric("cfpo_control_runs_submitted", "counter", "Runs validated and queued.")
+CONTROL_RUNS_REAPED = Metric(
+    "cfpo_control_runs_reaped", "counter", "Running runs ended because their worker stopped heartbeating.",
+)
+CONTROL_RUNS_QUEUED = Metric("cfpo_control_runs_queued", "gauge", "Runs waiting for a worker, at the last scrape.")
+CONTROL_RUNS_RUNNING = Metric("cfpo_control_runs_running", "gauge", "Runs held by a worker, at the last scrape.")
+CONTROL_METRICS = (CONTROL_REQUESTS, CONTROL_RUNS_SUBMITTED, CONTROL_RUNS_REAPED, CONTROL_RUNS_QUEUED,
+                   CONTROL_RUNS_RUNNING)

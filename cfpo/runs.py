@@ -1,0 +1,465 @@
+"""The run registry: runs as work items in Redis, written by the control API and taken by long-running workers.
+
+Why it is built this way (DESIGN.md, "Runs are work items"):
+
+- A run is a hash (``run:<id>:record``) plus a capped list of its per-step metrics (``run:<id>:steps``); the ids
+  of queued runs wait in one list (``runs:queued``), and every run is in an index ordered by submission
+  (``runs:index``). Nothing lives in the API process, so restarting it loses nothing.
+- Every state change is one Lua script, so it is atomic: two workers never claim the same run, a cancel never
+  races a claim, and the reaper never fails a run whose heartbeat arrived in between.
+- Timestamps come from Redis's clock (``TIME``), so heartbeats of workers on other machines are compared on one
+  clock. Running runs sit in ``runs:active`` scored by their last heartbeat; ``reap`` fails those whose worker
+  went quiet, so a dead worker never leaves a run "running" forever.
+- States: queued -> running -> succeeded | failed | cancelled (or queued -> cancelled). Terminal states are final.
+  A cancel of a running run only raises a flag (``is_cancelled``): the worker stops at a step boundary and calls
+  ``finish(run_id, "cancelled")``.
+
+Worker side, in full::
+
+    registry = RunRegistry(redis_url)
+    claim = registry.claim_next("learner-0")              # None when nothing is queued
+    if claim is not None:
+        run_id, spec = claim
+        with registry.heartbeating(run_id, "learner-0"):  # a thread beats every few seconds
+            for step in range(spec.steps):
+                if registry.is_cancelled(run_id):
+                    registry.finish(run_id, "cancelled")
+                    break
+                ...                                       # train the step
+                registry.record_step(run_id, step, version, metrics)
+            else:
+                registry.finish(run_id, "succeeded")      # or "failed" with a reason on an error
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, get_args
+
+import redis
+from pydantic import BaseModel, Field, computed_field
+
+from cfpo.queue import DEFAULT_REDIS_URL, RunKeys
+from cfpo.run_spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FinalState = Literal["succeeded", "failed", "cancelled"]
+FINAL_STATES: tuple[str, ...] = get_args(FinalState)
+
+INDEX_KEY = "runs:index"  # every run id, scored by submission time
+QUEUED_KEY = "runs:queued"  # ids waiting for a worker, oldest first
+ACTIVE_KEY = "runs:active"  # ids of running runs, scored by their last heartbeat
+RECORD_PREFIX, RECORD_SUFFIX = "run:", ":record"  # scripts build record keys of ids they pop from these two parts
+
+# Every script starts here: `now` is Redis's clock, one clock for every process that touches a run.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local function record_of(id) return ARGV[1] .. id .. ARGV[2] end
+"""
+
+# KEYS: record, index, queued. ARGV: prefix, suffix, id, field/value pairs of the new record.
+_SUBMIT = _PRELUDE + """
+redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', now, unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return now
+"""
+
+# KEYS: queued, active. ARGV: prefix, suffix, worker. Skips ids whose run is no longer queued.
+_CLAIM = _PRELUDE + """
+while true do
+  local id = redis.call('LPOP', KEYS[1])
+  if not id then return false end
+  local record = record_of(id)
+  if redis.call('HGET', record, 'state') == 'queued' then
+    redis.call('HSET', record, 'state', 'running', 'worker', ARGV[3], 'started_at', now, 'heartbeat_at', now)
+    redis.call('ZADD', KEYS[2], now, id)
+    return {id, redis.call('HGET', record, 'spec')}
+  end
+end
+"""
+
+# KEYS: record, active. ARGV: prefix, suffix, id, worker. Returns 'ok' or why not.
+_HEARTBEAT = _PRELUDE + """
+local state, worker = unpack(redis.call('HMGET', KEYS[1], 'state', 'worker'))
+if not state then return 'missing' end
+if state ~= 'running' then return state end
+if worker ~= ARGV[4] then return 'held by worker ' .. worker .. ', not ' .. ARGV[4] end
+redis.call('HSET', KEYS[1], 'heartbeat_at', now)
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+return 'ok'
+"""
+
+# KEYS: record, steps, active. ARGV: prefix, suffix, id, step, version, latest metrics, entry, history length.
+# A recorded step is also a heartbeat. The entry gets the time here: '{"time": now, ' .. the rest of ARGV[7].
+_RECORD_STEP = _PRELUDE + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'running' then return state end
+redis.call('RPUSH', KEYS[2], '{"time": ' .. now .. ', ' .. string.sub(ARGV[7], 2))
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+redis.call('HSET', KEYS[1], 'steps_done', tonumber(ARGV[4]) + 1, 'version', ARGV[5], 'metrics', ARGV[6],
+           'heartbeat_at', now)
+redis.call('ZADD', KEYS[3], now, ARGV[3])
+return 'ok'
+"""
+
+# KEYS: record, active. ARGV: prefix, suffix, id, final state, reason ('' for none). Only a running run finishes;
+# a cancelled one keeps the reason given with the cancel unless the worker names another.
+_FINISH = _PRELUDE + """
+local state, cancel_reason = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel_reason'))
+if not state then return 'missing' end
+if state ~= 'running' then return state end
+local reason = ARGV[5]
+if reason == '' and ARGV[4] == 'cancelled' then reason = cancel_reason or 'cancelled' end
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished_at', now)
+if reason == '' then redis.call('HDEL', KEYS[1], 'reason') else redis.call('HSET', KEYS[1], 'reason', reason) end
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 'ok'
+"""
+
+# KEYS: record, queued. ARGV: prefix, suffix, id, reason. A queued run ends now; a running one gets the flag.
+# Returns the state the run had.
+_CANCEL = _PRELUDE + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[4], 'cancel_reason', ARGV[4], 'finished_at', now)
+  redis.call('LREM', KEYS[2], 0, ARGV[3])
+elseif state == 'running' and not redis.call('HGET', KEYS[1], 'cancel_reason') then
+  redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[4])
+end
+return state
+"""
+
+# KEYS: active. ARGV: prefix, suffix, timeout in seconds. Ends every running run whose last heartbeat is older.
+_REAP = _PRELUDE + """
+local timeout = tonumber(ARGV[3])
+local reaped = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(now) - timeout))) do
+  local record = record_of(id)
+  local state, worker, beat, cancel_reason = unpack(redis.call('HMGET', record, 'state', 'worker', 'heartbeat_at',
+                                                               'cancel_reason'))
+  if state == 'running' then
+    local silence = string.format('no heartbeat from worker %s for %.1f s (timeout %s s)', worker,
+                                  tonumber(now) - tonumber(beat), ARGV[3])
+    if cancel_reason then
+      redis.call('HSET', record, 'state', 'cancelled', 'reason', cancel_reason .. '; then ' .. silence)
+    else
+      redis.call('HSET', record, 'state', 'failed', 'reason', silence)
+    end
+    redis.call('HSET', record, 'finished_at', now)
+    table.insert(reaped, id)
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+return reaped
+"""
+
+
+class RunNotFound(LookupError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"run {run_id!r}: no such run")
+
+
+class RunStateError(RuntimeError):
+    """The run is not in a state that allows the call (e.g. finishing a run that was already reaped)."""
+
+
+@dataclass(frozen=True)
+class RegistryKeys:
+    """The registry's keys of one run, beside the rollout keys of ``cfpo.queue.RunKeys`` (same id rules)."""
+
+    run_id: str
+
+    def __post_init__(self) -> None:
+        RunKeys(self.run_id)  # raises ValueError for an id that cannot be part of a key
+
+    @property
+    def record(self) -> str:
+        return f"{RECORD_PREFIX}{self.run_id}{RECORD_SUFFIX}"
+
+    @property
+    def steps(self) -> str:
+        return f"run:{self.run_id}:steps"
+
+
+class Staleness(BaseModel):
+    mode: Literal["bounded", "fixed"]
+    bound: int = Field(description="the largest staleness admitted (bounded) or the exact one (fixed)")
+    latest_mean: float | None = Field(description="mean staleness of the latest step's samples, once measured")
+
+
+class RunRecord(BaseModel):
+    """A run as stored; times are seconds since the epoch on Redis's clock."""
+
+    id: str
+    name: str | None = None
+    state: RunState
+    reason: str | None = Field(None, description="why the run failed or was cancelled")
+    spec: RunSpec
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = Field(None, description="the worker that claimed the run")
+    heartbeat_at: float | None = Field(None, description="the worker's last heartbeat (or recorded step)")
+    cancel_reason: str | None = Field(None, description="set when a cancel was asked; the worker stops at a step")
+    steps_done: int = Field(0, description="steps recorded so far (the last recorded step index + 1)")
+    version: int | None = Field(None, description="the learner's policy version after the last recorded step")
+    metrics: dict[str, Any] = Field({}, description="the last recorded step's metrics")
+
+    @computed_field
+    @property
+    def steps(self) -> int:
+        return self.spec.steps
+
+    @computed_field
+    @property
+    def staleness(self) -> Staleness:
+        latest = self.metrics.get("staleness_mean")
+        return Staleness(mode=self.spec.staleness.mode, bound=self.spec.staleness.bound,
+                         latest_mean=latest if isinstance(latest, int | float) else None)
+
+    @classmethod
+    def from_hash(cls, run_id: str, fields: dict[bytes, bytes]) -> "RunRecord":
+        data: dict[str, Any] = {key.decode(): value.decode() for key, value in fields.items()}
+        data["spec"] = RunSpec.model_validate_json(data["spec"])
+        data["metrics"] = json.loads(data.get("metrics", "{}"))
+        return cls(id=run_id, **data)
+
+
+class StepRecord(BaseModel):
+    step: int = Field(description="the step's index (0-based)")
+    version: int
+    time: float
+    metrics: dict[str, Any]
+
+
+class Claim(NamedTuple):
+    run_id: str
+    spec: RunSpec
+
+
+class Heartbeat:
+    """Beats for a run from a daemon thread; ``lost`` is set once the run is no longer the worker's."""
+
+    def __init__(self, registry: "RunRegistry", run_id: str, worker: str, every_s: float):
+        self.registry, self.run_id, self.worker, self.every_s = registry, run_id, worker, every_s
+        self.lost = threading.Event()
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.registry.heartbeat(self.run_id, self.worker)
+            except (RunStateError, RunNotFound) as error:
+                self.reason = str(error)
+                self.lost.set()
+                return
+            except redis.RedisError as error:  # transient: the next beat may get through before the timeout
+                log.warning("heartbeat of run %s failed: %s", self.run_id, error)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class RunRegistry:
+    """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``cancel``, ``history``, ``reap``) and
+    the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``record_step``, ``is_cancelled``, ``finish``)."""
+
+    def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
+        self.redis = redis.Redis.from_url(redis_url or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+        self.history_length = history_length  # step entries kept per run; older ones are trimmed
+        self._scripts = {name: self.redis.register_script(source) for name, source in (
+            ("submit", _SUBMIT), ("claim", _CLAIM), ("heartbeat", _HEARTBEAT), ("record_step", _RECORD_STEP),
+            ("finish", _FINISH), ("cancel", _CANCEL), ("reap", _REAP))}
+
+    def _run(self, script: str, keys: list[str], *args: Any) -> Any:
+        return self._scripts[script](keys=keys, args=[RECORD_PREFIX, RECORD_SUFFIX, *args])
+
+    # control side
+
+    def submit(self, spec: RunSpec, name: str | None = None) -> RunRecord:
+        """Queue a run of ``spec``; returns its record with a new id."""
+        run_id = uuid.uuid4().hex[:12]
+        keys = RegistryKeys(run_id)
+        fields = {"spec": spec.model_dump_json(), **({"name": name} if name is not None else {})}
+        self._run("submit", [keys.record, INDEX_KEY, QUEUED_KEY], run_id,
+                  *(part for pair in fields.items() for part in pair))
+        return self.get(run_id)
+
+    def get(self, run_id: str) -> RunRecord:
+        fields = self.redis.hgetall(_keys(run_id).record)
+        if not fields:
+            raise RunNotFound(run_id)
+        return RunRecord.from_hash(run_id, fields)
+
+    def list_runs(self, state: RunState | None = None, limit: int = 100) -> list[RunRecord]:
+        """The newest ``limit`` runs (in ``state``, if given), newest first."""
+        found: list[str] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit:
+            ids = [i.decode() for i in self.redis.zrevrange(INDEX_KEY, start, start + page - 1)]
+            if not ids:
+                break
+            if state is not None:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for run_id in ids:
+                        pipe.hget(RegistryKeys(run_id).record, "state")
+                    ids = [i for i, s in zip(ids, pipe.execute()) if s is not None and s.decode() == state]
+            found += ids[: limit - len(found)]
+            start += page
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in found:
+                pipe.hgetall(RegistryKeys(run_id).record)
+            return [RunRecord.from_hash(i, fields) for i, fields in zip(found, pipe.execute()) if fields]
+
+    def cancel(self, run_id: str, reason: str = "cancelled through the API") -> RunRecord:
+        """End a queued run now; ask a running one to stop (its worker sees ``is_cancelled``). Repeats are no-ops."""
+        keys = _keys(run_id)
+        before = self._run("cancel", [keys.record, QUEUED_KEY], run_id, reason).decode()
+        if before == "missing":
+            raise RunNotFound(run_id)
+        if before in ("succeeded", "failed"):
+            raise RunStateError(f"run {run_id}: already {before}, nothing to cancel")
+        return self.get(run_id)
+
+    def history(self, run_id: str, since: int | None = None, limit: int = 1000) -> list[StepRecord]:
+        """Recorded steps with index > ``since`` (all if None), oldest first, at most ``limit``."""
+        keys = _keys(run_id)
+        if not self.redis.exists(keys.record):  # an unknown run, not an empty history
+            raise RunNotFound(run_id)
+        entries = (StepRecord.model_validate_json(raw) for raw in self.redis.lrange(keys.steps, 0, -1))
+        return [entry for entry in entries if since is None or entry.step > since][:limit]
+
+    def reap(self, timeout_s: float) -> list[str]:
+        """Fail (or, if a cancel was asked, cancel) every running run without a heartbeat for ``timeout_s``."""
+        return [i.decode() for i in self._run("reap", [ACTIVE_KEY], timeout_s)]
+
+    def counts(self) -> dict[str, int]:
+        """Queued and running runs right now (cheap: two lengths), for gauges."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            queued, running = pipe.llen(QUEUED_KEY).zcard(ACTIVE_KEY).execute()
+        return {"queued": queued, "running": running}
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # worker side
+
+    def claim_next(self, worker: str) -> Claim | None:
+        """Take the oldest queued run for ``worker`` (atomically: no other worker gets it); None if none is queued."""
+        _check_worker(worker)
+        claimed = self._run("claim", [QUEUED_KEY, ACTIVE_KEY], worker)
+        if claimed is None:
+            return None
+        run_id, spec = claimed
+        return Claim(run_id.decode(), RunSpec.model_validate_json(spec))
+
+    def heartbeat(self, run_id: str, worker: str) -> None:
+        """Say ``worker`` is alive and still on the run; raises RunStateError once the run is not its own."""
+        keys = _keys(run_id)
+        self._checked(run_id, self._run("heartbeat", [keys.record, ACTIVE_KEY], run_id, worker))
+
+    @contextlib.contextmanager
+    def heartbeating(self, run_id: str, worker: str, every_s: float = 5.0) -> Iterator[Heartbeat]:
+        """Heartbeat from a background thread while the block runs; yields the ``Heartbeat`` (see its ``lost``).
+
+        Beat several times per reaper timeout (the API's default timeout is 60 s)."""
+        self.heartbeat(run_id, worker)
+        beat = Heartbeat(self, run_id, worker, every_s).start()
+        try:
+            yield beat
+        finally:
+            beat.stop()
+
+    def record_step(self, run_id: str, step: int, version: int, metrics: dict[str, Any]) -> None:
+        """Record step ``step`` (0-based) done at policy ``version``; also a heartbeat. Non-finite numbers are kept
+        as the strings "nan", "inf", "-inf" (JSON has no such numbers)."""
+        keys = _keys(run_id)
+        safe = _json_safe(metrics)
+        if not isinstance(safe, dict):
+            raise TypeError(f"metrics: expected a mapping, got {type(metrics).__name__}")
+        latest = json.dumps(safe)
+        entry = json.dumps({"step": step, "version": version, "metrics": safe})
+        reply = self._run("record_step", [keys.record, keys.steps, ACTIVE_KEY], run_id, int(step), int(version),
+                          latest, entry, self.history_length)
+        self._checked(run_id, reply)
+
+    def finish(self, run_id: str, state: FinalState, reason: str | None = None) -> None:
+        """End a running run. ``cancelled`` without a reason keeps the reason given with the cancel."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"state: {state!r} is not one of {FINAL_STATES}")
+        keys = _keys(run_id)
+        self._checked(run_id, self._run("finish", [keys.record, ACTIVE_KEY], run_id, state, reason or ""))
+
+    def is_cancelled(self, run_id: str) -> bool:
+        """Whether a cancel was asked (the worker should stop at the next step boundary)."""
+        cancel_reason, state = self.redis.hmget(_keys(run_id).record, "cancel_reason", "state")
+        if state is None:
+            raise RunNotFound(run_id)
+        return cancel_reason is not None
+
+    @staticmethod
+    def _checked(run_id: str, reply: bytes) -> None:
+        outcome = reply.decode()
+        if outcome == "missing":
+            raise RunNotFound(run_id)
+        if outcome in FINAL_STATES or outcome == "queued":
+            raise RunStateError(f"run {run_id}: {outcome}, not running")
+        if outcome != "ok":
+            raise RunStateError(f"run {run_id}: {outcome}")
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> "RunRegistry":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _keys(run_id: str) -> RegistryKeys:
+    """The run's keys; an id that cannot be a key names no run."""
+    try:
+        return RegistryKeys(run_id)
+    except ValueError:
+        raise RunNotFound(run_id) from None
+
+
+def _check_worker(worker: str) -> None:
+    if not worker or not worker.isprintable():
+        raise ValueError(f"worker: {worker!r} must be a non-empty printable name")
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values from metrics (numpy/torch scalars become floats; NaN and infinities become strings)."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    number = float(value)
+    return number if math.isfinite(number) else str(number)

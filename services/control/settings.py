@@ -1,0 +1,70 @@
+"""The control API's settings, validated once at start-up (command line, YAML file, environment)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from cfpo.config import StrictModel
+from cfpo.queue import DEFAULT_REDIS_URL
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def _token_from_environment() -> SecretStr | None:
+    """CFPO_API_TOKEN; empty counts as unset (as compose's ${CFPO_API_TOKEN:-} gives)."""
+    token = os.environ.get("CFPO_API_TOKEN", "")
+    return SecretStr(token) if token else None
+
+
+class ControlSettings(StrictModel):
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on (loopback by default)")
+    port: int = Field(8080, ge=1, le=65535)
+    redis_url: str = Field(
+        default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        description="where runs are kept (default: $REDIS_URL, else a local Redis)",
+    )
+    generation_url: str | None = Field(
+        default_factory=lambda: os.environ.get("CFPO_GENERATION_URL") or None,
+        description="generation service whose served model every run must use (default: $CFPO_GENERATION_URL); "
+        "unset: the model check is skipped",
+    )
+    generation_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for generation's model list")
+    heartbeat_timeout_s: float = Field(
+        60.0, gt=0, description="a running run whose worker is silent this long is marked failed"
+    )
+    reap_interval_s: float = Field(5.0, gt=0, description="how often to look for such runs")
+    history_length: int = Field(10_000, ge=1, description="per-step metric entries kept per run")
+    token: SecretStr | None = Field(
+        default_factory=_token_from_environment,
+        description="bearer token every route but /health, /metrics and the docs requires: $CFPO_API_TOKEN, or token "
+        "in the --config file (never a flag: the process list would show it)",
+    )
+
+    @field_validator("generation_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r}: expected an http:// or https:// URL")
+        return None if url is None else url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> "ControlSettings":
+        """The API starts runs on the cluster: beyond loopback it must not answer without a token."""
+        if self.token is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"host: listening on {self.host} without a token would let anyone who reaches it start and cancel "
+                "runs; set CFPO_API_TOKEN, or listen on 127.0.0.1"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

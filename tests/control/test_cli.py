@@ -1,0 +1,97 @@
+"""``cfpo run ...`` against the real API: tables and progress for people, one readable line for every failure."""
+
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from cfpo.cli import app
+from tests.control.conftest import TOKEN
+
+
+@pytest.fixture
+def cfpo(api):
+    def run(*args: str, token: str | None = TOKEN, url: str | None = None):
+        env = {"CFPO_API_URL": url or api.url, "CFPO_API_TOKEN": token or "", "COLUMNS": "200"}
+        return CliRunner().invoke(app, ["run", *args], env=env)
+
+    return run
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: /models/tiny\nsteps: 3\nlearner:\n  loss:\n    name: grpo\n")
+    return path
+
+
+def submitted_id(output: str) -> str:
+    return output.split("submitted run ")[1].split()[0]
+
+
+def test_submit_list_show_cancel(cfpo, spec_file):
+    submitted = cfpo("submit", str(spec_file), "--name", "from-cli")
+    assert submitted.exit_code == 0, submitted.output
+    run_id = submitted_id(submitted.output)
+    listed = cfpo("list", "--state", "queued")
+    assert run_id in listed.output and "from-cli" in listed.output and "grpo" in listed.output
+    shown = cfpo("show", run_id)
+    assert "queued" in shown.output and "0/3" in shown.output and "bounded, bound 4" in shown.output
+    cancelled = cfpo("cancel", run_id, "--reason", "typo in the spec")
+    assert cancelled.exit_code == 0 and f"run {run_id}: cancelled" in cancelled.output
+    assert "typo in the spec" in cfpo("show", run_id).output
+
+
+def test_a_relative_model_is_sent_as_an_absolute_path(cfpo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("model: models/tiny\n")
+    run_id = submitted_id(cfpo("submit", "run.yaml").output)
+    assert str(tmp_path / "models" / "tiny") in cfpo("show", run_id).output
+
+
+def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
+    run_id = submitted_id(cfpo("submit", str(spec_file)).output)
+
+    def work() -> None:
+        assert registry.claim_next(worker).run_id == run_id
+        for step in range(3):
+            time.sleep(0.2)
+            registry.record_step(run_id, step, step + 1, {"reward_mean": 0.5, "kl_k3": 0.0125, "clip_frac": 0.25})
+        registry.finish(run_id, "succeeded")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    watched = cfpo("watch", run_id, "--interval", "0.1")
+    thread.join()
+    assert watched.exit_code == 0, watched.output
+    assert "3/3" in watched.output and "reward 0.5  KL 0.0125  clip 0.25" in watched.output
+    assert f"run {run_id}: succeeded" in watched.output
+
+
+def test_watch_exits_1_for_a_run_that_did_not_succeed(cfpo, spec_file):
+    run_id = submitted_id(cfpo("submit", str(spec_file)).output)
+    cfpo("cancel", run_id)
+    watched = cfpo("watch", run_id)
+    assert watched.exit_code == 1 and f"run {run_id}: cancelled (cancelled from the command line)" in watched.output
+
+
+@pytest.mark.parametrize("args, token, url, message", [
+    (["list"], None, None, "error: missing bearer token"),
+    (["list"], "wrong", None, "error: wrong bearer token (set CFPO_API_TOKEN to the API's token)"),
+    (["list"], TOKEN, "http://127.0.0.1:9", "error: cannot reach the control API at http://127.0.0.1:9"),
+    (["show", "0123456789ab"], TOKEN, None, "error: HTTP 404: run '0123456789ab': no such run"),
+    (["submit", "missing.yaml"], TOKEN, None, "error: missing.yaml: cannot read it"),
+])
+def test_failures_are_one_readable_line(cfpo, args, token, url, message):
+    result = cfpo(*args, token=token, url=url)
+    assert result.exit_code == 1
+    assert result.output.startswith(message) and "Traceback" not in result.output
+
+
+def test_an_invalid_spec_names_the_field(cfpo, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: /models/tiny\nloss: no-such-loss\n")
+    result = cfpo("submit", str(path))
+    assert result.exit_code == 1
+    assert "HTTP 422: loss: unknown field (did you mean learner.loss.name?)" in result.output
