@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from cfpo.codec import RolloutGroup
 from cfpo.generation_client import GenerationClient
 from cfpo.metrics import (
@@ -85,8 +87,9 @@ class LearnerService:
                                               "ids": [e.id for e in entries]})
             unacknowledged += [entry.id for entry in entries]
             if (step + 1) % self.spec.checkpoint_every == 0 or step + 1 == self.spec.steps:
-                self.learner.save_checkpoint(self.paths.checkpoints, {"step": step + 1})
-                self.queue.ack(unacknowledged)
+                state = {"step": step + 1, "stream_ids": unacknowledged, "torch_rng": torch.get_rng_state()}
+                self.learner.save_checkpoint(self.paths.checkpoints, state)
+                self.queue.ack(unacknowledged)  # only now is their effect safe from a crash
                 unacknowledged = []
         self.paths.status.write_text(json.dumps({"state": "succeeded", "steps": self.spec.steps,
                                                  "version": self.learner.version}))
@@ -97,6 +100,9 @@ class LearnerService:
             log.info("no checkpoint in %s: starting from the beginning", self.paths.checkpoints)
             return 0
         state = self.learner.load_checkpoint(self.paths.checkpoints)
+        torch.set_rng_state(state["torch_rng"])
+        # A crash between saving and acknowledging leaves these pending; they are in the checkpoint already.
+        self.queue.ack(state["stream_ids"])
         return int(state["step"])
 
     def _truncate_logs(self, start_step: int) -> None:

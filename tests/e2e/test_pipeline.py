@@ -3,10 +3,12 @@
 import re
 import statistics
 
+import httpx
 import pytest
 
 from cfpo.metrics import LEARNER_STEP_VALUES
 from tests.e2e.conftest import TOY_SPEC
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +29,14 @@ def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
     # Measured (lr 5e-3, 20 steps, digit_share): first five steps' mean reward about 0.58, last five about
     # 0.74 (cfpo) and 0.76 (grpo).
     run = start_run(_with(learner__loss={"name": loss}))
-    run.start_learner()
+    metrics_port = free_port()
+    run.start_learner("--metrics-port", str(metrics_port))
+    run.wait_for_steps(3)
+    exported = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     run.wait()
+    for name in ("cfpo_learner_clip_frac", "cfpo_learner_kl_k3", "cfpo_learner_staleness_bucket",
+                 "cfpo_learner_weight_sync_seconds_count", "cfpo_learner_clip_frac_by_staleness"):
+        assert f'{name}{{' in exported and f'loss="{loss}"' in exported, name
     rows = run.metrics()
     assert [row["step"] for row in rows] == list(range(20))
     rewards = [row["reward_mean"] for row in rows]
