@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from cfpo.advantages import AdvantageName
 from cfpo.config import LearnerConfig, StrictModel
@@ -61,14 +61,21 @@ class RunSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _learner_batch_is_the_rollout_batch(cls, data: Any) -> Any:
-        """The learner trains on exactly one rollout step at a time; derive its batch size, refuse a mismatch."""
+        """The learner trains on exactly one rollout step at a time; derive its batch size, refuse a mismatch.
+
+        Malformed ``rollout`` or ``learner`` values are left to field validation, which names them properly."""
         if not isinstance(data, dict):
             return data
-        rollout = RolloutConfig.model_validate(data.get("rollout") or {})
+        try:
+            rollout = RolloutConfig.model_validate(data.get("rollout") or {})
+        except ValidationError:
+            return data
         batch_size = rollout.prompts_per_step * rollout.group_size
         learner = data.get("learner") or {}
         if isinstance(learner, LearnerConfig):
             learner = learner.model_dump()
+        if not isinstance(learner, dict):
+            return data
         if learner.get("batch_size", batch_size) != batch_size:
             raise ValueError(
                 f"learner.batch_size: {learner['batch_size']} differs from prompts_per_step x group_size = "

@@ -14,6 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 import torch
 
@@ -32,6 +33,14 @@ from trainer.weight_sync.file import push_weights
 
 log = logging.getLogger("cfpo.learner")
 CONSUMER = "learner"
+
+
+class RunControl(Protocol):
+    """What a run registry asks of the learner between steps (absent for a run started by hand)."""
+
+    def record(self, step: int, version: int, metrics: dict) -> None: ...
+
+    def stop_reason(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -61,8 +70,10 @@ class RunPaths:
 
 class LearnerService:
     def __init__(self, spec: RunSpec, run_id: str, run_dir: Path, queue: RolloutQueue,
-                 generation: GenerationClient, recorder: PrometheusRecorder, *, data_timeout: float = 600.0):
+                 generation: GenerationClient, recorder: PrometheusRecorder, *, data_timeout: float = 600.0,
+                 control: RunControl | None = None):
         self.spec, self.run_id, self.paths, self.queue = spec, run_id, RunPaths(run_dir), queue
+        self.control = control
         self.generation, self.recorder, self.data_timeout = generation, recorder, data_timeout
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.labels = {"run": run_id, "loss": spec.learner.loss.name}
@@ -70,7 +81,8 @@ class LearnerService:
         self.assembler: StepAssembler | None = None
         self.last_sync_seconds = 0.0
 
-    def run(self, resume: bool = False) -> None:
+    def run(self, resume: bool = False) -> Literal["succeeded", "cancelled"]:
+        """Train every remaining step; stops early (``cancelled``) when the run's control says so."""
         start_step = self._restore() if resume else 0
         self._truncate_logs(start_step)
         self.assembler = StepAssembler(self.queue, CONSUMER, self.spec.rollout.prompts_per_step, start_step)
@@ -79,6 +91,11 @@ class LearnerService:
         self._push(self.learner.version)  # generation must serve this learner's weights, whatever it served before
         unacknowledged: list[str] = []
         for step in range(start_step, self.spec.steps):
+            reason = self.control.stop_reason() if self.control else None
+            if reason:
+                log.info("run %s stops before step %d: %s", self.run_id, step, reason)
+                self._checkpoint(step, unacknowledged)
+                return "cancelled"
             entries = self.assembler.take(step, self.data_timeout)
             groups = [entry.group for entry in entries]
             results = self.learner.train_on([s for g in groups for s in g.samples], on_step=self._after_optimizer_step)
@@ -87,13 +104,19 @@ class LearnerService:
                                               "ids": [e.id for e in entries]})
             unacknowledged += [entry.id for entry in entries]
             if (step + 1) % self.spec.checkpoint_every == 0 or step + 1 == self.spec.steps:
-                state = {"step": step + 1, "stream_ids": unacknowledged, "torch_rng": torch.get_rng_state()}
-                self.learner.save_checkpoint(self.paths.checkpoints, state)
-                self.queue.ack(unacknowledged)  # only now is their effect safe from a crash
+                self._checkpoint(step + 1, unacknowledged)
                 unacknowledged = []
+        if self.learner.version % self.spec.sync_every:
+            self._push(self.learner.version)  # generation ends on the final policy (evaluations read it there)
         self.paths.status.write_text(json.dumps({"state": "succeeded", "steps": self.spec.steps,
                                                  "version": self.learner.version}))
         log.info("run %s finished: %d steps, version %d", self.run_id, self.spec.steps, self.learner.version)
+        return "succeeded"
+
+    def _checkpoint(self, next_step: int, unacknowledged: list[str]) -> None:
+        state = {"step": next_step, "stream_ids": unacknowledged, "torch_rng": torch.get_rng_state()}
+        self.learner.save_checkpoint(self.paths.checkpoints, state)
+        self.queue.ack(unacknowledged)  # only now is their effect safe from a crash
 
     def _restore(self) -> int:
         if not (self.paths.checkpoints / "latest").exists():
@@ -148,6 +171,8 @@ class LearnerService:
                    "policy_version": result.version}
             self._append(self.paths.metrics, row)
             self._export(row)
+        if self.control:
+            self.control.record(step, results[-1].version, row)
 
     def _export(self, row: dict) -> None:
         for key, metric in LEARNER_GAUGES.items():

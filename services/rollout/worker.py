@@ -46,7 +46,8 @@ class Retry:
 
 class RolloutWorker:
     def __init__(self, spec: RunSpec, run_id: str, queue: RolloutQueue, generation: GenerationClient,
-                 rewards: RewardClient, recorder: PrometheusRecorder, *, retry: Retry = Retry()):
+                 rewards: RewardClient, recorder: PrometheusRecorder, *, retry: Retry = Retry(),
+                 still_wanted: Callable[[], bool] = lambda: True):
         from transformers import AutoTokenizer
 
         self.spec, self.run_id, self.queue = spec, run_id, queue
@@ -54,6 +55,7 @@ class RolloutWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
         self.problems = load_task(spec.task, "train")
         self.stop = threading.Event()
+        self.still_wanted = still_wanted  # asked about once a second while waiting: False ends the work on this run
 
     @property
     def total_slots(self) -> int:
@@ -98,11 +100,15 @@ class RolloutWorker:
 
     def _wait_for_admission(self, slot: int) -> float:
         """Wait until generation serves this run's weights at a version allowed to generate ``slot``."""
-        started = time.perf_counter()
+        started = last_asked = time.perf_counter()
         while not self.stop.is_set():
             served = self._with_retries("version", self.generation.version)
             if served.run == self.run_id and may_generate(self.spec, slot, served.number):
                 break
+            if time.perf_counter() - last_asked > 1.0:
+                last_asked = time.perf_counter()
+                if not self.still_wanted():
+                    self.stop.set()
             time.sleep(ADMISSION_POLL_SECONDS)
         return time.perf_counter() - started
 

@@ -66,3 +66,13 @@ def test_fixed_staleness_is_exact_after_warm_up(k):
 def test_target_version_never_negative():
     spec = _spec(mode="fixed", k=5)
     assert [target_version(spec, s) for s in range(5)] == [0, 0, 0, 1, 3]
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"learner": "fast"}, "learner"),
+    ({"rollout": {"group_size": 1}}, "rollout.group_size"),
+])
+def test_malformed_sections_are_named_by_field_validation(settings, field):
+    with pytest.raises(ValidationError) as error:
+        RunSpec(model="/m", **settings)
+    assert field in {".".join(map(str, e["loc"])) for e in error.value.errors()}
