@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from cfpo.cli_runs import run_app
+from cfpo.cli_stack import demo, up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CFPO: clipping-free RL post-training pipeline.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare local model directories (no downloads).")
@@ -26,9 +27,13 @@ def _hand_over(module: str, args: list[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
-@app.command(context_settings=FORWARD_ARGS)
-def demo(ctx: typer.Context) -> None:
-    """Run the demo (now: the learner demo, CFPO vs GRPO on one reused batch). --help lists its options."""
+app.command()(up)
+app.command()(demo)
+
+
+@app.command("learner-demo", context_settings=FORWARD_ARGS)
+def learner_demo(ctx: typer.Context) -> None:
+    """CFPO against GRPO on one rollout batch reused for 16 steps, no servers needed (--help: its options)."""
     _hand_over("trainer.demo", ctx.args)
 
 
@@ -92,3 +97,7 @@ def report(
     except ReportError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -26,10 +26,11 @@ console = Console()
 
 
 class Api:
-    """The control API at $CFPO_API_URL; every call returns the decoded body or exits with a one-line error."""
+    """The control API (at $CFPO_API_URL unless given); every call returns the decoded body or exits with a
+    one-line error."""
 
-    def __init__(self) -> None:
-        self.url = os.environ.get("CFPO_API_URL", DEFAULT_API_URL).rstrip("/")
+    def __init__(self, url: str | None = None) -> None:
+        self.url = (url or os.environ.get("CFPO_API_URL", DEFAULT_API_URL)).rstrip("/")
         token = os.environ.get("CFPO_API_TOKEN")
         self.http = httpx.Client(base_url=self.url, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -140,7 +141,13 @@ def watch(run_id: str = typer.Argument(..., help="the run's id"),
     """Follow a run until it ends: steps done of steps, with reward, KL and clip fraction of the latest step.
 
     Exits 0 when the run succeeded, 1 when it failed or was cancelled."""
-    api = Api()
+    run = follow(Api(), run_id, interval)
+    if run["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def follow(api: Api, run_id: str, interval: float = 2.0) -> dict:
+    """Show a run's progress until it ends; returns its final record."""
     run = api.call("GET", f"/v1/runs/{run_id}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"),
                TimeElapsedColumn())
@@ -154,8 +161,7 @@ def watch(run_id: str = typer.Argument(..., help="the run's id"),
             time.sleep(interval)
             run = api.call("GET", f"/v1/runs/{run_id}")
     console.print(f"run {run_id}: {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), highlight=False)
-    if run["state"] != "succeeded":
-        raise typer.Exit(1)
+    return run
 
 
 def _state(run: dict) -> str:

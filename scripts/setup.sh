@@ -57,6 +57,7 @@ install_python_environment() {
   fi
   pip_install "$VLLM_PACKAGE" -c requirements/constraints.txt
   pip_install --no-build-isolation -c requirements/constraints.txt -r requirements/main.txt
+  pip_install --no-deps -r requirements/no-deps.txt
   # vLLM pulls CUDA builds of the vision and audio packages, which break `import transformers`; text needs none.
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   pip_install --no-deps --no-build-isolation -e .

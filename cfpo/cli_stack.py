@@ -1,0 +1,91 @@
+"""``cfpo up`` and ``cfpo demo``: the embedded stack and the one-command demo, from the command line."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from cfpo.stack import Stack, StackError, StackSettings
+
+console = Console()
+TINY_MODEL_DIR = Path("models/tiny")
+
+
+def up(
+    model: Path = typer.Option(None, envvar="CFPO_MODEL",
+                               help=f"model directory to serve and train; default: the tiny test model in {TINY_MODEL_DIR}"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where runs write their files"),
+    port_offset: int = typer.Option(0, help="add this to every default port"),
+    prometheus: bool = typer.Option(True, help="start Prometheus when it is installed"),
+) -> None:
+    """Start the whole stack on this machine (Redis, generation, reward, control API, learner, rollout worker,
+    Prometheus), print its URLs, and stop everything cleanly on Ctrl-C."""
+    if model is None:
+        from cfpo.demo import prepare_model
+
+        model = prepare_model(tiny=True, directory=TINY_MODEL_DIR.resolve())
+    try:
+        ports = {name: default + port_offset for name, default in StackSettings.default_ports().items()}
+        settings = StackSettings(model=model.resolve(), runs_dir=runs_dir, state_dir=runs_dir / "stack",
+                                 prometheus=prometheus, **ports)
+    except ValidationError as error:
+        for problem in error.errors():
+            console.print(f"[red]error:[/] {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
+        raise typer.Exit(2) from None
+    stack = Stack(settings)
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    try:
+        with console.status("starting") as status:
+            stack.start(on_status=status.update)
+        _print_urls(stack)
+        while True:
+            stack.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        with console.status("stopping"):
+            stack.stop()
+        console.print("stopped")
+    except StackError as error:
+        stack.stop()
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+
+
+def _stop_like_ctrl_c(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_urls(stack: Stack) -> None:
+    table = Table(title=f"cfpo stack up, serving {stack.settings.model}")
+    table.add_column("service")
+    table.add_column("address")
+    for service in stack.services:
+        table.add_row(service.name, service.url or "")
+    console.print(table)
+    console.print(f"logs: {stack.logs}\nsubmit a run: cfpo run submit configs/demo-tiny.yaml   (Ctrl-C stops everything)")
+
+
+def demo(
+    tiny: bool = typer.Option(False, help="the tiny test model and a few steps (a quick check of the pipeline)"),
+    spec: Path = typer.Option(None, help="run spec; default configs/demo.yaml (configs/demo-tiny.yaml with --tiny)"),
+    out: Path = typer.Option(Path("runs/demo"), help="where the stack, the run and the report write"),
+    eval_problems: int = typer.Option(50, min=1, help="held-out problems evaluated before and after"),
+    port_offset: int = typer.Option(0, help="add this to every default port"),
+) -> None:
+    """Prepare the model, start the stack, train a CFPO run submitted through the REST API, evaluate it before
+    and after, and write its report."""
+    from cfpo.demo import DemoSettings, run
+
+    spec = spec or Path("configs/demo-tiny.yaml" if tiny else "configs/demo.yaml")
+    try:
+        code = run(DemoSettings(spec, out, tiny, eval_problems, port_offset))
+    except StackError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)

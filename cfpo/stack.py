@@ -1,0 +1,201 @@
+"""The embedded stack behind ``cfpo up`` and the demo: every service as a local process, on loopback.
+
+Redis (unless ``REDIS_URL`` points at one), vLLM generation, reward, control API, a learner worker, a rollout
+worker, and Prometheus when its binary is installed. Each runs in its own process group with its log under
+``<state>/logs``; the stack starts them in dependency order, waits for each to be healthy, and stops them in
+reverse order. Services are started with ``python -m``, so this module imports none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pydantic import Field
+
+from cfpo.config import StrictModel
+
+
+class StackError(RuntimeError):
+    """A service did not come up, or died; the message names it and ends with its log's tail."""
+
+
+class StackSettings(StrictModel):
+    model: Path = Field(description="local Hugging Face model directory generation serves and runs train")
+    state_dir: Path = Field(Path("runs/stack"), description="logs, Redis data and Prometheus data")
+    runs_dir: Path = Field(Path("runs"), description="each run's metrics, checkpoints and weights")
+    redis_url: str | None = Field(None, description="an existing Redis; default: start redis-server here")
+    redis_port: int = 6379
+    generation_port: int = 8000
+    reward_port: int = 8011
+    control_port: int = 8080
+    learner_metrics_port: int = 9101
+    rollout_metrics_port: int = 9102
+    prometheus_port: int = 9090
+    prometheus: bool = Field(True, description="start Prometheus when its binary is installed")
+    startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
+
+    @classmethod
+    def default_ports(cls) -> dict[str, int]:
+        return {name: f.default for name, f in cls.model_fields.items() if name.endswith("_port")}
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    url: str | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    return ready
+
+
+def _python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class Stack:
+    def __init__(self, settings: StackSettings):
+        self.settings = settings
+        self.logs = settings.state_dir / "logs"
+        self.redis_url = settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"
+        self.generation_url = f"http://127.0.0.1:{settings.generation_port}"
+        self.reward_url = f"http://127.0.0.1:{settings.reward_port}"
+        self.control_url = f"http://127.0.0.1:{settings.control_port}"
+        self.services = self._services()
+
+    def _services(self) -> list[Service]:
+        s = self.settings
+        services = []
+        if s.redis_url is None:
+            redis_dir = s.state_dir / "redis"
+            services.append(Service("redis", [
+                _binary("redis-server"), "--bind", "127.0.0.1", "--port", str(s.redis_port), "--dir", str(redis_dir),
+                "--appendonly", "yes", "--save", "",
+            ], self._redis_ready, self.redis_url))
+        services += [
+            Service("generation", _python("services.generation", "--model", str(s.model), "--port",
+                                          str(s.generation_port)), _http_ok(f"{self.generation_url}/health"),
+                    self.generation_url),
+            Service("reward", _python("services.reward", "--port", str(s.reward_port)),
+                    _http_ok(f"{self.reward_url}/health"), self.reward_url),
+            Service("control", _python("services.control", "--port", str(s.control_port), "--redis-url",
+                                       self.redis_url, "--generation-url", self.generation_url),
+                    _http_ok(f"{self.control_url}/health"), f"{self.control_url}/docs"),
+            Service("learner", _python("trainer", "--worker", "--runs-dir", str(s.runs_dir), "--metrics-port",
+                                       str(s.learner_metrics_port), "--generation-url", self.generation_url,
+                                       "--redis-url", self.redis_url),
+                    _http_ok(f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
+                    f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
+            Service("rollout", _python("services.rollout", "--worker", "--metrics-port", str(s.rollout_metrics_port),
+                                       "--generation-url", self.generation_url, "--reward-url", self.reward_url,
+                                       "--redis-url", self.redis_url),
+                    _http_ok(f"http://127.0.0.1:{s.rollout_metrics_port}/metrics"),
+                    f"http://127.0.0.1:{s.rollout_metrics_port}/metrics"),
+        ]
+        if s.prometheus and shutil.which("prometheus"):
+            url = f"http://127.0.0.1:{s.prometheus_port}"
+            services.append(Service("prometheus", [
+                _binary("prometheus"), f"--config.file={self._prometheus_config_path}",
+                f"--storage.tsdb.path={s.state_dir / 'prometheus'}", f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+            ], _http_ok(f"{url}/-/ready"), url))
+        return services
+
+    def _redis_ready(self) -> bool:
+        import redis
+
+        try:
+            with redis.Redis.from_url(self.redis_url, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    @property
+    def _prometheus_config_path(self) -> Path:
+        return self.settings.state_dir / "prometheus.yml"
+
+    def _write_prometheus_config(self) -> None:
+        s = self.settings
+        targets = {"generation": s.generation_port, "reward": s.reward_port, "control": s.control_port,
+                   "learner": s.learner_metrics_port, "rollout": s.rollout_metrics_port}
+        jobs = "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+            for job, port in targets.items()
+        )
+        self._prometheus_config_path.write_text(f"global:\n  scrape_interval: 5s\nscrape_configs:\n{jobs}")
+
+    def start(self, on_status: Callable[[str], None] = lambda message: None) -> None:
+        """Start every service in order, each healthy before the next; on any failure stop what started."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        (self.settings.state_dir / "redis").mkdir(parents=True, exist_ok=True)
+        self._write_prometheus_config()
+        env = {**os.environ, "REDIS_URL": self.redis_url, "CFPO_GENERATION_URL": self.generation_url,
+               "CFPO_REWARD_URL": self.reward_url}
+        try:
+            for service in self.services:
+                on_status(f"starting {service.name}")
+                with (self.logs / f"{service.name}.log").open("ab") as log:
+                    service.process = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT,
+                                                       start_new_session=True, env=env)
+                self._wait_healthy(service)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, service: Service) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout
+        while not service.ready():
+            if service.process.poll() is not None:
+                raise StackError(f"{service.name} exited with {service.process.returncode}\n{self.log_tail(service)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{service.name} not healthy after {self.settings.startup_timeout:.0f} s\n"
+                                 f"{self.log_tail(service)}")
+            time.sleep(0.5)
+
+    def check_alive(self) -> None:
+        for service in self.services:
+            if service.process is not None and service.process.poll() is not None:
+                raise StackError(f"{service.name} died (exit {service.process.returncode})\n{self.log_tail(service)}")
+
+    def log_tail(self, service: Service, chars: int = 3000) -> str:
+        path = self.logs / f"{service.name}.log"
+        return f"--- {path} (tail) ---\n" + (path.read_text(errors="replace")[-chars:] if path.exists() else "")
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop in reverse order: workers first (they finish their step), Redis last."""
+        for service in reversed(self.services):
+            process = service.process
+            if process is None or process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(f"{name} is not installed (scripts/setup.sh installs it; or pass REDIS_URL for Redis)")
+    return path
