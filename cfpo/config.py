@@ -100,7 +100,13 @@ def load_config(model: type[StrictModel], path: str | Path, **overrides: Any) ->
     try:
         return model.model_validate({**data, **overrides})
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: ``field.path: message`` per problem, or the message alone where it names its fields itself."""
+    def problem(e: dict) -> str:
+        where, message = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+
+    return "; ".join(problem(e) for e in error.errors())

@@ -181,17 +181,23 @@ class Stack:
     def stop(self, grace: float = 30.0) -> None:
         """Stop in reverse order: workers first (they finish their step), Redis last."""
         for service in reversed(self.services):
-            process = service.process
-            if process is None or process.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            if service.process is not None:
+                stop_process_group(service.process, grace)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM a process started in its own session and all its children (vLLM has engine and worker
+    processes), SIGKILL them if they outlive ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _binary(name: str) -> str:

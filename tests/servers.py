@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from cfpo.stack import stop_process_group
 
 
 def free_port() -> int:
@@ -48,16 +49,7 @@ def _wait_healthy(process: subprocess.Popen, url: str, timeout: float, log: Path
 
 
 def stop(process: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM the whole process group (vLLM has engine and worker children), SIGKILL if it lingers."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_process_group(process, grace)
 
 
 def python_module(module: str, *args: str) -> list[str]:

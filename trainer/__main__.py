@@ -14,11 +14,11 @@ from pathlib import Path
 
 import typer
 
-from cfpo.config import ConfigError, load_config
 from cfpo.generation_client import GenerationClient
 from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
 from cfpo.run_spec import RunSpec
+from cfpo.settings_cli import load_or_exit
 from cfpo.runs import Heartbeat, RunRegistry, RunStateError
 
 log = logging.getLogger("cfpo.learner")
@@ -63,11 +63,7 @@ def main(
     if spec is None or run_id is None or run_dir is None:
         typer.echo("error: --spec, --run-id and --run-dir are needed for one run (or use --worker)", err=True)
         raise typer.Exit(2)
-    try:
-        run_spec = load_config(RunSpec, spec)
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    run_spec = load_or_exit(RunSpec, spec)
     _train(run_spec, run_id, run_dir, redis_url, generation, recorder, data_timeout, resume, control=None)
 
 

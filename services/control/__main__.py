@@ -8,53 +8,21 @@ any user could read in the process list. Bad settings print one line naming the 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import typing
-from pathlib import Path
+import logging
 
-from pydantic import ValidationError
-
-from cfpo.config import ConfigError, load_config
+from cfpo.settings_cli import parse_settings as settings_from_flags
+from cfpo.settings_cli import settings_parser
 from services.control.settings import ControlSettings
-
-NOT_FLAGS = ("token",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cfpo serve control", description="Serve the control API for runs.")
-    parser.add_argument("--config", type=Path, help="YAML file of settings; flags override it")
-    for name, field in ControlSettings.model_fields.items():
-        if name in NOT_FLAGS:
-            continue
-        default = field.default_factory() if field.default_factory else field.default
-        parser.add_argument("--" + name.replace("_", "-"), default=None, metavar=name.upper(),
-                            help=f"{field.description or name} (default: {default})")
-    return parser
+    return settings_parser(ControlSettings, prog="cfpo serve control", description="Serve the control API for runs.",
+                           config_help="YAML file of settings; flags override it", not_flags=("token",))
 
 
 def parse_settings(argv: list[str]) -> ControlSettings:
-    args = vars(build_parser().parse_args(argv))
-    config = args.pop("config")
-    overrides = {name: value for name, value in args.items() if value is not None}
-    try:
-        if config is not None:
-            return load_config(ControlSettings, config, **overrides)
-        return ControlSettings.model_validate(overrides)
-    except ConfigError as error:
-        _fail(str(error))
-    except ValidationError as error:
-        _fail("; ".join(_problem(e) for e in error.errors()))
-
-
-def _problem(error: dict) -> str:
-    where, message = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
-def _fail(message: str) -> typing.NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    return settings_from_flags(ControlSettings, build_parser(), argv)
 
 
 def main(argv: list[str]) -> None:

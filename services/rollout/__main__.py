@@ -13,12 +13,12 @@ from pathlib import Path
 
 import typer
 
-from cfpo.config import ConfigError, load_config
 from cfpo.generation_client import GenerationClient
 from cfpo.metrics import ROLLOUT_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
 from cfpo.reward_client import RewardClient
 from cfpo.run_spec import RunSpec
+from cfpo.settings_cli import load_or_exit
 from cfpo.runs import RunNotFound, RunRegistry
 from services.rollout.worker import RolloutWorker
 
@@ -47,11 +47,7 @@ def main(
     if spec is None or run_id is None:
         typer.echo("error: --spec and --run-id are needed for one run (or use --worker)", err=True)
         raise typer.Exit(2)
-    try:
-        run_spec = load_config(RunSpec, spec)
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    run_spec = load_or_exit(RunSpec, spec)
     made = _serve(run_spec, run_id, redis_url, clients, recorder, stopping)
     log.info("done: %d groups", made)
 

@@ -92,7 +92,7 @@ def test_unknown_runs_are_404(client, method, path, run_id):
 
 
 def test_a_run_whose_worker_dies_fails_with_the_reason(client, registry, worker):
-    run = submit(client)
+    submit(client)
     run_id, _ = registry.claim_next(worker)
     registry.heartbeat(run_id, worker)
     registry.record_step(run_id, 0, 1, {"reward_mean": 0.5})
