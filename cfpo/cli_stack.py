@@ -75,7 +75,7 @@ def demo(
     tiny: bool = typer.Option(False, help="the tiny test model and a few steps (a quick check of the pipeline)"),
     spec: Path = typer.Option(None, help="run spec; default configs/demo.yaml (configs/demo-tiny.yaml with --tiny)"),
     out: Path = typer.Option(Path("runs/demo"), help="where the stack, the run and the report write"),
-    eval_problems: int = typer.Option(50, min=1, help="held-out problems evaluated before and after"),
+    eval_problems: int = typer.Option(40, min=1, help="held-out problems evaluated before and after"),
     port_offset: int = typer.Option(0, help="add this to every default port"),
 ) -> None:
     """Prepare the model, start the stack, train a CFPO run submitted through the REST API, evaluate it before

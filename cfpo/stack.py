@@ -55,6 +55,7 @@ class Service:
     argv: list[str]
     ready: Callable[[], bool]
     url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
 
@@ -103,7 +104,9 @@ class Stack:
                                        str(s.learner_metrics_port), "--generation-url", self.generation_url,
                                        "--redis-url", self.redis_url),
                     _http_ok(f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
-                    f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
+                    f"http://127.0.0.1:{s.learner_metrics_port}/metrics",
+                    # vLLM's CPU worker keeps a core busy; a learner using every core would fight it for each one.
+                    env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) - 1))}),
             Service("rollout", _python("services.rollout", "--worker", "--metrics-port", str(s.rollout_metrics_port),
                                        "--generation-url", self.generation_url, "--reward-url", self.reward_url,
                                        "--redis-url", self.redis_url),
@@ -153,7 +156,7 @@ class Stack:
                 on_status(f"starting {service.name}")
                 with (self.logs / f"{service.name}.log").open("ab") as log:
                     service.process = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT,
-                                                       start_new_session=True, env=env)
+                                                       start_new_session=True, env={**env, **service.env})
                 self._wait_healthy(service)
         except BaseException:
             self.stop()
