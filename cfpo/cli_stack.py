@@ -83,9 +83,13 @@ def demo(
     from cfpo.demo import DemoSettings, run
 
     spec = spec or Path("configs/demo-tiny.yaml" if tiny else "configs/demo.yaml")
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)  # so the demo's stack is stopped, not orphaned
     try:
         code = run(DemoSettings(spec, out, tiny, eval_problems, port_offset))
     except StackError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; the stack is stopped")
+        raise typer.Exit(130) from None
     raise typer.Exit(code)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,7 @@ class Stack:
 
     def start(self, on_status: Callable[[str], None] = lambda message: None) -> None:
         """Start every service in order, each healthy before the next; on any failure stop what started."""
+        self._check_ports_free()
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.settings.state_dir / "redis").mkdir(parents=True, exist_ok=True)
         self._write_prometheus_config()
@@ -161,6 +163,22 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _check_ports_free(self) -> None:
+        """A port already taken (often another stack) would answer the health checks in our services' place."""
+        s = self.settings
+        ports = {name: port for name, port in s.model_dump().items() if name.endswith("_port")}
+        if s.redis_url is not None:
+            ports.pop("redis_port")
+        if not any(service.name == "prometheus" for service in self.services):
+            ports.pop("prometheus_port")
+        busy = []
+        for name, port in ports.items():
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    busy.append(f"{name.removesuffix('_port')} {port}")
+        if busy:
+            raise StackError(f"ports in use: {', '.join(busy)}; is another stack running? (or use --port-offset)")
 
     def _wait_healthy(self, service: Service) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout
