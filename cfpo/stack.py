@@ -143,7 +143,10 @@ class Stack:
             f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
             for job, port in targets.items()
         )
-        self._prometheus_config_path.write_text(f"global:\n  scrape_interval: 5s\nscrape_configs:\n{jobs}")
+        rules = Path(__file__).resolve().parents[1] / "deploy/prometheus/rules.yml"
+        quoted = str(rules).replace("'", "''")  # YAML single-quoted scalar
+        rule_files = f"rule_files:\n  - '{quoted}'\n" if rules.is_file() else ""  # absent from an installed package
+        self._prometheus_config_path.write_text(f"global:\n  scrape_interval: 5s\n{rule_files}scrape_configs:\n{jobs}")
 
     def start(self, on_status: Callable[[str], None] = lambda message: None) -> None:
         """Start every service in order, each healthy before the next; on any failure stop what started."""
