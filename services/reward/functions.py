@@ -73,13 +73,23 @@ def call(name: str, item: ScoreInput) -> tuple[float, dict[str, Any]]:
 @reward("math_equivalence")
 def math_equivalence(item: ScoreInput) -> tuple[float, dict[str, Any]]:
     """1 if the completion's final answer (the last \\boxed{}, else "the answer is ...", "= ...", else its last
-    number) equals the reference mathematically (math-verify: 1/2 = 0.5 = \\frac{1}{2}), else 0."""
+    number) equals the reference mathematically (math-verify: 1/2 = 0.5 = \\frac{1}{2}), else 0. When the
+    reference is a number the answer must be one too: an unevaluated expression ("5 + 4") scores 0."""
     gold = parse(item.reference, parsing_timeout=None)
     if not gold:
         raise ValueError(f"reference: no mathematical answer found in {item.reference[:80]!r}")
     answer = parse(item.completion, parsing_timeout=None)
     correct = bool(answer) and verify(gold, answer, timeout_seconds=None)
-    return float(correct), {"answer": str(answer[-1]) if answer else None}
+    info = {"answer": str(answer[-1]) if answer else None}
+    if correct and _is_number(gold) and not _is_number(answer):
+        # "5 + 4" equals 9, but restating the question's expression is not answering it; a policy would learn to.
+        return 0.0, {**info, "refused": "a number is expected, not an expression"}
+    return float(correct), info
+
+
+def _is_number(parsed: list) -> bool:
+    """Whether math-verify's parse is a single numeric value (``9``, ``\\frac{18}{2}`` -> 9), not ``4 + 5``."""
+    return bool(getattr(parsed[0], "is_Number", False))
 
 
 @reward("exact_match")

@@ -85,3 +85,15 @@ def test_digit_share_counts_visible_digits():
     assert digit_share(ScoreInput("p", " 12 ab\n", "x"))[0] == pytest.approx(0.5)
     assert digit_share(ScoreInput("p", "   ", "x"))[0] == 0.0
     assert digit_share(ScoreInput("p", "7", "x"))[0] == 1.0
+
+
+@pytest.mark.parametrize("completion, reward", [
+    ("What is 5 + 4? 5 + 4", 0.0),          # restating the expression is not answering it
+    ("The answer is \\boxed{5+4}", 0.0),
+    ("The answer is \\boxed{9}", 1.0),
+    ("so 5 + 4 = 9", 1.0),
+    ("\\boxed{\\frac{18}{2}}", 1.0),         # an equal value in another form still counts
+])
+def test_math_equivalence_wants_a_value_when_the_reference_is_one(completion, reward):
+    value, _ = call("math_equivalence", ScoreInput("What is 5 + 4?", completion, "9"))
+    assert value == reward
