@@ -31,9 +31,8 @@ def up(
 
         model = prepare_model(tiny=True, directory=TINY_MODEL_DIR.resolve())
     try:
-        ports = {name: default + port_offset for name, default in StackSettings.default_ports().items()}
         settings = StackSettings(model=model.resolve(), runs_dir=runs_dir, state_dir=runs_dir / "stack",
-                                 prometheus=prometheus, **ports)
+                                 prometheus=prometheus, **StackSettings.offset_ports(port_offset))
     except ValidationError as error:
         for problem in error.errors():
             console.print(f"[red]error:[/] {'.'.join(map(str, problem['loc']))}: {problem['msg']}")

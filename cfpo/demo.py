@@ -45,9 +45,8 @@ def prepare_model(tiny: bool, directory: Path) -> Path:
 
 
 def stack_settings(model: Path, out: Path, port_offset: int) -> StackSettings:
-    """The stack's default ports moved by ``port_offset`` (so a demo can run beside another stack)."""
-    ports = {name: default + port_offset for name, default in StackSettings.default_ports().items()}
-    return StackSettings(model=model, state_dir=out / "stack", runs_dir=out / "runs", **ports)
+    return StackSettings(model=model, state_dir=out / "stack", runs_dir=out / "runs",
+                         **StackSettings.offset_ports(port_offset))
 
 
 def run(settings: DemoSettings) -> int:

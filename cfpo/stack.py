@@ -46,8 +46,9 @@ class StackSettings(StrictModel):
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
 
     @classmethod
-    def default_ports(cls) -> dict[str, int]:
-        return {name: f.default for name, f in cls.model_fields.items() if name.endswith("_port")}
+    def offset_ports(cls, offset: int) -> dict[str, int]:
+        """Every default port moved by ``offset`` (so a second stack can run beside the first)."""
+        return {name: f.default + offset for name, f in cls.model_fields.items() if name.endswith("_port")}
 
 
 @dataclass

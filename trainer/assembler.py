@@ -37,19 +37,19 @@ class StepAssembler:
         """The groups of ``step`` in slot order, waiting up to ``timeout`` seconds for them."""
         first = step * self.prompts_per_step
         slots = range(first, first + self.prompts_per_step)
-        self._read_until(lambda: all(slot in self.buffer for slot in slots), timeout, f"step {step}")
+        self._read_until(slots, timeout, f"step {step}")
         self.next_step = step + 1
         return [self.buffer.pop(slot) for slot in slots]
 
     def wait_for_slots_below(self, slot_limit: int, timeout: float) -> None:
         """Block until every slot below ``slot_limit`` has been produced (fixed staleness: before the next push)."""
         consumed = self.next_step * self.prompts_per_step
-        missing = lambda: [s for s in range(consumed, slot_limit) if s not in self.buffer]  # noqa: E731
-        self._read_until(lambda: not missing(), timeout, f"slots below {slot_limit}")
+        self._read_until(range(consumed, slot_limit), timeout, f"slots below {slot_limit}")
 
-    def _read_until(self, ready, timeout: float, what: str) -> None:
+    def _read_until(self, slots: range, timeout: float, what: str) -> None:
+        """Read the stream until every slot in ``slots`` is buffered."""
         deadline = time.monotonic() + timeout
-        while not ready():
+        while not all(slot in self.buffer for slot in slots):
             if time.monotonic() > deadline:
                 raise DataTimeout(f"no rollout data for {what} after {timeout:.0f} s: are rollout workers running?")
             for entry in self.queue.read(self.consumer, count=64, block_ms=READ_BLOCK_MS):
