@@ -27,6 +27,7 @@ install_system_packages() {
   command -v prometheus >/dev/null || missing+=(prometheus)
   command -v g++ >/dev/null || missing+=(g++)
   command -v ninja >/dev/null || missing+=(ninja-build)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)  # validates docker-compose.yml (no engine needed)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
     log "missing system packages: ${missing[*]} -- install them with: sudo apt-get install ${missing[*]}"

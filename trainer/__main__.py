@@ -49,13 +49,14 @@ def main(
     generation_url: str = typer.Option("http://127.0.0.1:8000", envvar="CFPO_GENERATION_URL"),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", envvar="REDIS_URL"),
     metrics_port: int = typer.Option(0, help="serve /metrics on this port (0: off)"),
+    metrics_host: str = typer.Option("127.0.0.1", help="address /metrics listens on (containers: 0.0.0.0)"),
     data_timeout: float = typer.Option(600.0, help="seconds to wait for a step's rollouts before failing"),
 ) -> None:
     """Train runs from their rollout streams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     recorder = PrometheusRecorder(LEARNER_METRICS)
     if metrics_port:
-        recorder.serve(metrics_port)
+        recorder.serve(metrics_port, metrics_host)
     generation = GenerationClient(generation_url)
     if worker:
         _serve_queued_runs(runs_dir, redis_url, generation, recorder, data_timeout)

@@ -33,12 +33,13 @@ def main(
     reward_url: str = typer.Option("http://127.0.0.1:8011", envvar="CFPO_REWARD_URL"),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", envvar="REDIS_URL"),
     metrics_port: int = typer.Option(0, help="serve /metrics on this port (0: off)"),
+    metrics_host: str = typer.Option("127.0.0.1", help="address /metrics listens on (containers: 0.0.0.0)"),
 ) -> None:
     """Generate, score and queue groups while staleness admission control allows."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     recorder = PrometheusRecorder(ROLLOUT_METRICS)
     if metrics_port:
-        recorder.serve(metrics_port)
+        recorder.serve(metrics_port, metrics_host)
     clients = (GenerationClient(generation_url), RewardClient(reward_url))
     stopping = threading.Event()
     if worker:
