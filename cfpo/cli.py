@@ -50,6 +50,21 @@ def serve(ctx: typer.Context, service: str = typer.Argument(..., help=f"one of: 
     _hand_over(SERVICES[service], ctx.args)
 
 
+DASHBOARD_DIRS = [Path("deploy/grafana/dashboards"), Path("helm/cfpo/dashboards")]
+
+
+@app.command()
+def dashboards(
+    out: list[Path] = typer.Option(DASHBOARD_DIRS, help="directory to write into (repeatable)"),
+) -> None:
+    """Write the Grafana dashboards' JSON: by default compose's provisioning folder and the Helm chart's copy."""
+    from cfpo.dashboards import write
+
+    for directory in out:
+        for path in write(directory):
+            typer.echo(path)
+
+
 @model_app.command("tiny")
 def model_tiny(out_dir: Path = typer.Argument(..., help="directory to write"), seed: int = 0) -> None:
     """Write the tiny random test model (Llama, BPE tokenizer trained on the fly) to OUT_DIR."""

@@ -183,7 +183,7 @@ LEARNER_GAUGES = {
 LEARNER_BUCKET_GAUGES = {
     key: Metric(f"cfpo_learner_{key}_by_staleness", "gauge", f"{LEARNER_STEP_VALUES[key]} By staleness bucket.",
                 ("run", "loss", "staleness_bucket"))
-    for key in ("clip_frac", "kl_k3", "tv")
+    for key in ("clip_frac", "kl_k3", "tv", "entropy", "ratio_min", "ratio_max")
 }
 LEARNER_STEPS = Metric("cfpo_learner_optimizer_steps", "counter", "Optimizer steps taken.", ("run", "loss"))
 LEARNER_STALENESS = Metric(
@@ -193,8 +193,15 @@ LEARNER_STALENESS = Metric(
 LEARNER_WEIGHT_SYNC_SECONDS = Metric(
     "cfpo_learner_weight_sync_seconds", "histogram", "Seconds to push weights to generation.", ("run",),
 )
+LEARNER_EVAL_ACCURACY = Metric(
+    "cfpo_learner_eval_accuracy", "gauge", "Held-out accuracy of the latest evaluation (share solved, greedy).",
+    ("run", "loss"),
+)
+LEARNER_EVAL_MEAN_REWARD = Metric(
+    "cfpo_learner_eval_mean_reward", "gauge", "Held-out mean reward of the latest evaluation.", ("run", "loss"),
+)
 LEARNER_METRICS = (*LEARNER_GAUGES.values(), *LEARNER_BUCKET_GAUGES.values(), LEARNER_STEPS, LEARNER_STALENESS,
-                   LEARNER_WEIGHT_SYNC_SECONDS)
+                   LEARNER_WEIGHT_SYNC_SECONDS, LEARNER_EVAL_ACCURACY, LEARNER_EVAL_MEAN_REWARD)
 
 # Control API (services/control)
 CONTROL_REQUESTS = Metric(

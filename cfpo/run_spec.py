@@ -47,12 +47,24 @@ class RolloutConfig(StrictModel):
     request_timeout: float = Field(120.0, gt=0, description="seconds for one generation or reward call")
 
 
+class EvaluationConfig(StrictModel):
+    """Held-out accuracy during the run: greedy completions of the task's eval split, scored by the reward service.
+
+    The learner evaluates the policy generation serves before the first step, every ``every`` steps and after the
+    last one (``every: 0``: before and after only); ``problems: 0`` turns evaluation off.
+    """
+
+    problems: int = Field(32, ge=0, description="held-out problems per evaluation (0: no evaluation)")
+    every: int = Field(0, ge=0, description="steps between evaluations (0: only before and after training)")
+
+
 class RunSpec(StrictModel):
     model: Path = Field(description="local Hugging Face model directory, the one the generation service serves")
     task: TaskSpec = Field(default_factory=lambda: ArithmeticTask(kind="arithmetic"))
     rollout: RolloutConfig = RolloutConfig()
     learner: LearnerConfig = LearnerConfig()
     staleness: StalenessConfig = StalenessConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     steps: int = Field(20, ge=1, description="rollout batches to train on")
     sync_every: int = Field(1, ge=1, description="optimizer steps between weight pushes to generation")
     checkpoint_every: int = Field(5, ge=1, description="steps between checkpoints")

@@ -43,6 +43,7 @@ class StackSettings(StrictModel):
     rollout_metrics_port: int = 9102
     prometheus_port: int = 9090
     prometheus: bool = Field(True, description="start Prometheus when its binary is installed")
+    scrape_interval_s: int = Field(5, ge=1, description="Prometheus' scrape interval, seconds")
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
 
     @classmethod
@@ -147,7 +148,8 @@ class Stack:
         rules = Path(__file__).resolve().parents[1] / "deploy/prometheus/rules.yml"
         quoted = str(rules).replace("'", "''")  # YAML single-quoted scalar
         rule_files = f"rule_files:\n  - '{quoted}'\n" if rules.is_file() else ""  # absent from an installed package
-        self._prometheus_config_path.write_text(f"global:\n  scrape_interval: 5s\n{rule_files}scrape_configs:\n{jobs}")
+        self._prometheus_config_path.write_text(
+            f"global:\n  scrape_interval: {s.scrape_interval_s}s\n{rule_files}scrape_configs:\n{jobs}")
 
     def start(self, on_status: Callable[[str], None] = lambda message: None) -> None:
         """Start every service in order, each healthy before the next; on any failure stop what started."""

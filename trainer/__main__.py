@@ -17,6 +17,7 @@ import typer
 from cfpo.generation_client import GenerationClient
 from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
+from cfpo.reward_client import RewardClient
 from cfpo.run_spec import RunSpec
 from cfpo.settings_cli import load_or_exit
 from cfpo.runs import Heartbeat, RunRegistry, RunStateError
@@ -48,6 +49,8 @@ def main(
     runs_dir: Path = typer.Option(Path("runs"), help="worker mode: each run's directory is RUNS_DIR/<run id>"),
     generation_url: str = typer.Option("http://127.0.0.1:8000", envvar="CFPO_GENERATION_URL"),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", envvar="REDIS_URL"),
+    reward_url: str = typer.Option(None, envvar="CFPO_REWARD_URL",
+                                   help="reward service for held-out evaluations (unset: none)"),
     metrics_port: int = typer.Option(0, help="serve /metrics on this port (0: off)"),
     metrics_host: str = typer.Option("127.0.0.1", help="address /metrics listens on (containers: 0.0.0.0)"),
     data_timeout: float = typer.Option(600.0, help="seconds to wait for a step's rollouts before failing"),
@@ -58,29 +61,30 @@ def main(
     if metrics_port:
         recorder.serve(metrics_port, metrics_host)
     generation = GenerationClient(generation_url)
+    rewards = RewardClient(reward_url) if reward_url else None
     if worker:
-        _serve_queued_runs(runs_dir, redis_url, generation, recorder, data_timeout)
+        _serve_queued_runs(runs_dir, redis_url, generation, rewards, recorder, data_timeout)
         return
     if spec is None or run_id is None or run_dir is None:
         typer.echo("error: --spec, --run-id and --run-dir are needed for one run (or use --worker)", err=True)
         raise typer.Exit(2)
     run_spec = load_or_exit(RunSpec, spec)
-    _train(run_spec, run_id, run_dir, redis_url, generation, recorder, data_timeout, resume, control=None)
+    _train(run_spec, run_id, run_dir, redis_url, generation, rewards, recorder, data_timeout, resume, control=None)
 
 
 def _train(spec: RunSpec, run_id: str, run_dir: Path, redis_url: str, generation: GenerationClient,
-           recorder: PrometheusRecorder, data_timeout: float, resume: bool,
+           rewards: RewardClient | None, recorder: PrometheusRecorder, data_timeout: float, resume: bool,
            control: RegistryControl | None) -> str:
     from trainer.service import LearnerService
 
     with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
         service = LearnerService(spec, run_id, run_dir, queue, generation, recorder, data_timeout=data_timeout,
-                                 control=control)
+                                 control=control, rewards=rewards)
         return service.run(resume=resume)
 
 
-def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationClient, recorder: PrometheusRecorder,
-                       data_timeout: float, poll_seconds: float = 1.0) -> None:
+def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationClient, rewards: RewardClient | None,
+                       recorder: PrometheusRecorder, data_timeout: float, poll_seconds: float = 1.0) -> None:
     name = f"learner-{socket.gethostname()}"
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -95,7 +99,7 @@ def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationCli
             log.info("claimed run %s -> %s", claim.run_id, run_dir)
             with registry.heartbeating(claim.run_id, name) as heartbeat:
                 try:
-                    state = _train(claim.spec, claim.run_id, run_dir, redis_url, generation, recorder,
+                    state = _train(claim.spec, claim.run_id, run_dir, redis_url, generation, rewards, recorder,
                                    data_timeout, resume=(run_dir / "checkpoints" / "latest").exists(),
                                    control=RegistryControl(registry, claim.run_id, heartbeat))
                 except Exception as error:  # the run failed; the worker lives on for the next one

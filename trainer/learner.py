@@ -23,7 +23,7 @@ from trainer.losses import policy_loss
 
 CLIENT_STATE_KEY = "cfpo"
 STALENESS_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
-BUCKET_METRICS = ("clip_frac", "kl_k3", "tv")
+BUCKET_METRICS = ("clip_frac", "kl_k3", "tv", "entropy", "ratio_min", "ratio_max")
 
 
 def _staleness_buckets(staleness: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -166,23 +166,33 @@ class Learner:
             loss, metrics = self._loss(logprobs, micro, proximal_chunk, reference[chunk] if reference is not None else None,
                                        entropy.detach(), micro.completion_mask)
             self.engine.backward(loss)
+            if self.engine.is_gradient_accumulation_boundary():
+                unclipped_norm = self._stage0_grad_norm()
             self.engine.step()  # steps the optimizer only at the accumulation boundary
             metrics["loss"] = float(loss.detach())
             parts.append((metrics, float(micro.completion_mask.sum())))
             with torch.no_grad():
                 for bucket, rows in _staleness_buckets(staleness[chunk]).items():
                     mask = micro.completion_mask & rows[:, None]
-                    _, bucket_metrics = self._loss(logprobs.detach(), micro, proximal_chunk, None, None, mask)
+                    _, bucket_metrics = self._loss(logprobs.detach(), micro, proximal_chunk, None, entropy.detach(), mask)
                     bucket_parts.setdefault(bucket, []).append((bucket_metrics, float(mask.sum())))
         merged = merge_metrics(parts)
         for bucket, bucket_metrics in bucket_parts.items():
             merged.update({f"{key}/staleness_{bucket}": value for key, value in merge_metrics(bucket_metrics).items()
                            if key in BUCKET_METRICS})
         grad_norm = self.engine.get_global_grad_norm()
-        merged["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        merged["grad_norm"] = float(grad_norm) if grad_norm is not None else unclipped_norm
         merged["lr"] = float(self.engine.get_lr()[0])
         merged["tokens"] = float(batch.completion_mask[indices].sum())
         return merged
+
+    def _stage0_grad_norm(self) -> float:
+        """The global gradient norm before clipping, for ZeRO stage 0, where DeepSpeed reports none (its
+        get_global_grad_norm returns None); the partitioned stages report their own."""
+        if self.engine.zero_optimization_stage() != 0:
+            return float("nan")
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def _loss(self, logprobs, micro: PackedBatch, proximal, reference, entropy, mask):
         """The configured loss; against the proximal log-probs (with the behaviour's as IS weight) when given."""

@@ -25,9 +25,11 @@ from cfpo.metrics import (
     PrometheusRecorder,
 )
 from cfpo.queue import RolloutQueue
+from cfpo.reward_client import RewardClient
 from cfpo.run_spec import RunSpec
 from cfpo.staleness import groups_needed_before_serving, is_warm_up
 from trainer.assembler import StepAssembler
+from trainer.held_out import HeldOutEvaluator
 from trainer.learner import Learner, StepResult
 from trainer.weight_sync.file import push_weights
 
@@ -64,6 +66,10 @@ class RunPaths:
         return self.root / "weights"
 
     @property
+    def evaluations(self) -> Path:
+        return self.root / "eval.jsonl"
+
+    @property
     def status(self) -> Path:
         return self.root / "status.json"
 
@@ -71,7 +77,7 @@ class RunPaths:
 class LearnerService:
     def __init__(self, spec: RunSpec, run_id: str, run_dir: Path, queue: RolloutQueue,
                  generation: GenerationClient, recorder: PrometheusRecorder, *, data_timeout: float = 600.0,
-                 control: RunControl | None = None):
+                 control: RunControl | None = None, rewards: RewardClient | None = None):
         self.spec, self.run_id, self.paths, self.queue = spec, run_id, RunPaths(run_dir), queue
         self.control = control
         self.generation, self.recorder, self.data_timeout = generation, recorder, data_timeout
@@ -80,6 +86,10 @@ class LearnerService:
         self.learner = Learner(spec.model, spec.learner)
         self.assembler: StepAssembler | None = None
         self.last_sync_seconds = 0.0
+        self.served_version: int | None = None
+        # Without a reward service (a run started by hand with none) there is nothing to score held-out answers.
+        self.evaluator = (HeldOutEvaluator(spec, generation, rewards, self.paths.evaluations, recorder, self.labels)
+                          if rewards is not None else None)
 
     def run(self, resume: bool = False) -> Literal["succeeded", "cancelled"]:
         """Train every remaining step; stops early (``cancelled``) when the run's control says so."""
@@ -89,6 +99,7 @@ class LearnerService:
         recovered = self.assembler.recover()
         log.info("starting at step %d, version %d (%d entries recovered)", start_step, self.learner.version, recovered)
         self._push(self.learner.version)  # generation must serve this learner's weights, whatever it served before
+        self._evaluate_if_due(start_step)
         unacknowledged: list[str] = []
         for step in range(start_step, self.spec.steps):
             reason = self.control.stop_reason() if self.control else None
@@ -106,7 +117,8 @@ class LearnerService:
             if (step + 1) % self.spec.checkpoint_every == 0 or step + 1 == self.spec.steps:
                 self._checkpoint(step + 1, unacknowledged)
                 unacknowledged = []
-        if self.learner.version % self.spec.sync_every:
+            self._evaluate_if_due(step + 1)
+        if self.served_version != self.learner.version:
             self._push(self.learner.version)  # generation ends on the final policy (evaluations read it there)
         self.paths.status.write_text(json.dumps({"state": "succeeded", "steps": self.spec.steps,
                                                  "version": self.learner.version}))
@@ -130,7 +142,7 @@ class LearnerService:
 
     def _truncate_logs(self, start_step: int) -> None:
         """Drop log lines of steps the checkpoint does not hold: they are replayed, and logged again."""
-        for path in (self.paths.metrics, self.paths.applied):
+        for path in (self.paths.metrics, self.paths.applied, self.paths.evaluations):
             if path.exists():
                 kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < start_step]
                 path.write_text("".join(f"{line}\n" for line in kept))
@@ -143,9 +155,17 @@ class LearnerService:
                 self.assembler.wait_for_slots_below(needed, self.data_timeout)
             self._push(result.version)
 
+    def _evaluate_if_due(self, completed_steps: int) -> None:
+        if self.evaluator is None or not self.evaluator.due(completed_steps):
+            return
+        if self.served_version != self.learner.version:
+            self._push(self.learner.version)
+        self.evaluator.run(completed_steps, self.learner.version)
+
     def _push(self, version: int) -> None:
         update = push_weights(self.generation, self.learner.engine.module, self.paths.weights, version, run=self.run_id)
         self.queue.publish_version(version)
+        self.served_version = version
         self.last_sync_seconds = update.seconds
         self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.seconds, run=self.run_id)
 

@@ -76,6 +76,9 @@ class Run:
     def applied(self) -> list[dict]:
         return _jsonl(self.directory / "applied.jsonl")
 
+    def evaluations(self) -> list[dict]:
+        return _jsonl(self.directory / "eval.jsonl")
+
     def queue(self) -> RolloutQueue:
         return RolloutQueue(self.run_id, QueueSettings(redis_url=self.stack.redis_url))
 

@@ -46,6 +46,11 @@ def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
         assert not every_step - row.keys(), (row["step"], every_step - row.keys())
         assert {f"{key}/staleness_{bucket}" for key in ("clip_frac", "kl_k3", "tv")
                 for bucket in ("0", "1")} & row.keys()
+    # Held-out evaluation (the spec's default: before and after training) on policies generation served.
+    evaluations = run.evaluations()
+    assert [(e["step"], e["version"], e["n"]) for e in evaluations] == [(0, 0, 32), (20, rows[-1]["version"], 32)]
+    assert all(0 <= e["accuracy"] <= 1 for e in evaluations)
+    assert "cfpo_learner_eval_accuracy{" in exported and "cfpo_learner_eval_mean_reward{" in exported
 
 
 def test_bounded_staleness_holds_with_two_workers(start_run):
@@ -88,6 +93,7 @@ def test_killed_learner_resumes_with_every_entry_applied_once(start_run):
     slots = [slot for line in run.applied() for slot in line["slots"]]
     assert sorted(slots) == list(range(12 * 4))  # each slot once: none lost, none applied twice
     assert [line["step"] for line in run.applied()] == list(range(12))
+    assert [e["step"] for e in run.evaluations()] == [0, 12]  # the dead learner's evaluation is not repeated
     with run.queue() as queue:
         depth = queue.depth()
         assert (depth.unread, depth.pending) == (0, 0)  # everything applied was acknowledged

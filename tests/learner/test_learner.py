@@ -118,3 +118,11 @@ def test_metrics_merge_over_micro_batches_and_split_by_staleness(tiny_model_dir,
     assert not any(key.endswith("staleness_1") for key in result.metrics)
     # Extremes are extremes over micro-batches, not their means: on-policy here, so every ratio is 1.
     assert result.metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4) == result.metrics["ratio_max"]
+
+
+def test_gradient_norm_is_reported_at_zero_stage_0_as_deepspeed_reports_it_at_stage_2(tiny_model_dir, batch):
+    # DeepSpeed's stage 0 reports no gradient norm; the learner computes it. Same weights, same batch, same norm.
+    norms = {stage: Learner(tiny_model_dir, _config(zero_stage=stage, micro_batch_size=8)).train_on(batch)[0]
+             .metrics["grad_norm"] for stage in (0, 2)}
+    assert norms[0] > 0
+    assert norms[0] == pytest.approx(norms[2], rel=1e-3)
