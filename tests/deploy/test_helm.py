@@ -1,0 +1,429 @@
+"""helm/cfpo: Helm (bundled by helm-python-sdk) renders and lints the chart offline, every manifest validates
+against Kubernetes' schema (kubernetes-validate, strict) for the default values and values-gpu.yaml, the command
+lines parse with the CLIs they start, and the objects do what the values say."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import typer
+import yaml
+
+from cfpo.cli import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm/cfpo"
+GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+VALUE_SETS = {"default": {}, "gpu": GPU_VALUES}
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+# kubernetes-validate knows only built-in kinds; objects of these CRD groups are checked by their structure.
+CRD_GROUPS = ("monitoring.coreos.com/",)
+PIPELINE = ("generation", "learner", "rollout", "reward", "control")
+DATA = "/data"
+SMOLLM2 = f"{DATA}/models/smollm2-135m-instruct"
+
+
+def render(values: dict | None = None, chart: Path = CHART) -> dict[str, str]:
+    with helm.Chart.load(chart) as loaded:
+        return loaded.render(values or {}, name="cfpo", namespace="ml")
+
+
+def objects(values: dict | None = None, chart: Path = CHART) -> list[dict]:
+    return [doc for path, text in render(values, chart).items() if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def of_kind(objs: list[dict], kind: str, component: str | None = None) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind
+            and component in (None, o["metadata"]["labels"]["app.kubernetes.io/component"])]
+
+
+def one(objs: list[dict], kind: str, component: str) -> dict:
+    [found] = of_kind(objs, kind, component)
+    return found
+
+
+def pod(objs: list[dict], component: str) -> dict:
+    kind = "StatefulSet" if component == "redis" else "Deployment"
+    return one(objs, kind, component)["spec"]["template"]
+
+
+def container(objs: list[dict], component: str) -> dict:
+    [main] = pod(objs, component)["spec"]["containers"]
+    return main
+
+
+def env(main: dict) -> dict[str, dict]:
+    return {variable["name"]: variable for variable in main.get("env", [])}
+
+
+def gpus(main: dict) -> tuple[int | None, int | None]:
+    resources = main["resources"]
+    return (resources.get("requests", {}).get("nvidia.com/gpu"), resources.get("limits", {}).get("nvidia.com/gpu"))
+
+
+def typer_params(function, args: list[str]) -> dict:
+    """Parse ``args`` with the click command typer builds from ``function``, as its process would, running nothing."""
+    app = typer.Typer()
+    app.command()(function)
+    command = typer.main.get_command(app)
+    return command.make_context(function.__module__, list(args)).params
+
+
+def serve_args(main: dict, service: str) -> list[str]:
+    command = main["command"]
+    assert command[:3] == ["cfpo", "serve", service] and service in SERVICES
+    return command[3:]
+
+
+# --- Helm and Kubernetes accept the chart ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_lint_is_clean(values):
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBERNETES_VERSIONS[0]}")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []  # warnings fail `helm lint --strict`
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_manifest_validates_against_kubernetes(values):
+    objs = objects(values)
+    for obj in objs:
+        if obj["apiVersion"].startswith(CRD_GROUPS):  # ServiceMonitor: no schema offline
+            assert obj["kind"] == "ServiceMonitor" and obj["spec"]["endpoints"] and obj["spec"]["selector"]
+            continue
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds.count("Deployment") == 5 and kinds.count("NetworkPolicy") == 2
+    assert {"StatefulSet", "PersistentVolumeClaim", "Secret", "Service"} <= set(kinds)
+
+
+def test_validation_is_strict():
+    """The check above would pass anything if the validator ignored unknown fields."""
+    deployment = one(objects(), "Deployment", "control")
+    deployment["spec"]["template"]["spec"]["containers"][0]["gpu"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError, match="gpu"):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"generation": {"replicas": "two"}}, "/generation/replicas"),
+    ({"learner": {"gpu": 2}}, "'gpu' not allowed"),
+    ({"generation": {"gpus": 2}}, "/generation/gpus"),
+    ({"model": {"path": "/models/mine"}}, "/model/path"),
+    ({"control": {"apiToken": {"value": "short"}}}, "/control/apiToken/value"),
+    ({"generation": {"replicas": 2}}, "stale weights"),
+    ({"redis": {"enabled": False}}, "set externalRedis.url or externalRedis.existingSecret"),
+    ({"reward": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}},  # null: unset
+     "needs reward.resources.requests.cpu"),
+])
+def test_bad_values_fail_with_a_clear_error(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+
+
+# --- the processes: command lines, GPUs, data volume ------------------------------------------------------------
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
+    from services.control.__main__ import parse_settings as control_settings
+    from services.generation.__main__ import main as generation_main
+    from services.reward.__main__ import parse_settings as reward_settings
+    from services.rollout.__main__ import main as rollout_main
+    from trainer.__main__ import main as learner_main
+
+    objs = objects(values)
+    ports = {c: container(objs, c)["ports"][0]["containerPort"] for c in PIPELINE}
+
+    generation = typer_params(generation_main, serve_args(container(objs, "generation"), "generation"))
+    assert (generation["host"], generation["port"], str(generation["model"])) == ("0.0.0.0", ports["generation"], SMOLLM2)
+    assert generation["device"] == ("cuda" if values.get("generation", {}).get("gpus") else "cpu")
+
+    reward = reward_settings(serve_args(container(objs, "reward"), "reward"))
+    assert (reward.host, reward.port, reward.ray) == ("0.0.0.0", ports["reward"], False)
+
+    # The API refuses to listen beyond loopback without its token, which the pod gets from the Secret.
+    assert "CFPO_API_TOKEN" in env(container(objs, "control"))
+    monkeypatch.setenv("CFPO_API_TOKEN", "a-token-from-the-secret")
+    control = control_settings(serve_args(container(objs, "control"), "control"))
+    assert (control.host, control.port) == ("0.0.0.0", ports["control"])
+
+    rollout = typer_params(rollout_main, serve_args(container(objs, "rollout"), "rollout"))
+    assert (rollout["worker"], rollout["metrics_host"], rollout["metrics_port"]) == (True, "0.0.0.0", ports["rollout"])
+
+    command = container(objs, "learner")["command"]
+    if command[0] == "deepspeed":
+        from deepspeed.launcher.runner import parse_args
+
+        launcher = parse_args(command[1:])
+        assert launcher.module and launcher.no_local_rank and launcher.user_script == "trainer"
+        learner_args = launcher.user_args
+    else:
+        learner_args = serve_args(container(objs, "learner"), "learner")
+    learner = typer_params(learner_main, learner_args)
+    assert (learner["worker"], learner["metrics_host"], learner["metrics_port"]) == (True, "0.0.0.0", ports["learner"])
+    assert str(learner["runs_dir"]).startswith(f"{DATA}/")
+
+
+def test_default_values_request_no_gpus():
+    objs = objects()
+    assert "nvidia.com/gpu" not in json.dumps(objs)
+    assert container(objs, "learner")["command"][:3] == ["cfpo", "serve", "learner"]
+    assert {container(objs, c)["image"] for c in PIPELINE} == {"cfpo/cfpo:0.1.0"}
+
+
+def test_gpu_values_give_generation_and_learner_their_gpus():
+    objs = objects(GPU_VALUES)
+    assert gpus(container(objs, "generation")) == (1, 1)
+    assert gpus(container(objs, "learner")) == (2, 2)
+    assert container(objs, "learner")["command"][:3] == ["deepspeed", "--num_gpus=2", "--no_local_rank"]
+    for component in ("rollout", "reward", "control", "redis"):
+        assert gpus(container(objs, component)) == (None, None)
+    assert {c: container(objs, c)["image"] for c in ("generation", "learner", "reward")} == {
+        "generation": "cfpo/cfpo-gpu:0.1.0", "learner": "cfpo/cfpo-gpu:0.1.0", "reward": "cfpo/cfpo:0.1.0"}
+
+
+@pytest.mark.parametrize(("count", "launcher"), [(1, ["cfpo", "serve", "learner"]), (4, ["deepspeed", "--num_gpus=4"])])
+def test_learner_launcher_follows_its_gpu_count(count, launcher):
+    main = container(objects({"learner": {"gpus": count}}), "learner")
+    assert main["command"][:len(launcher)] == launcher
+    assert gpus(main) == (count, count)
+
+
+def test_learner_generation_and_rollout_share_the_data_volume_at_one_path():
+    """The learner hands weight files to generation by path; rollout workers read the model's tokenizer."""
+    objs = objects()
+    claim = one(objs, "PersistentVolumeClaim", "data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for component, read_only in (("learner", False), ("generation", True), ("rollout", True)):
+        spec = pod(objs, component)["spec"]
+        [volume] = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        [mount] = [m for m in container(objs, component)["volumeMounts"] if m["name"] == volume["name"]]
+        assert (mount["mountPath"], mount.get("readOnly", False)) == (DATA, read_only)
+
+
+def test_smollm2_is_prepared_unless_a_model_is_given():
+    objs = objects()
+    [init] = pod(objs, "generation")["spec"]["initContainers"]
+    assert init["command"] == ["cfpo", "model", "smollm2", SMOLLM2]
+    assert f"--model={SMOLLM2}" in container(objs, "generation")["command"]
+
+    objs = objects({"model": {"path": "/data/models/mine"}, "persistence": {"existingClaim": "models"}})
+    assert "initContainers" not in pod(objs, "generation")["spec"]
+    assert "--model=/data/models/mine" in container(objs, "generation")["command"]
+    assert of_kind(objs, "PersistentVolumeClaim") == []
+    assert pod(objs, "learner")["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models"
+
+
+# --- Redis ---------------------------------------------------------------------------------------------------
+
+def test_chart_redis_is_persistent_and_every_client_uses_it():
+    objs = objects()
+    redis = one(objs, "StatefulSet", "redis")
+    assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    service = one(objs, "Service", "redis")["metadata"]["name"]
+    for component in ("learner", "rollout", "control"):
+        assert env(container(objs, component))["REDIS_URL"]["value"] == f"redis://{service}:6379/0"
+
+
+@pytest.mark.parametrize(("external", "expected"), [
+    ({"url": "redis://redis.example.internal:6379/2"}, {"value": "redis://redis.example.internal:6379/2"}),
+    ({"existingSecret": "redis-credentials"},
+     {"valueFrom": {"secretKeyRef": {"name": "redis-credentials", "key": "redis-url"}}}),
+])
+def test_external_redis_replaces_the_chart_redis(external, expected):
+    objs = objects({"redis": {"enabled": False}, "externalRedis": external})
+    assert [o for o in objs if o["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"] == []
+    for component in ("learner", "rollout", "control"):
+        variable = env(container(objs, component))["REDIS_URL"]
+        assert {k: v for k, v in variable.items() if k != "name"} == expected
+
+
+# --- exposure: generation stays private, only the control API faces users ----------------------------------------
+
+def selects(peer: dict, component: str) -> bool:
+    return peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == component
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_generation_admits_only_the_pipeline_and_scrapers(values):
+    objs = objects(values)
+    assert one(objs, "Service", "generation")["spec"]["type"] == "ClusterIP"
+    policy = one(objs, "NetworkPolicy", "generation")["spec"]
+    for component in PIPELINE:  # it selects generation's pods and no others
+        selected = policy["podSelector"]["matchLabels"].items() <= pod(objs, component)["metadata"]["labels"].items()
+        assert selected == (component == "generation")
+    assert policy["policyTypes"] == ["Ingress"]
+    pipeline, scrapers = policy["ingress"]
+    assert [c for c in PIPELINE if any(selects(peer, c) for peer in pipeline["from"])] == ["learner", "rollout", "control"]
+    assert scrapers["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "prometheus"}}}]
+    for rule in policy["ingress"]:
+        assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
+def test_no_scrapers_means_no_open_rule():
+    """A NetworkPolicy rule without peers admits everyone: with no scrapers there must be no such rule."""
+    objs = objects({"networkPolicy": {"metricsScrapers": []}})
+    [rule] = one(objs, "NetworkPolicy", "generation")["spec"]["ingress"]
+    assert len(rule["from"]) == 3
+    assert of_kind(objects({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_redis_admits_only_the_pipeline():
+    [rule] = one(objects(), "NetworkPolicy", "redis")["spec"]["ingress"]
+    assert [c for c in PIPELINE if any(selects(peer, c) for peer in rule["from"])] == ["learner", "rollout", "control"]
+
+
+def test_ingress_routes_only_to_the_control_api():
+    objs = objects(GPU_VALUES)
+    control = one(objs, "Service", "control")
+    [ingress] = of_kind(objs, "Ingress")
+    backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert backends == [{"name": control["metadata"]["name"], "port": {"name": "http"}}]
+    assert {p["name"] for p in control["spec"]["ports"]} == {"http"}
+    assert of_kind(objects(), "Ingress") == []
+    for service in of_kind(objs, "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_api_token_comes_from_a_secret():
+    objs = objects()
+    [secret] = of_kind(objs, "Secret")
+    token_ref = env(container(objs, "control"))["CFPO_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token_ref == {"name": secret["metadata"]["name"], "key": "token"}
+    assert len(base64.b64decode(secret["data"]["token"])) >= 32  # generated when none is given
+
+    [secret] = of_kind(objects({"control": {"apiToken": {"value": "a-token-of-our-own"}}}), "Secret")
+    assert base64.b64decode(secret["data"]["token"]) == b"a-token-of-our-own"
+
+    objs = objects({"control": {"apiToken": {"existingSecret": "cfpo-api", "existingSecretKey": "bearer"}}})
+    assert of_kind(objs, "Secret") == []
+    assert env(container(objs, "control"))["CFPO_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "cfpo-api", "key": "bearer"}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_pods_run_unprivileged_with_probes_and_resources(values):
+    objs = objects(values)
+    for component in (*PIPELINE, "redis"):
+        spec = pod(objs, component)["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
+        for main in spec["containers"] + spec.get("initContainers", []):
+            assert main["securityContext"]["allowPrivilegeEscalation"] is False
+            assert main["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert main["resources"]["requests"]["memory"]
+        assert "livenessProbe" in spec["containers"][0] and "readinessProbe" in spec["containers"][0]
+    assert pod(objs, "generation")["spec"]["securityContext"]["runAsUser"] == 1000
+
+
+# --- scaling and monitoring ----------------------------------------------------------------------------------
+
+def test_reward_autoscaler_owns_the_replica_count():
+    objs = objects({"reward": {"autoscaling": {"enabled": True, "maxReplicas": 5}}})
+    [hpa] = of_kind(objs, "HorizontalPodAutoscaler")
+    deployment = one(objs, "Deployment", "reward")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert "replicas" not in deployment["spec"]
+
+    objs = objects({"reward": {"replicas": 3}})
+    assert of_kind(objs, "HorizontalPodAutoscaler") == []
+    assert one(objs, "Deployment", "reward")["spec"]["replicas"] == 3
+
+
+def test_without_service_monitors_pods_carry_scrape_annotations():
+    objs = objects()
+    assert of_kind(objs, "ServiceMonitor") == []
+    for component in PIPELINE:
+        annotations = pod(objs, component)["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+                               "prometheus.io/port": str(container(objs, component)["ports"][0]["containerPort"])}
+
+
+def test_service_monitors_scrape_every_component_through_its_service():
+    objs = objects({"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}})
+    monitors = of_kind(objs, "ServiceMonitor")
+    assert sorted(m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors) == sorted(PIPELINE)
+    for monitor in monitors:
+        component = monitor["metadata"]["labels"]["app.kubernetes.io/component"]
+        service = one(objs, "Service", component)
+        assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        [endpoint] = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert "annotations" not in pod(objs, component)["metadata"]
+
+
+# --- Grafana dashboards ---------------------------------------------------------------------------------------
+
+def dashboards_configmap(objs: list[dict]) -> dict | None:
+    found = of_kind(objs, "ConfigMap", "dashboards")
+    return found[0] if found else None
+
+
+def test_dashboards_configmap_holds_each_dashboard_file(tmp_path):
+    chart = tmp_path / "cfpo"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("dashboards"))
+    assert dashboards_configmap(objects(chart=chart)) is None  # no dashboards, no ConfigMap
+
+    dashboards = {"a.json": {"title": "A", "panels": []}, "b.json": {"title": "B", "panels": [{"type": "stat"}]}}
+    (chart / "dashboards").mkdir()
+    for name, dashboard in dashboards.items():
+        (chart / "dashboards" / name).write_text(json.dumps(dashboard, indent=2))
+    (chart / "dashboards/notes.md").write_text("not a dashboard")
+    configmap = dashboards_configmap(objects(chart=chart))
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert {name: json.loads(text) for name, text in configmap["data"].items()} == dashboards
+
+    configmap = dashboards_configmap(objects({"grafanaDashboards": {"label": "dashboards", "labelValue": "cfpo"}},
+                                             chart=chart))
+    assert configmap["metadata"]["labels"]["dashboards"] == "cfpo"
+    assert dashboards_configmap(objects({"grafanaDashboards": {"enabled": False}}, chart=chart)) is None
+
+
+def test_the_charts_own_dashboards_are_shipped():
+    files = {path.name: json.loads(path.read_text()) for path in (CHART / "dashboards").glob("*.json")}
+    configmap = dashboards_configmap(objects())
+    shipped = {} if configmap is None else {name: json.loads(text) for name, text in configmap["data"].items()}
+    assert shipped == files
+    assert len(json.dumps(shipped)) < 1 << 20  # a ConfigMap holds at most 1 MiB
+
+
+def test_notes_tell_how_to_reach_the_api_and_submit_a_run():
+    notes = render()["cfpo/templates/NOTES.txt"]
+    assert "port-forward service/cfpo-control" in notes
+    assert "get secret cfpo-api-token" in notes and "CFPO_API_TOKEN" in notes and "CFPO_API_URL" in notes
+    assert f"model: {SMOLLM2}" in notes and "cfpo run submit" in notes
+    assert "CFPO_API_URL=http://cfpo.example.com" in render(GPU_VALUES)["cfpo/templates/NOTES.txt"]
+
+
+def test_every_value_is_documented():
+    """helm/README.md's table names every value of values.yaml (maps users fill freely count as one value)."""
+    free_form = {"resources", "nodeSelector", "tolerations", "affinity", "podSecurityContext", "securityContext",
+                 "annotations", "labels", "metricsScrapers", "tls"}
+
+    def paths(values: dict, prefix: str = "") -> list[str]:
+        found = []
+        for key, value in values.items():
+            if isinstance(value, dict) and value and key not in free_form:
+                found += paths(value, f"{prefix}{key}.")
+            else:
+                found.append(prefix + key)
+        return found
+
+    readme = (ROOT / "helm/README.md").read_text()
+    undocumented = [p for p in paths(yaml.safe_load((CHART / "values.yaml").read_text())) if f"`{p}`" not in readme]
+    assert undocumented == []
