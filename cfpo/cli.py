@@ -14,6 +14,7 @@ import typer
 
 from cfpo.cli_runs import run_app
 from cfpo.cli_stack import demo, up
+from cfpo.cli_sweep import sweep
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CFPO: clipping-free RL post-training pipeline.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare local model directories (no downloads).")
@@ -29,6 +30,7 @@ def _hand_over(module: str, args: list[str]) -> None:
 
 app.command()(up)
 app.command()(demo)
+app.command()(sweep)
 
 
 @app.command("learner-demo", context_settings=FORWARD_ARGS)

@@ -1,0 +1,140 @@
+"""``cfpo sweep SPEC.yaml``: run a sweep's grid through the pipeline with progress, then write its report."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cfpo.config import ConfigError
+
+console = Console()
+# the report's metrics that fit a terminal, with short headers; report.md has them all
+TABLE_COLUMNS = {"final_reward": "reward", "heldout_after": "held-out", "clip_frac_max": "clip max",
+                 "kl_k3_max": "KL max", "ratio_deviation_max": "max|r-1|"}
+
+
+def sweep(
+    spec_file: Path = typer.Argument(..., help="sweep spec (YAML), e.g. configs/sweep-tiny.yaml"),
+    out: Path = typer.Option(None, help="sweep directory: cells.json, report, and (embedded) runs and stack; "
+                                        "default runs/sweeps/<name>"),
+    api: str = typer.Option(None, help="use the stack at this control API instead of starting one"),
+    runs_dir: Path = typer.Option(None, help="with --api: where that stack's learner writes its run directories"),
+    port_offset: int = typer.Option(0, help="embedded stack: add this to every default port"),
+    report_only: bool = typer.Option(False, help="only rebuild the report from the runs already done"),
+) -> None:
+    """Run every cell of a sweep (loss x staleness k x iterations x minibatches x seed) not yet done, one run per
+    cell, and write results.csv, report.md and figures. Stopped, the same command resumes it."""
+    from cfpo.sweep import load_sweep
+
+    try:
+        spec = load_sweep(spec_file)
+    except ConfigError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    if api and runs_dir is None:
+        console.print("[red]error:[/] --runs-dir: with --api, give the directory where that stack's learner writes "
+                      "runs (e.g. its shared volume), so the report can read them")
+        raise typer.Exit(2)
+    out = out or Path("runs/sweeps") / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    command = "cfpo sweep " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["sweep"] else shlex.join(sys.argv)
+    model = _model(spec)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if not report_only:
+            _run_cells(spec, model, out, api, runs_dir, port_offset)
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to resume the sweep")
+        raise typer.Exit(130) from None
+    _report(spec, out, runs_dir or out / "runs", command)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _model(spec) -> Path:
+    from cfpo.demo import prepare_model
+
+    model = spec.model.resolve()
+    if spec.prepare != "none" and not (model / "config.json").exists():
+        with console.status(f"preparing the {spec.prepare} model in {model}"):
+            prepare_model(spec.prepare == "tiny", model)
+    return model
+
+
+def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path | None, port_offset: int) -> None:
+    from cfpo.cli_runs import Api
+    from cfpo.demo import stack_settings
+    from cfpo.stack import Stack, StackError
+    from cfpo.sweep import CellBook, SweepRunner, pending_cells
+
+    pending, total = len(pending_cells(spec, CellBook(out))), len(spec.cells())
+    console.print(f"sweep {spec.name}: {total - pending} of {total} cells done, {pending} to run")
+    if not pending:
+        return
+    stack = None if api_url else Stack(stack_settings(model, out, port_offset))
+    try:
+        if stack is not None:
+            with console.status("starting the stack") as status:
+                stack.start(on_status=status.update)
+        runner = SweepRunner(spec, model, out, Api(api_url or stack.control_url))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            cells = progress.add_task("cells", total=total, completed=total - pending)
+            steps = progress.add_task("", total=None)
+            current = {"key": None}
+
+            def on_progress(cell, run: dict) -> None:
+                if current["key"] != cell.key:
+                    if current["key"] is not None:
+                        progress.advance(cells)
+                    current["key"] = cell.key
+                if stack is not None:
+                    stack.check_alive()
+                progress.update(steps, description=f"{cell.key} {run['state']}", total=run["steps"],
+                                completed=run["steps_done"])
+
+            runner.run(on_progress)
+            progress.update(cells, completed=total)
+    except StackError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    finally:
+        if stack is not None:
+            with console.status("stopping the stack"):
+                stack.stop()
+
+
+def _report(spec, out: Path, runs_dir: Path, command: str) -> None:
+    from cfpo.report import ReportError
+    from cfpo.sweep import CellBook
+    from cfpo.sweep_report import aggregate, collect, write
+
+    try:
+        results = collect(spec, CellBook(out), runs_dir)
+    except ReportError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    written = write(spec, results, out, command)
+    table = Table(title=f"sweep {spec.name} (mean over seeds)")
+    for header in ("loss", "k", "iters", "mb", *TABLE_COLUMNS.values()):
+        table.add_column(header, justify="right")
+    for a in sorted(aggregate(results), key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss)):
+        table.add_row(a.loss, str(a.staleness_k), str(a.iterations), str(a.minibatches),
+                      *("–" if a.means[key] is None else f"{a.means[key]:.3f}" for key in TABLE_COLUMNS))
+    console.print(table)
+    failed = [r for r in results if r.state != "succeeded"]
+    if failed:
+        console.print(f"[yellow]{len(failed)} cell(s) did not succeed[/]; see {out / 'report.md'}")
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,187 @@
+"""``cfpo sweep``: a grid of runs (loss x fixed staleness k x iterations x minibatches x seed) through the pipeline.
+
+Every cell is an ordinary run submitted to the control API, either of an embedded stack the sweep starts and stops,
+or of a running stack (``--api``, with ``--runs-dir`` where its learner writes). Which cell ran as which run, and how
+it ended, is kept in ``cells.json`` in the sweep's directory, so a sweep that was stopped resumes where it was:
+finished cells are kept, the others run again from the start. The report is rebuilt from the run directories.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from cfpo.config import ConfigError, LossName, StrictModel, describe_validation_error
+from cfpo.run_spec import RunSpec
+
+CELLS_FILE = "cells.json"
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class SweepGrid(StrictModel):
+    """The swept values; every combination is one run. Staleness is the ``fixed`` mode's k (see StalenessConfig)."""
+
+    losses: list[LossName] = Field(["cfpo", "grpo"], min_length=1)
+    staleness_k: list[int] = Field([0], min_length=1, description="fixed staleness k of every step after warm-up")
+    iterations: list[int] = Field([1], min_length=1, description="passes over each rollout batch")
+    minibatches: list[int] = Field([1], min_length=1, description="optimizer steps per pass")
+    seeds: list[int] = Field([0], min_length=1)
+
+    @field_validator("staleness_k", "iterations", "minibatches", "seeds")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"{values}: a value is listed twice")
+        return values
+
+
+@dataclass(frozen=True)
+class Cell:
+    loss: str
+    staleness_k: int
+    iterations: int
+    minibatches: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.loss}-k{self.staleness_k}-it{self.iterations}-mb{self.minibatches}-s{self.seed}"
+
+    def run_spec(self, base: dict[str, Any]) -> RunSpec:
+        learner = base.get("learner") or {}
+        return RunSpec.model_validate({
+            **base,
+            "learner": {**learner, "loss": {**(learner.get("loss") or {}), "name": self.loss},
+                        "iterations": self.iterations, "minibatches": self.minibatches},
+            "staleness": {"mode": "fixed", "k": self.staleness_k},
+            "seed": self.seed,
+        })
+
+
+class SweepSpec(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    model: Path = Field(description="local model directory every run trains and generation serves")
+    prepare: Literal["none", "tiny", "smollm2"] = Field(
+        "none", description="build the model at `model` when it is missing: the tiny test model or SmolLM2")
+    base: dict[str, Any] = Field(default_factory=dict, description="run spec fields shared by every cell (no model)")
+    grid: SweepGrid = SweepGrid()
+
+    @model_validator(mode="after")
+    def _every_cell_is_a_valid_run(self) -> "SweepSpec":
+        """Refuse a grid with any invalid cell before anything runs, naming the cell and the field."""
+        if "model" in self.base:
+            raise ValueError("base.model: give the model once, at the top level (model:)")
+        for cell in self.cells():
+            try:
+                cell.run_spec({**self.base, "model": str(self.model)})
+            except ValidationError as error:
+                raise ValueError(f"cell {cell.key}: {describe_validation_error(error)}") from None
+        return self
+
+    def cells(self) -> list[Cell]:
+        g = self.grid
+        return [Cell(*values) for values in itertools.product(g.losses, g.staleness_k, g.iterations, g.minibatches,
+                                                              g.seeds)]
+
+    def run_spec(self, cell: Cell, model: Path) -> RunSpec:
+        return cell.run_spec({**self.base, "model": str(model)})
+
+
+def load_sweep(path: Path) -> SweepSpec:
+    """The sweep spec in ``path``; a relative ``model`` is relative to the current directory, as for run specs."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+
+
+@dataclass
+class CellRecord:
+    run_id: str
+    state: str
+    reason: str | None = None
+    seconds: float | None = None
+
+
+class CellBook:
+    """``cells.json``: cell key -> the run that ran it and how it ended; written after every change."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / CELLS_FILE
+        raw = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.records = {key: CellRecord(**value) for key, value in raw.items()}
+
+    def done(self, cell: Cell) -> bool:
+        record = self.records.get(cell.key)
+        return record is not None and record.state == "succeeded"
+
+    def set(self, cell: Cell, record: CellRecord) -> None:
+        self.records[cell.key] = record
+        partial = self.path.with_suffix(".tmp")  # a sweep killed mid-write must not lose the book
+        partial.write_text(json.dumps({k: vars(v) for k, v in self.records.items()}, indent=2) + "\n")
+        partial.replace(self.path)
+
+
+def pending_cells(spec: SweepSpec, book: CellBook) -> list[Cell]:
+    return [cell for cell in spec.cells() if not book.done(cell)]
+
+
+class RunApi(Protocol):
+    """What the sweep needs of the control API: submit, read, list, cancel (``cfpo.cli_runs.Api`` fits)."""
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict: ...
+
+
+@dataclass
+class SweepRunner:
+    spec: SweepSpec
+    model: Path
+    directory: Path
+    api: RunApi
+    poll_seconds: float = 2.0
+
+    def run(self, on_progress: Callable[[Cell, dict], None] = lambda cell, run: None) -> CellBook:
+        """Run every cell not yet succeeded, one at a time (a learner worker trains one run at a time anyway)."""
+        book = CellBook(self.directory)
+        self._cancel_leftovers(book)
+        for cell in pending_cells(self.spec, book):
+            started = time.monotonic()
+            submitted = self.api.call("POST", "/v1/runs", json={
+                **self.spec.run_spec(cell, self.model).model_dump(mode="json"), "name": f"{self.spec.name}/{cell.key}"})
+            book.set(cell, CellRecord(submitted["id"], submitted["state"]))
+            for run in self._follow(submitted["id"]):
+                on_progress(cell, run)
+            book.set(cell, CellRecord(run["id"], run["state"], run["reason"], round(time.monotonic() - started, 1)))
+        return book
+
+    def _follow(self, run_id: str) -> Iterator[dict]:
+        while True:
+            run = self.api.call("GET", f"/v1/runs/{run_id}")
+            yield run
+            if run["state"] in FINAL_STATES:
+                return
+            time.sleep(self.poll_seconds)
+
+    def _cancel_leftovers(self, book: CellBook) -> None:
+        """A cell whose run was queued or running when an earlier sweep stopped runs again from the start; cancel
+        the old run if the API still has it unfinished, so it does not hold the workers."""
+        unfinished = {run["id"] for state in ("queued", "running")
+                      for run in self.api.call("GET", "/v1/runs", params={"state": state})["runs"]}
+        for key, record in book.records.items():
+            if record.state not in FINAL_STATES and record.run_id in unfinished:
+                self.api.call("POST", f"/v1/runs/{record.run_id}/cancel",
+                              json={"reason": f"sweep {self.spec.name} resumed: cell {key} runs again"})
