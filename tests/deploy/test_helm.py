@@ -183,8 +183,8 @@ def test_default_values_request_no_gpus():
 def test_gpu_values_give_generation_and_learner_their_gpus():
     objs = objects(GPU_VALUES)
     assert gpus(container(objs, "generation")) == (1, 1)
-    assert gpus(container(objs, "learner")) == (2, 2)
-    assert container(objs, "learner")["command"][:3] == ["deepspeed", "--num_gpus=2", "--no_local_rank"]
+    assert gpus(container(objs, "learner")) == (1, 1)
+    assert container(objs, "learner")["command"][:3] == ["cfpo", "serve", "learner"]
     for component in ("rollout", "reward", "control", "redis"):
         assert gpus(container(objs, component)) == (None, None)
     assert {c: container(objs, c)["image"] for c in ("generation", "learner", "reward")} == {
