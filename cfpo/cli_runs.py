@@ -81,9 +81,11 @@ def _read_spec(path: Path) -> dict:
 
 @run_app.command()
 def submit(spec: Path = typer.Argument(..., help="run spec (YAML), as for the learner and rollout workers"),
-           name: str = typer.Option(None, help="a label for people")) -> None:
+           name: str = typer.Option(None, help="a label for people"),
+           model: str = typer.Option(None, help="the model directory as the stack sees it, instead of the spec's "
+                                                "(compose and Helm: /data/models/smollm2-135m-instruct)")) -> None:
     """Validate and queue a run; prints its id."""
-    body = _read_spec(spec) | ({"name": name} if name else {})
+    body = _read_spec(spec) | ({"name": name} if name else {}) | ({"model": model} if model else {})
     record = Api().call("POST", "/v1/runs", json=body)
     console.print(f"submitted run [bold]{record['id']}[/bold] ({record['state']})", highlight=False)
 

