@@ -72,15 +72,17 @@ def _model(spec) -> Path:
 
 def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path | None, port_offset: int) -> None:
     from cfpo.cli_runs import Api
-    from cfpo.demo import stack_settings
-    from cfpo.stack import Stack, StackError
+    from cfpo.stack import Stack, StackError, StackSettings
     from cfpo.sweep import CellBook, SweepRunner, pending_cells
 
     pending, total = len(pending_cells(spec, CellBook(out))), len(spec.cells())
     console.print(f"sweep {spec.name}: {total - pending} of {total} cells done, {pending} to run")
     if not pending:
         return
-    stack = None if api_url else Stack(stack_settings(model, out, port_offset))
+    # The stack's state (Redis, logs, Prometheus) beside the runs, under runs/: neither belongs with the report.
+    settings = StackSettings(model=model, state_dir=out / "runs" / "stack", runs_dir=out / "runs",
+                             **StackSettings.offset_ports(port_offset))
+    stack = None if api_url else Stack(settings)
     try:
         if stack is not None:
             with console.status("starting the stack") as status:
