@@ -39,6 +39,12 @@ def learner_demo(ctx: typer.Context) -> None:
     _hand_over("trainer.demo", ctx.args)
 
 
+@app.command(context_settings=FORWARD_ARGS)
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks: async vs sync, overhead, weight sync, TRL as a peer; tables and JSON (--help: its options)."""
+    _hand_over("benchmarks", ctx.args)
+
+
 SERVICES = {"generation": "services.generation", "reward": "services.reward", "rollout": "services.rollout",
             "learner": "trainer", "control": "services.control"}
 

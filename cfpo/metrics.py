@@ -170,6 +170,8 @@ LEARNER_STEP_VALUES = {
     "reward_std": "Standard deviation of the step's rewards.",
     "response_length": "Mean completion length in tokens.",
     "step_seconds": "Seconds of the optimizer step.",
+    "data_wait_seconds": "Seconds the learner spent getting the step's rollout groups: waiting for rollout workers, "
+                         "then reading and decoding the groups from the stream.",
     "tokens_per_second": "Completion tokens trained per second of optimizer step.",
     "staleness_mean": "Mean staleness of the step's samples (learner version at consumption - generating version).",
     "policy_version": "Learner policy version (optimizer steps).",

@@ -107,10 +107,12 @@ class LearnerService:
                 log.info("run %s stops before step %d: %s", self.run_id, step, reason)
                 self._checkpoint(step, unacknowledged)
                 return "cancelled"
+            waiting = time.perf_counter()
             entries = self.assembler.take(step, self.data_timeout)
+            data_wait_seconds = time.perf_counter() - waiting
             groups = [entry.group for entry in entries]
             results = self.learner.train_on([s for g in groups for s in g.samples], on_step=self._after_optimizer_step)
-            self._record(step, groups, results)
+            self._record(step, groups, results, data_wait_seconds)
             self._append(self.paths.applied, {"step": step, "slots": [g.slot for g in groups],
                                               "ids": [e.id for e in entries]})
             unacknowledged += [entry.id for entry in entries]
@@ -169,7 +171,8 @@ class LearnerService:
         self.last_sync_seconds = update.seconds
         self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.seconds, run=self.run_id)
 
-    def _record(self, step: int, groups: list[RolloutGroup], results: list[StepResult]) -> None:
+    def _record(self, step: int, groups: list[RolloutGroup], results: list[StepResult],
+                data_wait_seconds: float) -> None:
         rewards = [r for g in groups for r in g.rewards]
         lengths = [len(s.completion_ids) for g in groups for s in g.samples]
         consumed_version = results[0].version - 1  # the version before the step's first update
@@ -179,7 +182,8 @@ class LearnerService:
             "reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards),
             "response_length": statistics.fmean(lengths), "queue_unread": depth.unread,
             "queue_pending": depth.pending, "dead_letters": self.queue.dead_letter_count(),
-            "weight_sync_seconds": self.last_sync_seconds, "warm_up": is_warm_up(self.spec, step),
+            "weight_sync_seconds": self.last_sync_seconds, "data_wait_seconds": data_wait_seconds,
+            "warm_up": is_warm_up(self.spec, step),
             "zero_variance_discarded": sum(g.zero_variance_discarded for g in groups),
         }
         for value in staleness:
