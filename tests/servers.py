@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -13,6 +14,12 @@ from pathlib import Path
 import httpx
 
 from cfpo.stack import stop_process_group
+
+
+def stack_port_offset() -> int:
+    """A random offset for a whole stack's default ports (6379 ... 9102) that keeps every one of them below Linux's
+    ephemeral range (32768 and up), where an outgoing connection may hold a port just as a server binds it."""
+    return random.randrange(10_000, 23_500, 100)
 
 
 def free_port() -> int:

@@ -4,12 +4,13 @@ smoke run mean nothing; only that they are there, positive and finite)."""
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.servers import stack_port_offset
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ def smoke(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("REDIS_URL", None)
     done = subprocess.run([CFPO, "bench", "--smoke", "--out", "out", "--port-offset",
-                           str(random.randrange(20_000, 40_000, 100))],
+                           str(stack_port_offset())],
                           cwd=directory, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     return done.stdout, directory / "out"

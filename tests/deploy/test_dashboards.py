@@ -5,7 +5,6 @@ GRPO run (Grafana itself cannot be installed on these machines; its variables ar
 from __future__ import annotations
 
 import math
-import random
 import re
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from cfpo import dashboards
 from cfpo.stack import Stack, StackSettings
 from tests.deploy.test_prometheus import METRIC_NAME, defined_series_names, needs_prometheus
+from tests.servers import stack_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = [ROOT / "deploy/grafana/dashboards", ROOT / "helm/cfpo/dashboards"]
@@ -93,7 +93,7 @@ def scraped_runs(tiny_model_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("dashboards")
     settings = StackSettings(model=tiny_model_dir, state_dir=base / "state", runs_dir=base / "runs",
                              scrape_interval_s=SCRAPE_INTERVAL_S,
-                             **StackSettings.offset_ports(random.randrange(20_000, 40_000, 100)))
+                             **StackSettings.offset_ports(stack_port_offset()))
     stack = Stack(settings)
     started = time.time()
     stack.start()

@@ -1,7 +1,6 @@
 """``cfpo up`` and ``cfpo demo --tiny`` as a new user runs them, in a fresh directory."""
 
 import os
-import random
 import re
 import signal
 import subprocess
@@ -12,16 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import stop
+from tests.servers import stack_port_offset, stop
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CFPO = str(Path(sys.executable).parent / "cfpo")
-
-
-def _port_offset() -> int:
-    """Move the stack's default ports (6379 ... 9102) into a range unlikely to be taken."""
-    return random.randrange(20_000, 40_000, 100)
 
 
 def _cfpo(*args: str, cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -29,7 +23,7 @@ def _cfpo(*args: str, cwd: Path, env: dict, timeout: float = 300) -> subprocess.
 
 
 def test_up_serves_a_submitted_run_and_stops_cleanly(tmp_path):
-    offset = _port_offset()
+    offset = stack_port_offset()
     control = f"http://127.0.0.1:{8080 + offset}"
     env = {**os.environ, "CFPO_API_URL": control}
     env.pop("REDIS_URL", None)
@@ -65,7 +59,7 @@ def test_up_serves_a_submitted_run_and_stops_cleanly(tmp_path):
 def test_tiny_demo_runs_end_to_end_through_the_rest_api(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     result = _cfpo("demo", "--tiny", "--spec", str(REPO / "configs/demo-tiny.yaml"), "--eval-problems", "8",
-                   "--port-offset", str(_port_offset()), "--out", "demo", cwd=tmp_path, env=env, timeout=600)
+                   "--port-offset", str(stack_port_offset()), "--out", "demo", cwd=tmp_path, env=env, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "held-out accuracy before training" in output and "held-out accuracy after training" in output

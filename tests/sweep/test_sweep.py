@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import yaml
 
 from cfpo.config import ConfigError
 from cfpo.sweep import load_sweep
-from tests.servers import stop
+from tests.servers import stack_port_offset, stop
 
 CFPO = str(Path(sys.executable).parent / "cfpo")
 BASE = {
@@ -80,7 +79,7 @@ def test_a_sweep_runs_every_cell_resumes_after_an_interruption_and_reports(tmp_p
     spec_path = _write(tmp_path)
     out = tmp_path / "out"
     argv = [CFPO, "sweep", str(spec_path), "--out", str(out), "--port-offset",
-            str(random.randrange(20_000, 40_000, 100))]
+            str(stack_port_offset())]
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
