@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import socket
 import subprocess
@@ -30,10 +29,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(argv: list[str], health_url: str, *, log: Path, timeout: float = 240.0, env: dict | None = None):
-    """Run ``argv`` (in its own process group) until ``health_url`` answers 200; stop it afterwards."""
+    """Run ``argv`` (in its own process group, with ``env`` as its whole environment, default this process's) until
+    ``health_url`` answers 200; stop it afterwards."""
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         _wait_healthy(process, health_url, timeout, log)
         yield process

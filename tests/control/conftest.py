@@ -7,6 +7,7 @@ seconds. Every test leaves no queued or running run behind, so the next test's `
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,13 +41,13 @@ def control_api(redis_url: str, log: Path, *args: str, token: str | None = TOKEN
     """Start the API (without $CFPO_GENERATION_URL from the caller's shell unless ``args`` name one)."""
     port = free_port()
     argv = python_module("services.control", "--port", str(port), "--redis-url", redis_url, *FAST_REAPER, *args)
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("CFPO_GENERATION_URL", raising=False)
-        env.delenv("CFPO_API_TOKEN", raising=False)
-        if token:
-            env.setenv("CFPO_API_TOKEN", token)
-        with running(argv, f"http://127.0.0.1:{port}/health", log=log, timeout=60):
-            yield Api(f"http://127.0.0.1:{port}", token)
+    # Only the child's environment: the session-wide API must not leave its token in this process's environment,
+    # where every later server (a whole stack) would inherit it.
+    env = {k: v for k, v in os.environ.items() if k not in ("CFPO_GENERATION_URL", "CFPO_API_TOKEN")}
+    if token:
+        env["CFPO_API_TOKEN"] = token
+    with running(argv, f"http://127.0.0.1:{port}/health", log=log, timeout=60, env=env):
+        yield Api(f"http://127.0.0.1:{port}", token)
 
 
 @pytest.fixture(scope="session")
