@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,12 @@ def stack_port_offset() -> int:
     """A random offset for a whole stack's default ports (6379 ... 9102) that keeps every one of them below Linux's
     ephemeral range (32768 and up), where an outgoing connection may hold a port just as a server binds it."""
     return random.randrange(10_000, 23_500, 100)
+
+
+def interruptible() -> None:
+    """A ``preexec_fn`` giving the child Ctrl-C's default action, as in a terminal: a test run started as a
+    background job (``cmd &``) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import stack_port_offset, stop
+from tests.servers import interruptible, stack_port_offset, stop
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def test_up_serves_a_submitted_run_and_stops_cleanly(tmp_path):
     env.pop("REDIS_URL", None)
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen([CFPO, "up", "--port-offset", str(offset)], cwd=tmp_path, env=env, stdout=log,
-                          stderr=subprocess.STDOUT, start_new_session=True)
+                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 300
         while "Ctrl-C stops everything" not in (tmp_path / "up.log").read_text():

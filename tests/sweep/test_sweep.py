@@ -17,7 +17,7 @@ import yaml
 
 from cfpo.config import ConfigError
 from cfpo.sweep import load_sweep
-from tests.servers import stack_port_offset, stop
+from tests.servers import interruptible, stack_port_offset, stop
 
 CFPO = str(Path(sys.executable).parent / "cfpo")
 BASE = {
@@ -82,7 +82,7 @@ def test_a_sweep_runs_every_cell_resumes_after_an_interruption_and_reports(tmp_p
             str(stack_port_offset())]
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=interruptible,
                              start_new_session=True)
     try:  # interrupt the first sweep once one cell has finished
         deadline = time.monotonic() + 300
