@@ -30,7 +30,9 @@ class Score:
 class RewardClient:
     def __init__(self, base_url: str, *, timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        # No connection cap: a rollout worker's lanes each hold one request in flight.
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                  limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
 
     def close(self) -> None:
         self._http.close()

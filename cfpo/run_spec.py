@@ -45,6 +45,10 @@ class RolloutConfig(StrictModel):
     drop_zero_variance: bool = Field(True, description="replace groups whose rewards are all equal")
     rewards: dict[str, float] | None = Field(None, description="reward functions and weights; default: the task's")
     request_timeout: float = Field(120.0, gt=0, description="seconds for one generation or reward call")
+    max_inflight_groups: int | None = Field(
+        None, ge=1, description="groups one rollout worker keeps in flight at once (generating, scoring, waiting for "
+        "admission); default: every group admission control can admit at once",
+    )
 
 
 class EvaluationConfig(StrictModel):
@@ -98,6 +102,18 @@ class RunSpec(StrictModel):
     @property
     def versions_per_step(self) -> int:
         return self.learner.iterations * self.learner.minibatches
+
+    @property
+    def admission_window(self) -> int:
+        """Groups admission control can let workers produce at once: the steps the staleness bound lets them run
+        ahead of the learner, and the one it is waiting for (never more than the run has)."""
+        ahead = -(-self.staleness.bound // self.versions_per_step) + 1
+        return min(ahead * self.rollout.prompts_per_step, self.steps * self.rollout.prompts_per_step)
+
+    @property
+    def inflight_groups(self) -> int:
+        """Groups one rollout worker keeps in flight: the setting, or the whole admission window."""
+        return self.rollout.max_inflight_groups or self.admission_window
 
     @property
     def queue_capacity(self) -> int:

@@ -113,19 +113,33 @@ TOY_SPEC = {
 }
 
 
+def toy_spec_with(**changes) -> dict:
+    """TOY_SPEC with ``section__key=value`` changes."""
+    spec = {key: (dict(value) if isinstance(value, dict) else value) for key, value in TOY_SPEC.items()}
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = spec
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return spec
+
+
 @pytest.fixture
 def start_run(stack, tmp_path, request):
     """Write a spec, start its rollout workers; the test starts (and restarts) the learner."""
     runs: list[Run] = []
 
-    def start(spec: dict, *, workers: int = 1) -> Run:
+    def start(spec: dict, *, workers: int = 1, generation_url: str | None = None) -> Run:
+        """``generation_url``: where the workers (not the learner) reach generation, default the stack's server."""
         run_id = f"{request.node.name.replace('[', '-').rstrip(']')}-{len(runs)}"
         spec_path = tmp_path / f"{run_id}.yaml"
         spec_path.write_text(yaml.safe_dump({"model": str(stack.model_dir), **spec}))
         processes = [
             subprocess.Popen(python_module("services.rollout", "--spec", str(spec_path), "--run-id", run_id),
                              stdout=(tmp_path / f"{run_id}-rollout-{i}.log").open("wb"), stderr=subprocess.STDOUT,
-                             start_new_session=True, env=_env(stack))
+                             start_new_session=True,
+                             env={**_env(stack), "CFPO_GENERATION_URL": generation_url or stack.generation_url})
             for i in range(workers)
         ]
         run = Run(stack, run_id, tmp_path / run_id, spec_path, processes)

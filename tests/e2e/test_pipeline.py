@@ -7,21 +7,10 @@ import httpx
 import pytest
 
 from cfpo.metrics import LEARNER_STEP_VALUES
-from tests.e2e.conftest import TOY_SPEC
+from tests.e2e.conftest import toy_spec_with as _with
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _with(**changes):
-    spec = {key: (dict(value) if isinstance(value, dict) else value) for key, value in TOY_SPEC.items()}
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split("__")
-        target = spec
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return spec
 
 
 @pytest.mark.parametrize("loss", ["cfpo", "grpo"])
@@ -65,9 +54,11 @@ def test_bounded_staleness_holds_with_two_workers(start_run):
 
 
 def test_fixed_staleness_makes_every_step_exactly_k_old(start_run):
-    run = start_run(_with(staleness={"mode": "fixed", "k": 3}, steps=10), workers=2)
+    run = start_run(_with(staleness={"mode": "fixed", "k": 3}, rollout__max_inflight_groups=3, steps=10), workers=2)
     run.start_learner()
     run.wait()
+    slots = [slot for line in run.applied() for slot in line["slots"]]
+    assert sorted(slots) == list(range(10 * 4))  # each slot once, with 2 workers x 3 groups in flight
     rows = run.metrics()
     warm_up = [row for row in rows if row["warm_up"]]
     assert [row["step"] for row in warm_up] == [0, 1, 2]  # no policy is 3 versions older than these

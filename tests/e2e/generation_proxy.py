@@ -1,0 +1,93 @@
+"""A recording HTTP proxy in front of the real vLLM server, for the rollout concurrency tests.
+
+It forwards every request unchanged and records when each generation request starts and ends, so a test can
+see how many a rollout worker had in flight at once. It can also fail chosen generation requests (HTTP 503
+after a delay): a fault injector, the one fake here, because a real vLLM server cannot be made to fail one
+request of several on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+GENERATE_PATH = "/inference/v1/generate"
+
+
+@dataclass
+class GenerateCall:
+    body: bytes
+    started: float
+    ended: float = float("inf")
+    failed: bool = False
+
+
+@dataclass
+class GenerationProxy:
+    upstream: str
+    fail_first: int = 0  # fail this many generation requests (the first ones to arrive)
+    fail_after_s: float = 0.0  # holding each failed request this long first
+    calls: list[GenerateCall] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> str:
+        proxy = self
+        client = httpx.Client(base_url=self.upstream, timeout=300,
+                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._forward()
+
+            def do_POST(self) -> None:
+                self._forward()
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                call = proxy._begin(body) if self.path.startswith(GENERATE_PATH) else None
+                if call is not None and call.failed:
+                    time.sleep(proxy.fail_after_s)
+                    status, content = 503, b'{"error": "injected fault"}'
+                else:
+                    reply = client.request(self.command, self.path, content=body,
+                                           headers={"Content-Type": self.headers.get("Content-Type", "")})
+                    status, content = reply.status_code, reply.content
+                if call is not None:
+                    call.ended = time.monotonic()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _begin(self, body: bytes) -> GenerateCall:
+        with self._lock:
+            call = GenerateCall(body, time.monotonic(), failed=len(self.calls) < self.fail_first)
+            self.calls.append(call)
+            return call
+
+    def max_in_flight(self) -> int:
+        """The most generation requests open at the same moment."""
+        events = sorted([(c.started, 1) for c in self.calls] + [(c.ended, -1) for c in self.calls],
+                        key=lambda event: (event[0], event[1]))
+        open_now = peak = 0
+        for _, change in events:
+            open_now += change
+            peak = max(peak, open_now)
+        return peak
