@@ -35,8 +35,10 @@ def planned_runs(scale: Scale) -> set[tuple[int, Placement]]:
 
 
 def run(session: Session) -> tuple[AsyncVsSync, list[Table]]:
-    measured = {p: parts(session, p) for p in PLACEMENTS}
-    runs = [pipeline_run(session, m, p) for p in PLACEMENTS for m in session.scale.staleness]
+    measured, runs = {}, []
+    for placement in PLACEMENTS:  # one placement's measurements together: each needs its own stack
+        measured[placement] = parts(session, placement)
+        runs += [pipeline_run(session, m, placement) for m in session.scale.staleness]
     shared, pinned = measured["shared"], measured["pinned"]
     bounds = Bounds(sum_of_work=shared.generation + shared.learner, overlap=max(pinned.generation, pinned.learner))
     result = AsyncVsSync(parts=list(measured.values()), bounds=bounds, runs=runs,
@@ -47,7 +49,7 @@ def run(session: Session) -> tuple[AsyncVsSync, list[Table]]:
 
 def _bounds_table(measured: dict[Placement, Parts], bounds: Bounds) -> Table:
     table = Table("Pipeline halves alone, seconds per step (median)", ["", "shared", "pinned"], caption=(
-        "T_gen: generate and score one step's groups as a lone rollout worker does, the learner idle. T_learn: one "
+        "T_gen: generate and score one step's groups, all in flight at once, the learner idle. T_learn: one "
         "learner step (Learner.train_on, the stack's learner threads) on such a batch, generation idle. shared: as "
         "the stack starts them; pinned: generation's processes on core 0, the learner on core 1 (taskset)."))
     table.add("T_gen", measured["shared"].generation, measured["pinned"].generation)

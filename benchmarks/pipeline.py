@@ -2,8 +2,8 @@
 
 - ``pipeline_run``: a run submitted through the control API of the session's stack (the product path), its
   throughput and time breakdown read from the learner's ``metrics.jsonl`` and the rollout worker's ``/metrics``.
-- ``parts``: its two halves alone, in one placement: one step's rollout (what a lone rollout worker does:
-  generate and score ``prompts_per_step`` groups) with the learner idle, and one learner step with generation idle.
+- ``parts``: its two halves alone, in one placement: one step's rollout (what a rollout worker does: generate
+  and score ``prompts_per_step`` groups, all in flight at once) with the learner idle, and one learner step with generation idle.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -115,30 +117,36 @@ def learner_alone(session: Session, threads: int, cores: frozenset[int] | None) 
 
 
 def rollout_step(session: Session) -> tuple[float, list[RolloutGroup]]:
-    """Generate and score one step's groups one prompt at a time, as a lone rollout worker does (without its
-    stream append and admission check); returns the seconds it took and the groups."""
+    """Generate and score one step's groups all at once, as a rollout worker's lanes do (without its stream append
+    and admission check); returns the seconds it took and the groups."""
     spec = _spec(session, 0)
     tokenizer, problems = _task(session, spec)
     first = next(_prompt_index) * spec.rollout.prompts_per_step
     drawn = next(batches(problems, spec.rollout.prompts_per_step, seed=spec.seed, start_index=first))
-    groups = []
+    prompts = [render_prompt(tokenizer, problem.prompt) for problem in drawn]
     with closing(GenerationClient(session.stack.generation_url)) as generation, \
             closing(RewardClient(session.stack.reward_url)) as rewards:
-        started = time.perf_counter()
-        for slot, problem in enumerate(drawn):
-            prompt = render_prompt(tokenizer, problem.prompt)
+
+        def group(slot: int) -> RolloutGroup:
+            problem, prompt = drawn[slot], prompts[slot]
             completions = generation.generate(
                 prompt.token_ids, n=spec.rollout.group_size, temperature=spec.learner.temperature,
                 max_tokens=spec.rollout.max_tokens, seed=first + slot, stop_token_ids=[tokenizer.eos_token_id],
                 timeout=spec.rollout.request_timeout)
-            texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+            with decoding:
+                texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
             scores = rewards.score([ScoreItem(problem.prompt, text, problem.reference, problem.task,
                                               dict(problem.metadata)) for text in texts], rewards=spec.rollout.rewards)
             values = [score.reward for score in scores]
             samples = [Sample(prompt_ids=prompt.token_ids, completion_ids=c.token_ids, behaviour_logprobs=c.logprobs,
                               advantage=a, reward=r)
                        for c, r, a in zip(completions, values, group_advantages(spec.rollout.advantage, values))]
-            groups.append(RolloutGroup(run_id=BENCH_RUN_ID, prompt_id=problem.id, slot=slot, samples=samples))
+            return RolloutGroup(run_id=BENCH_RUN_ID, prompt_id=problem.id, slot=slot, samples=samples)
+
+        decoding = threading.Lock()  # one tokenizer, as in the worker
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(drawn)) as pool:
+            groups = list(pool.map(group, range(len(drawn))))
         seconds = time.perf_counter() - started
     return seconds, groups
 
@@ -158,8 +166,8 @@ def _task(session: Session, spec: RunSpec):
 def _measure_parts(session: Session, placement: Placement) -> Parts:
     repeats = session.scale.repeats
     cores = LEARNER_CORES if placement == "pinned" else None
-    threads = session.learner_threads
     with session.placed(placement):
+        threads = session.learner_threads(_spec(session, 0))  # the synchronous run's: T_learn is its learner step
         with session.activity(f"{placement}: one rollout step alone x{repeats}"):
             rollout_step(session)  # untimed warm-up
             rollout_seconds = [rollout_step(session)[0] for _ in range(repeats)]

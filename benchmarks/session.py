@@ -1,4 +1,5 @@
-"""One benchmark session: the prepared model, one embedded stack shared by every benchmark, measurements shared
+"""One benchmark session: the prepared model, one embedded stack at a time shared by every benchmark (restarted when
+a measurement needs the other placement), measurements shared
 between benchmarks (a pipeline run at a given staleness and placement is run once per session), child processes
 for parts measured alone, and the progress display."""
 
@@ -22,7 +23,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from benchmarks.placement import GENERATION_CORES, LEARNER_CORES, check_pinnable, pinned, taskset_prefix
 from benchmarks.settings import BenchSettings, Placement
+from cfpo.run_spec import RunSpec
 from cfpo.stack import Service, Stack, StackSettings
+from trainer.threads import learner_threads
 
 T = TypeVar("T")
 
@@ -37,6 +40,7 @@ class Session:
         self.work = settings.work.resolve()
         self.model_dir: Path | None = None
         self._stack: Stack | None = None
+        self._placement: Placement = "shared"
         self._measured: dict[Any, Any] = {}
         self._child_ids = itertools.count()
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -96,31 +100,43 @@ class Session:
 
     @property
     def stack(self) -> Stack:
-        """The embedded stack on the benchmark model, started on first use (Prometheus off: nothing reads it)."""
+        """The embedded stack on the benchmark model, in the placement last asked for (started on first use, shared
+        if none was asked for yet; Prometheus off: nothing reads it)."""
         if self._stack is None:
-            stack = Stack(StackSettings(model=self.model_dir, state_dir=self.work / "stack",
-                                        runs_dir=self.work / "runs", prometheus=False,
-                                        **StackSettings.offset_ports(self.settings.port_offset)))
-            with self.activity("starting the stack") as update:
-                stack.start(on_status=lambda message: update(description=f"starting the stack: {message}"))
-            self._stack = stack
+            self._start_stack("shared")
         return self._stack
+
+    def _start_stack(self, placement: Placement) -> None:
+        if self._stack is not None:
+            with self.activity(f"stopping the {self._placement} stack"):
+                self._stack.stop()
+            self._stack = None
+        # pinned: vLLM binds its worker to one core itself (its own choice), the learner trains on one thread.
+        where = {} if placement == "shared" else {"generation_cpu_cores": "vllm", "learner_threads": 1}
+        stack = Stack(StackSettings(model=self.model_dir, state_dir=self.work / "stack", runs_dir=self.work / "runs",
+                                    prometheus=False, **where, **StackSettings.offset_ports(self.settings.port_offset)))
+        with self.activity(f"starting the {placement} stack") as update:
+            stack.start(on_status=lambda message: update(description=f"starting the stack: {message}"))
+        self._stack, self._placement = stack, placement
 
     def service(self, name: str) -> Service:
         return next(s for s in self.stack.services if s.name == name)
 
-    @property
-    def learner_threads(self) -> int:
-        """Threads the stack gives its learner (it leaves a core to vLLM's CPU worker)."""
-        return int(self.service("learner").env.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    def learner_threads(self, spec: RunSpec) -> int:
+        """Threads the stack's learner trains ``spec`` with (trainer/threads.py; one when pinned)."""
+        return self.stack.settings.learner_threads or learner_threads(spec)
 
     @contextlib.contextmanager
     def placed(self, placement: Placement) -> Iterator[None]:
-        """Run the block with the stack's generation and learner where ``placement`` puts them."""
+        """Run the block on a stack in ``placement`` (restarted when the current one is in the other): ``shared`` as
+        the stack starts by default, ``pinned`` with generation's processes on core 0 and the learner on core 1."""
+        if placement == "pinned":
+            check_pinnable()
+        if self._stack is None or self._placement != placement:
+            self._start_stack(placement)
         if placement == "shared":
             yield
             return
-        check_pinnable()
         groups = {self.service("generation").process.pid: GENERATION_CORES,
                   self.service("learner").process.pid: LEARNER_CORES}
         with pinned(groups):

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from pydantic import Field
@@ -44,6 +45,11 @@ class StackSettings(StrictModel):
     prometheus_port: int = 9090
     prometheus: bool = Field(True, description="start Prometheus when its binary is installed")
     scrape_interval_s: int = Field(5, ge=1, description="Prometheus' scrape interval, seconds")
+    generation_cpu_cores: Literal["all", "vllm"] = Field(
+        "all", description="CPU: vLLM's worker binds every core (all) or follows vLLM's own binding (vllm)")
+    learner_threads: int | None = Field(
+        None, ge=1, description="CPU threads of the learner; default per run: every core when synchronous, one "
+        "fewer when asynchronous")
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
 
     @classmethod
@@ -96,7 +102,7 @@ class Stack:
             ], self._redis_ready, self.redis_url))
         services += [
             Service("generation", _python("services.generation", "--model", str(s.model), "--port",
-                                          str(s.generation_port)), _http_ok(f"{self.generation_url}/health"),
+                                          str(s.generation_port), "--cpu-cores", s.generation_cpu_cores), _http_ok(f"{self.generation_url}/health"),
                     self.generation_url),
             Service("reward", _python("services.reward", "--port", str(s.reward_port)),
                     _http_ok(f"{self.reward_url}/health"), self.reward_url),
@@ -105,11 +111,10 @@ class Stack:
                     _http_ok(f"{self.control_url}/health"), f"{self.control_url}/docs"),
             Service("learner", _python("trainer", "--worker", "--runs-dir", str(s.runs_dir), "--metrics-port",
                                        str(s.learner_metrics_port), "--generation-url", self.generation_url,
-                                       "--redis-url", self.redis_url),
+                                       "--redis-url", self.redis_url,
+                                       *(["--threads", str(s.learner_threads)] if s.learner_threads else [])),
                     _http_ok(f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
-                    f"http://127.0.0.1:{s.learner_metrics_port}/metrics",
-                    # vLLM's CPU worker keeps a core busy; a learner using every core would fight it for each one.
-                    env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) - 1))}),
+                    f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
             Service("rollout", _python("services.rollout", "--worker", "--metrics-port", str(s.rollout_metrics_port),
                                        "--generation-url", self.generation_url, "--reward-url", self.reward_url,
                                        "--redis-url", self.redis_url),

@@ -54,6 +54,8 @@ def main(
     metrics_port: int = typer.Option(0, help="serve /metrics on this port (0: off)"),
     metrics_host: str = typer.Option("127.0.0.1", help="address /metrics listens on (containers: 0.0.0.0)"),
     data_timeout: float = typer.Option(600.0, help="seconds to wait for a step's rollouts before failing"),
+    threads: int = typer.Option(None, min=1, envvar="CFPO_LEARNER_THREADS",
+                                help="CPU threads to train with (default: per run, trainer/threads.py)"),
 ) -> None:
     """Train runs from their rollout streams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -63,20 +65,26 @@ def main(
     generation = GenerationClient(generation_url)
     rewards = RewardClient(reward_url) if reward_url else None
     if worker:
-        _serve_queued_runs(runs_dir, redis_url, generation, rewards, recorder, data_timeout)
+        _serve_queued_runs(runs_dir, redis_url, generation, rewards, recorder, data_timeout, threads)
         return
     if spec is None or run_id is None or run_dir is None:
         typer.echo("error: --spec, --run-id and --run-dir are needed for one run (or use --worker)", err=True)
         raise typer.Exit(2)
     run_spec = load_or_exit(RunSpec, spec)
-    _train(run_spec, run_id, run_dir, redis_url, generation, rewards, recorder, data_timeout, resume, control=None)
+    _train(run_spec, run_id, run_dir, redis_url, generation, rewards, recorder, data_timeout, resume, control=None,
+           threads=threads)
 
 
 def _train(spec: RunSpec, run_id: str, run_dir: Path, redis_url: str, generation: GenerationClient,
            rewards: RewardClient | None, recorder: PrometheusRecorder, data_timeout: float, resume: bool,
-           control: RegistryControl | None) -> str:
-    from trainer.service import LearnerService
+           control: RegistryControl | None, threads: int | None) -> str:
+    import torch
 
+    from trainer.service import LearnerService
+    from trainer.threads import learner_threads
+
+    torch.set_num_threads(learner_threads(spec, threads))
+    log.info("run %s: training with %d CPU threads", run_id, torch.get_num_threads())
     with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
         service = LearnerService(spec, run_id, run_dir, queue, generation, recorder, data_timeout=data_timeout,
                                  control=control, rewards=rewards)
@@ -84,7 +92,8 @@ def _train(spec: RunSpec, run_id: str, run_dir: Path, redis_url: str, generation
 
 
 def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationClient, rewards: RewardClient | None,
-                       recorder: PrometheusRecorder, data_timeout: float, poll_seconds: float = 1.0) -> None:
+                       recorder: PrometheusRecorder, data_timeout: float, threads: int | None,
+                       poll_seconds: float = 1.0) -> None:
     name = f"learner-{socket.gethostname()}"
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -101,7 +110,7 @@ def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationCli
                 try:
                     state = _train(claim.spec, claim.run_id, run_dir, redis_url, generation, rewards, recorder,
                                    data_timeout, resume=(run_dir / "checkpoints" / "latest").exists(),
-                                   control=RegistryControl(registry, claim.run_id, heartbeat))
+                                   control=RegistryControl(registry, claim.run_id, heartbeat), threads=threads)
                 except Exception as error:  # the run failed; the worker lives on for the next one
                     log.exception("run %s failed", claim.run_id)
                     state, reason = "failed", f"{type(error).__name__}: {error}"

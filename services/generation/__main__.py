@@ -19,11 +19,12 @@ def main(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     kv_cache_gib: int = typer.Option(1, help="CPU: KV-cache GiB"),
     max_model_len: int = typer.Option(None, help="default: what the model config allows"),
+    cpu_cores: str = typer.Option("all", help="CPU: all (a thread on every core) or vllm (vLLM's own binding)"),
 ) -> None:
     """Start vLLM's server with token log-probs, weight versions and in-place weight updates."""
     try:
         settings = GenerationSettings(model=model, host=host, port=port, device=device,
-                                      kv_cache_gib=kv_cache_gib, max_model_len=max_model_len)
+                                      kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, cpu_cores=cpu_cores)
     except ValidationError as error:
         for problem in error.errors():
             typer.echo(f"error: {'.'.join(map(str, problem['loc']))}: {problem['msg']}", err=True)

@@ -27,6 +27,18 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_binding_on_every_core() -> dict[str, str]:
+    """vLLM CPU's environment for one worker thread on each core this process may use.
+
+    Measured on 2 cores (SmolLM2-135M, 16 requests of 4 x 32 tokens at once): 398 tokens/s with vLLM's own
+    binding (its worker on core 0, core 1 reserved for the scheduler process), 615-700 with both cores bound. An
+    idle server takes no CPU (its threads sleep), so a learner sharing the cores loses nothing while generation
+    waits; vLLM warns that it reserves no core for its scheduler.
+    """
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
 def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start the server."""
     device = resolve_device(settings.device)
@@ -52,4 +64,6 @@ def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, s
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+        if settings.cpu_cores == "all":
+            env.update(cpu_binding_on_every_core())
     return argv, env
