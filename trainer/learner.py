@@ -140,14 +140,18 @@ class Learner:
         return self._frozen_logprobs(self.engine.module, batch)
 
     def _frozen_logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+        logprobs = torch.zeros_like(batch.behaviour_logprobs)
         with torch.no_grad():
-            return torch.cat([
-                completion_logprobs(model, batch.select(chunk), self.config.temperature)[0]
-                for chunk in self._micro_chunks(torch.arange(len(batch), device=batch.input_ids.device))
-            ])
+            for chunk in self._micro_chunks(torch.arange(len(batch), device=batch.input_ids.device), batch):
+                logprobs[chunk] = completion_logprobs(model, batch.select(chunk), self.config.temperature)[0]
+        return logprobs
 
-    def _micro_chunks(self, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return indices.split(self.config.micro_batch_size or self.config.minibatch_size)
+    def _micro_chunks(self, indices: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, ...]:
+        """Micro-batches of ``indices`` with sequences of similar length (stable within a length): each is cut to
+        its own longest sequence (``completion_logprobs``), so less is computed on padding."""
+        lengths = batch.attention_mask.sum(1)[indices]
+        by_length = indices[torch.sort(lengths, stable=True).indices]
+        return by_length.split(self.config.micro_batch_size or self.config.minibatch_size)
 
     def _optimizer_step(
         self,
@@ -159,7 +163,7 @@ class Learner:
     ) -> dict[str, float]:
         parts: list[tuple[dict[str, float], float]] = []
         bucket_parts: dict[str, list[tuple[dict[str, float], float]]] = {}
-        for chunk in self._micro_chunks(indices):
+        for chunk in self._micro_chunks(indices, batch):
             micro = batch.select(chunk)
             logprobs, entropy = completion_logprobs(self.engine, micro, self.config.temperature)
             proximal_chunk = proximal[chunk] if proximal is not None else None

@@ -65,18 +65,29 @@ def pack(samples: list[Sample], pad_token_id: int = 0) -> PackedBatch:
 
 
 def completion_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: float) -> tuple[Tensor, Tensor]:
-    """Log-prob and entropy of each completion token under softmax(logits / temperature).
+    """Log-prob and entropy of each completion token under softmax(logits / temperature), ``[B, T]`` each.
 
     The division by the temperature makes these the log-probs of the distribution generation sampled from,
-    so on-policy the ratio against the behaviour log-probs is 1 up to numerics.
+    so on-policy the ratio against the behaviour log-probs is 1 up to numerics. Only what the completions need is
+    computed: columns that are padding in every row are cut (a micro-batch is padded to its whole batch's width),
+    and the output head runs only from the first position that predicts a completion token (``logits_to_keep``),
+    not over the prompts. Padded completion positions come back as 0.
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    # The logit at position p predicts token p + 1: completion token t sits at prompt_length + t.
+    lengths = batch.attention_mask.sum(1)
+    width = int(lengths.max())
+    first = int(batch.prompt_lengths.min()) - 1  # the logit at position p predicts token p + 1
+    logits = model(input_ids=batch.input_ids[:, :width], attention_mask=batch.attention_mask[:, :width],
+                   logits_to_keep=width - first).logits  # positions first .. width - 1
     T = batch.completion_ids.shape[1]
-    positions = (batch.prompt_lengths[:, None] - 1 + torch.arange(T, device=logits.device)[None, :])
+    kept = int((lengths - batch.prompt_lengths).max())  # completion columns holding a token in some row
+    # Completion token t of row i is predicted at position prompt_length_i - 1 + t, here shifted by ``first``.
+    positions = (batch.prompt_lengths[:, None] - 1 - first + torch.arange(kept, device=logits.device)[None, :])
     positions = positions.clamp(max=logits.shape[1] - 1)
     completion_logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
     log_probs = torch.log_softmax(completion_logits / temperature, dim=-1)
-    token_logprobs = log_probs.gather(-1, batch.completion_ids[..., None]).squeeze(-1)
+    token_logprobs = log_probs.gather(-1, batch.completion_ids[:, :kept, None]).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return token_logprobs, entropy
+    real = torch.arange(kept, device=logits.device)[None, :] < (lengths - batch.prompt_lengths)[:, None]
+    padding = (0, T - kept)
+    return (torch.nn.functional.pad(token_logprobs.where(real, 0.0), padding),
+            torch.nn.functional.pad(entropy.where(real, 0.0), padding))
