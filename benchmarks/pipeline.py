@@ -167,7 +167,7 @@ def _measure_parts(session: Session, placement: Placement) -> Parts:
     repeats = session.scale.repeats
     cores = LEARNER_CORES if placement == "pinned" else None
     with session.placed(placement):
-        threads = session.learner_threads(_spec(session, 0))  # the synchronous run's: T_learn is its learner step
+        threads = session.learner_threads
         with session.activity(f"{placement}: one rollout step alone x{repeats}"):
             rollout_step(session)  # untimed warm-up
             rollout_seconds = [rollout_step(session)[0] for _ in range(repeats)]

@@ -23,7 +23,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from benchmarks.placement import GENERATION_CORES, LEARNER_CORES, check_pinnable, pinned, taskset_prefix
 from benchmarks.settings import BenchSettings, Placement
-from cfpo.run_spec import RunSpec
 from cfpo.stack import Service, Stack, StackSettings
 from trainer.threads import learner_threads
 
@@ -122,9 +121,10 @@ class Session:
     def service(self, name: str) -> Service:
         return next(s for s in self.stack.services if s.name == name)
 
-    def learner_threads(self, spec: RunSpec) -> int:
-        """Threads the stack's learner trains ``spec`` with (trainer/threads.py; one when pinned)."""
-        return self.stack.settings.learner_threads or learner_threads(spec)
+    @property
+    def learner_threads(self) -> int:
+        """Threads the stack's learner trains with (trainer/threads.py; one when pinned)."""
+        return learner_threads(self.stack.settings.learner_threads)
 
     @contextlib.contextmanager
     def placed(self, placement: Placement) -> Iterator[None]:

@@ -65,8 +65,7 @@ def planned_runs(scale: Scale) -> set[tuple[int, Placement]]:
 def run(session: Session) -> tuple[WeightSync, list[Table]]:
     import torch
 
-    # Export and copy with the threads the learner pushes with in a synchronous run.
-    threads = session.learner_threads(session.settings.run_spec(session.model_dir, 0))
+    threads = session.learner_threads  # export and copy with the learner's threads, as its pushes run
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

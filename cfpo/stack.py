@@ -48,8 +48,7 @@ class StackSettings(StrictModel):
     generation_cpu_cores: Literal["all", "vllm"] = Field(
         "all", description="CPU: vLLM's worker binds every core (all) or follows vLLM's own binding (vllm)")
     learner_threads: int | None = Field(
-        None, ge=1, description="CPU threads of the learner; default per run: every core when synchronous, one "
-        "fewer when asynchronous")
+        None, ge=1, description="CPU threads of the learner; default every core (trainer/threads.py)")
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
 
     @classmethod

@@ -83,7 +83,7 @@ def _train(spec: RunSpec, run_id: str, run_dir: Path, redis_url: str, generation
     from trainer.service import LearnerService
     from trainer.threads import learner_threads
 
-    torch.set_num_threads(learner_threads(spec, threads))
+    torch.set_num_threads(learner_threads(threads))
     log.info("run %s: training with %d CPU threads", run_id, torch.get_num_threads())
     with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
         service = LearnerService(spec, run_id, run_dir, queue, generation, recorder, data_timeout=data_timeout,
