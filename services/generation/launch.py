@@ -63,6 +63,10 @@ def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, s
         argv += ["--weight-transfer-config", '{"backend": "nccl"}']
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     if device == "cpu":
+        # vLLM 0.32 on CPU kills its engine when a seeded request's prefill is split over two engine steps
+        # ("CPU Generator does not use offset", in the bookkeeping of the discarded sample). Many groups in flight
+        # overflow the step's token budget, so prefills must be scheduled whole.
+        argv += ["--no-enable-chunked-prefill"]
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
         if settings.cpu_cores == "all":
             env.update(cpu_binding_on_every_core())
