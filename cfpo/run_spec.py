@@ -104,11 +104,15 @@ class RunSpec(StrictModel):
         return self.learner.iterations * self.learner.minibatches
 
     @property
+    def steps_admitted_at_once(self) -> int:
+        """Steps admission control lets workers produce at once: those the staleness bound lets them run ahead of
+        the learner, and the one it is waiting for."""
+        return -(-self.staleness.bound // self.versions_per_step) + 1
+
+    @property
     def admission_window(self) -> int:
-        """Groups admission control can let workers produce at once: the steps the staleness bound lets them run
-        ahead of the learner, and the one it is waiting for (never more than the run has)."""
-        ahead = -(-self.staleness.bound // self.versions_per_step) + 1
-        return min(ahead * self.rollout.prompts_per_step, self.steps * self.rollout.prompts_per_step)
+        """Groups admission control can let workers produce at once (never more than the run has)."""
+        return min(self.steps_admitted_at_once, self.steps) * self.rollout.prompts_per_step
 
     @property
     def inflight_groups(self) -> int:
@@ -119,8 +123,7 @@ class RunSpec(StrictModel):
     def queue_capacity(self) -> int:
         """Groups the stream must hold: steps read but not yet checkpointed, the one in training, and the steps
         admission control lets workers produce ahead of the learner. Backpressure beyond this means a stall."""
-        ahead = -(-self.staleness.bound // self.versions_per_step) + 1
-        return (self.checkpoint_every + ahead + 1) * self.rollout.prompts_per_step
+        return (self.checkpoint_every + self.steps_admitted_at_once + 1) * self.rollout.prompts_per_step
 
     @model_validator(mode="after")
     def _staleness_is_reachable(self) -> "RunSpec":

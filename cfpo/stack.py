@@ -101,8 +101,8 @@ class Stack:
             ], self._redis_ready, self.redis_url))
         services += [
             Service("generation", _python("services.generation", "--model", str(s.model), "--port",
-                                          str(s.generation_port), "--cpu-cores", s.generation_cpu_cores), _http_ok(f"{self.generation_url}/health"),
-                    self.generation_url),
+                                          str(s.generation_port), "--cpu-cores", s.generation_cpu_cores),
+                    _http_ok(f"{self.generation_url}/health"), self.generation_url),
             Service("reward", _python("services.reward", "--port", str(s.reward_port)),
                     _http_ok(f"{self.reward_url}/health"), self.reward_url),
             Service("control", _python("services.control", "--port", str(s.control_port), "--redis-url",

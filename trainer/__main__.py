@@ -55,7 +55,7 @@ def main(
     metrics_host: str = typer.Option("127.0.0.1", help="address /metrics listens on (containers: 0.0.0.0)"),
     data_timeout: float = typer.Option(600.0, help="seconds to wait for a step's rollouts before failing"),
     threads: int = typer.Option(None, min=1, envvar="CFPO_LEARNER_THREADS",
-                                help="CPU threads to train with (default: per run, trainer/threads.py)"),
+                                help="CPU threads to train with (default: every core, trainer/threads.py)"),
 ) -> None:
     """Train runs from their rollout streams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -79,7 +79,8 @@ def completion_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature:
     logits = model(input_ids=batch.input_ids[:, :width], attention_mask=batch.attention_mask[:, :width],
                    logits_to_keep=width - first).logits  # positions first .. width - 1
     T = batch.completion_ids.shape[1]
-    kept = int((lengths - batch.prompt_lengths).max())  # completion columns holding a token in some row
+    completion_lengths = lengths - batch.prompt_lengths
+    kept = int(completion_lengths.max())  # completion columns holding a token in some row
     # Completion token t of row i is predicted at position prompt_length_i - 1 + t, here shifted by ``first``.
     positions = (batch.prompt_lengths[:, None] - 1 - first + torch.arange(kept, device=logits.device)[None, :])
     positions = positions.clamp(max=logits.shape[1] - 1)
@@ -87,7 +88,7 @@ def completion_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature:
     log_probs = torch.log_softmax(completion_logits / temperature, dim=-1)
     token_logprobs = log_probs.gather(-1, batch.completion_ids[:, :kept, None]).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    real = torch.arange(kept, device=logits.device)[None, :] < (lengths - batch.prompt_lengths)[:, None]
+    real = torch.arange(kept, device=logits.device)[None, :] < completion_lengths[:, None]
     padding = (0, T - kept)
     return (torch.nn.functional.pad(token_logprobs.where(real, 0.0), padding),
             torch.nn.functional.pad(entropy.where(real, 0.0), padding))
