@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from benchmarks.pipeline import Parts, PipelineRun, parts, pipeline_run
+from benchmarks.pipeline import Bounds, Parts, PipelineRun, parts, pipeline_run
 from benchmarks.report import Table
 from benchmarks.session import Session
 from benchmarks.settings import PLACEMENTS, Placement, Scale
-
-
-class Bounds(BaseModel):
-    sum_of_work: float
-    overlap: float
 
 
 class AsyncVsSync(BaseModel):

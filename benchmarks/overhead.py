@@ -84,7 +84,7 @@ def _table(session: Session, read_decode: float, queue_read: QueueRead, rows: li
         caption=(f"Steady-state means per step of the shared-placement runs (as in the async-vs-sync table). "
                  f"read + decode: the product's RolloutQueue reading and decoding one step's groups "
                  f"({queue_read.bytes_per_step / 1024:.1f} KiB on the stream) with nothing to wait for, median of "
-                 f"{len(queue_read.seconds)}; the learner's wait includes it. weight push: safetensors export, then "
+                 f"{len(queue_read.seconds)}; the learner's wait includes it. weight push: staging the weights (rewritten in place), then "
                  f"pause, load and resume in generation, as the learner recorded it. Shares are of the learner's "
                  f"wall time per step."))
     for row in rows:

@@ -1,8 +1,9 @@
 """The pipeline beside a peer, TRL's ``GRPOTrainer``, in one session on one machine: the same model, task, prompts
 (in the same order), prompts per step, G, completion length, learning rate and sampling temperature.
 
-Completions per second of each, whole system; then the learner step alone beside TRL's training step alone, both
-on one step's batch with every core of the machine, to show where the time goes. TRL runs synchronously (generate,
+Completions per second of each, whole system, and each pipeline mode's step against its bound from the halves
+measured alone (shared placement: each half on every core); then the learner step alone beside TRL's training step
+alone, both on one step's batch with every core of the machine, to show where the time goes. TRL runs synchronously (generate,
 then train) with transformers' ``generate``, its own GRPO loss (``loss_type="grpo"``, the same eps) and fp32
 without gradient checkpointing, as the pipeline's learner; the pipeline runs CFPO, which costs the same per token.
 """
@@ -14,7 +15,7 @@ import statistics
 
 from pydantic import BaseModel
 
-from benchmarks.pipeline import PipelineRun, learner_alone, pipeline_run
+from benchmarks.pipeline import Bounds, Parts, PipelineRun, learner_alone, parts, pipeline_run
 from benchmarks.report import Table
 from benchmarks.session import Session
 from benchmarks.settings import PEER_STALENESS, Placement, Scale
@@ -33,6 +34,8 @@ class TrlRun(BaseModel):
 class PeerComparison(BaseModel):
     completions_per_step: int
     pipeline: list[PipelineRun]
+    parts: Parts  # each half alone, shared placement
+    bounds: Bounds  # from parts: on shared cores the overlap bound is out of reach (both halves use every core)
     trl: TrlRun
     learner_step_seconds: list[float]  # the pipeline's learner step alone, with the same threads as TRL
     threads: int
@@ -46,12 +49,14 @@ def run(session: Session) -> tuple[PeerComparison, list[Table]]:
     spec = session.settings.run_spec(session.model_dir, 0)
     threads = len(os.sched_getaffinity(0))
     pipeline = [pipeline_run(session, m, "shared") for m in PEER_STALENESS]
+    halves = parts(session, "shared")
     learner = learner_alone(session, threads, None)
     with session.activity(f"TRL GRPOTrainer: {session.scale.trl_steps} steps after one, then its training step "
                           f"alone x{session.scale.repeats}"):
         trl = TrlRun(**session.child("trl_grpo", _trl_config(session), threads=threads))
-    result = PeerComparison(completions_per_step=spec.learner.batch_size, pipeline=pipeline, trl=trl,
-                            learner_step_seconds=learner, threads=threads)
+    bounds = Bounds(sum_of_work=halves.generation + halves.learner, overlap=max(halves.generation, halves.learner))
+    result = PeerComparison(completions_per_step=spec.learner.batch_size, pipeline=pipeline, parts=halves,
+                            bounds=bounds, trl=trl, learner_step_seconds=learner, threads=threads)
     return result, [_throughput_table(session, result), _step_table(result)]
 
 
@@ -77,23 +82,33 @@ def _trl_config(session: Session) -> TrlConfig:
 
 def _throughput_table(session: Session, result: PeerComparison) -> Table:
     spec = session.settings.run_spec(session.model_dir, 0)
+    trl_step = statistics.fmean(result.trl.step_seconds)
+    trl_rate = result.completions_per_step / trl_step
     table = Table(
-        f"The pipeline beside TRL GRPOTrainer: {spec.rollout.prompts_per_step} prompts x {spec.rollout.group_size} "
-        f"completions per step, up to {spec.rollout.max_tokens} tokens, lr {spec.learner.optimizer.lr:g}",
-        ["system", "completions/s", "completion tokens", "step s", "generation s/step", "training s/step",
-         "steps measured"],
+        f"The pipeline beside TRL GRPOTrainer ({session.settings.shape} shape): {spec.rollout.prompts_per_step} "
+        f"prompts x {spec.rollout.group_size} completions per step, up to {spec.rollout.max_tokens} tokens, "
+        f"lr {spec.learner.optimizer.lr:g}",
+        ["system", "completions/s", "ratio to TRL", "completion tokens", "step s", "generation s/step",
+         "training s/step", "step / own bound", "steps measured"],
         caption=("Pipeline: steady state of the shared-placement runs (as in the async-vs-sync table); generation "
-                 "is the rollout worker's generate calls, training the learner's optimizer step. TRL: mean of its "
-                 f"steps after the first, {result.trl.threads} threads; generation is its generate-and-score phase, "
-                 "training the rest of the step. completion tokens: mean completion length."))
+                 "is the rollout worker's generate calls (summed over groups in flight together), training the "
+                 "learner's optimizer step. Own bound, from the halves alone on every core (T_gen "
+                 f"{result.parts.generation:.3g} s, T_learn {result.parts.learner:.3g} s): synchronous T_gen + "
+                 "T_learn; asynchronous max(T_gen, T_learn), which two halves sharing the same cores cannot reach. "
+                 f"TRL: mean of its steps after the first, {result.trl.threads} threads; generation is its "
+                 "generate-and-score phase, training the rest of the step. completion tokens: mean completion "
+                 "length."))
     for run in result.pipeline:
-        mode = "synchronous" if run.max_staleness == 0 else "asynchronous"
-        table.add(f"cfpo pipeline, max_staleness {run.max_staleness} ({mode})", run.samples_per_second,
-                  run.tokens_per_second / run.samples_per_second, run.step_seconds, run.generation_busy_seconds,
-                  run.learner_train_seconds, run.measured_steps)
-    step, generation = statistics.fmean(result.trl.step_seconds), statistics.fmean(result.trl.generation_seconds)
-    table.add("TRL GRPOTrainer (synchronous, transformers generate)", result.completions_per_step / step,
-              statistics.fmean(result.trl.completion_tokens), step, generation, step - generation,
+        synchronous = run.max_staleness == 0
+        bound = result.bounds.sum_of_work if synchronous else result.bounds.overlap
+        table.add(f"cfpo pipeline, max_staleness {run.max_staleness} "
+                  f"({'synchronous' if synchronous else 'asynchronous'})", run.samples_per_second,
+                  run.samples_per_second / trl_rate, run.tokens_per_second / run.samples_per_second,
+                  run.step_seconds, run.generation_busy_seconds, run.learner_train_seconds, run.step_seconds / bound,
+                  run.measured_steps)
+    generation = statistics.fmean(result.trl.generation_seconds)
+    table.add("TRL GRPOTrainer (synchronous, transformers generate)", trl_rate, 1.0,
+              statistics.fmean(result.trl.completion_tokens), trl_step, generation, trl_step - generation, "",
               len(result.trl.step_seconds))
     return table
 

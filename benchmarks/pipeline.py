@@ -89,6 +89,13 @@ class Parts(BaseModel):
         return statistics.median(self.learner_step_seconds)
 
 
+class Bounds(BaseModel):
+    """The fastest step each mode could make: synchronous T_gen + T_learn, asynchronous max(T_gen, T_learn)."""
+
+    sum_of_work: float
+    overlap: float
+
+
 def pipeline_run(session: Session, max_staleness: int, placement: Placement) -> PipelineRun:
     return session.measured(("pipeline", max_staleness, placement),
                             lambda: _run_pipeline(session, max_staleness, placement))

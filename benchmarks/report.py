@@ -55,14 +55,16 @@ def machine() -> dict[str, object]:
             "processor": platform.processor() or platform.machine(), "python": platform.python_version()}
 
 
-def publish(console: Console, out: Path, name: str, result: BaseModel, tables: list[Table], context: dict) -> Path:
-    """Print the tables, write ``<out>/<name>.json`` (context + result) and ``<out>/<name>.md``; returns the JSON."""
+def publish(console: Console, out: Path, stem: str, name: str, result: BaseModel, tables: list[Table],
+            context: dict) -> Path:
+    """Print benchmark ``name``'s tables, write ``<out>/<stem>.json`` (context + result) and ``<out>/<stem>.md``;
+    returns the JSON's path."""
     for table in tables:
         console.print(table.rich())
     out.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
               **context, "result": result.model_dump(mode="json")}
-    path = out / f"{name}.json"
+    path = out / f"{stem}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"{name}.md").write_text("\n\n".join(t.markdown() for t in tables) + "\n")
+    (out / f"{stem}.md").write_text("\n\n".join(t.markdown() for t in tables) + "\n")
     return path

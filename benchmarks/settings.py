@@ -19,6 +19,8 @@ from cfpo.config import StrictModel
 from cfpo.run_spec import RunSpec
 
 BenchmarkName = Literal["async_vs_sync", "overhead", "weight_sync", "peer_trl"]
+Shape = Literal["demo", "rollout_heavy"]
+SHAPES: tuple[Shape, ...] = ("demo", "rollout_heavy")
 BENCHMARKS: tuple[BenchmarkName, ...] = ("async_vs_sync", "overhead", "weight_sync", "peer_trl")
 Placement = Literal["shared", "pinned"]
 PLACEMENTS: tuple[Placement, ...] = ("shared", "pinned")
@@ -38,6 +40,12 @@ DEMO_WORKLOAD: dict[str, Any] = {
     "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 32, "drop_zero_variance": False},
     "learner": {"loss": {"name": "cfpo", "eps": 0.2}, "optimizer": {"lr": 5.0e-6}, "micro_batch_size": 8},
 }
+
+
+# The rollout-heavy shape: more prompts, more completions per prompt, longer completions than the demo's.
+ROLLOUT_HEAVY_ROLLOUT: dict[str, Any] = {"group_size": 8, "prompts_per_step": 16, "max_tokens": 64}
+# Its steps cost ~10x the demo's, so it is measured against the peer alone.
+SHAPE_BENCHMARKS: dict[Shape, tuple[BenchmarkName, ...]] = {"demo": BENCHMARKS, "rollout_heavy": ("peer_trl",)}
 
 
 class LadderModel(StrictModel):
@@ -77,6 +85,8 @@ SMOKE = Scale(steps=4, warmup_steps=1, staleness=(0, 1), repeats=1, weight_ladde
 TINY_SCALE = Scale(steps=30, warmup_steps=2, staleness=(0, 1, 2, 4), repeats=5, weight_ladder=LADDER, trl_steps=5)
 # A real model's steps take seconds: fewer of them, and no synthetic size near the model's own.
 REAL_SCALE = Scale(steps=10, warmup_steps=2, staleness=(0, 1, 2, 4), repeats=3, weight_ladder=LADDER[:1], trl_steps=3)
+# A real model's rollout-heavy steps take minutes: the fewest that leave a steady state of 3-4 steps per mode.
+REAL_HEAVY_SCALE = Scale(steps=6, warmup_steps=2, staleness=PEER_STALENESS, repeats=2, weight_ladder=(), trl_steps=2)
 
 
 class BenchSettings(StrictModel):
@@ -88,6 +98,10 @@ class BenchSettings(StrictModel):
     work: Path = Field(Path("runs/bench"), description="stack logs, run directories, scratch models")
     models_dir: Path = Field(Path("models"), description="where tiny and smollm2 are prepared (as cfpo up does)")
     port_offset: int = Field(1500, ge=0, le=50_000, description="added to every default port of the stack")
+    shapes: tuple[Shape, ...] = Field(SHAPES, min_length=1, description="workload shapes, each in a session of its "
+                                      "own: demo (the demo's run spec) runs every benchmark named, rollout_heavy "
+                                      "(16 prompts x 8 completions x 64 tokens) peer_trl only")
+    shape: Shape = Field("demo", description="the shape this session measures (set per session from shapes)")
 
     @field_validator("benchmarks", mode="before")
     @classmethod
@@ -120,11 +134,25 @@ class BenchSettings(StrictModel):
     def scale(self) -> Scale:
         if self.smoke:
             return SMOKE
-        return TINY_SCALE if self.model == "tiny" else REAL_SCALE
+        if self.model == "tiny":
+            return TINY_SCALE
+        return REAL_HEAVY_SCALE if self.shape == "rollout_heavy" else REAL_SCALE
 
     @property
     def workload(self) -> dict[str, Any]:
-        return TINY_WORKLOAD if self.model == "tiny" else DEMO_WORKLOAD
+        workload = TINY_WORKLOAD if self.model == "tiny" else DEMO_WORKLOAD
+        if self.shape == "rollout_heavy":
+            workload = {**workload, "rollout": {**workload["rollout"], **ROLLOUT_HEAVY_ROLLOUT}}
+        return workload
+
+    @property
+    def shape_benchmarks(self) -> tuple[BenchmarkName, ...]:
+        """The benchmarks named that this session's shape runs, in order."""
+        return tuple(name for name in self.benchmarks if name in SHAPE_BENCHMARKS[self.shape])
+
+    def result_name(self, benchmark: BenchmarkName) -> str:
+        """File stem of a benchmark's results: its name, with the shape unless it is the demo's."""
+        return benchmark if self.shape == "demo" else f"{benchmark}-{self.shape.replace('_', '-')}"
 
     def run_spec(self, model_dir: Path, max_staleness: int) -> RunSpec:
         """The workload as a run of ``scale.steps`` steps at ``max_staleness`` (bounded), weights pushed every

@@ -1,5 +1,5 @@
-"""Weight sync against model size: the learner's push (``trainer.weight_sync.file``: export safetensors, then
-pause generation, load in place, relabel, resume) in seconds and bytes per second, beside copying the same tensors
+"""Weight sync against model size: the learner's push (``trainer.weight_sync.file``: stage the weights, rewritten in
+place where the stack's learner stages them, then pause generation, load in place, relabel, resume) in seconds and bytes per second, beside copying the same tensors
 in memory in the same process (the floor any transport is measured against).
 
 Sizes: the benchmark model, on the stack's generation server, and random Llamas of the ladder's sizes (built by
@@ -33,7 +33,7 @@ class WeightSyncRow(BaseModel):
     model: str
     parameters: int
     bytes: int  # what generation loads: every tensor but a tied output head
-    export_seconds: list[float]
+    export_seconds: list[float]  # staging: the rewrite of the staged file
     update_seconds: list[float]  # pause, load in place, relabel, reset prefix cache, resume
     copy_seconds: list[float]  # clone of the same tensors in memory
 
@@ -84,27 +84,23 @@ def _measure(session: Session, name: str, model_dir: Path, generation_url: str) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.weight_sync.file import export_weights
+    from trainer.weight_sync.file import StagedWeights, push_weights
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    scratch = session.work / "weight-sync"
+    staged = StagedWeights(session.stack.weights_dir or session.work / "weight-sync", f"{RUN_LABEL}-{name}")
     export, update, copy = [], [], []
     with session.activity(f"weight sync of {name} x{session.scale.repeats}"), \
             contextlib.closing(GenerationClient(generation_url)) as client:
-        for version in range(1, session.scale.repeats + 2):  # the first untimed
-            started = time.perf_counter()
-            path = export_weights(model, scratch, version)
-            export.append(time.perf_counter() - started)
-            try:
-                pushed = client.update_weights(path, version, run=RUN_LABEL)
-            finally:
-                path.unlink(missing_ok=True)
+        for version in range(1, session.scale.repeats + 2):  # the first untimed (it writes the file anew)
+            pushed = push_weights(client, staged, model, version, run=RUN_LABEL)
+            export.append(pushed.staging_seconds)
             update.append(pushed.seconds)
             tensors = {t.data_ptr(): t.detach() for t in model.state_dict().values()}.values()  # tied ones once
             started = time.perf_counter()
             copies = [t.clone() for t in tensors]
             copy.append(time.perf_counter() - started)
             del copies
+    staged.remove()
     return WeightSyncRow(model=name, parameters=sum(p.numel() for p in model.parameters()), bytes=pushed.bytes,
                          export_seconds=export[1:], update_seconds=update[1:], copy_seconds=copy[1:])
 
@@ -154,12 +150,14 @@ def _wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:
 
 
 def _table(session: Session, result: WeightSync) -> Table:
+    staged_in = session.stack.weights_dir or "the benchmark's work folder"
     table = Table("Weight sync: learner to generation, by model size",
-                  ["model", "parameters", "MB", "export s", "load in generation s", "push s", "push MB/s",
+                  ["model", "parameters", "MB", "staging s", "load in generation s", "push s", "push MB/s",
                    "memory copy MB/s", "push / copy time"],
-                  caption=(f"Medians of {session.scale.repeats}. push = export (safetensors to local disk) + load in "
-                           "generation (pause, load in place, relabel, reset prefix cache, resume), as the learner "
-                           "pushes after every optimizer step. Export and memory copy (torch clone of the same "
+                  caption=(f"Medians of {session.scale.repeats}. push = staging (the staged safetensors file rewritten in "
+                           f"place, in {staged_in}) + load in generation (pause, load in place, relabel, reset prefix "
+                           "cache, resume; generation waits only here), as the learner pushes after every optimizer "
+                           "step. Staging and memory copy (torch clone of the same "
                            f"tensors, between the pushes) with the stack learner's {result.threads} thread(s). "
                            "MB = 10^6 bytes; tied output heads are not sent."))
     for row in result.rows:

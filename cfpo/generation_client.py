@@ -70,8 +70,14 @@ class Completion:
 @dataclass(frozen=True)
 class WeightUpdate:
     version: int
-    seconds: float
+    seconds: float  # the update: from /pause until /resume returned
     bytes: int
+    staging_seconds: float = 0.0  # writing the weights where the server reads them, before the update (its caller)
+
+    @property
+    def push_seconds(self) -> float:
+        """What the push cost its caller: staging, then the update."""
+        return self.staging_seconds + self.seconds
 
 
 class GenerationClient:

@@ -49,6 +49,9 @@ class StackSettings(StrictModel):
         "all", description="CPU: vLLM's worker binds every core (all) or follows vLLM's own binding (vllm)")
     learner_threads: int | None = Field(
         None, ge=1, description="CPU threads of the learner; default every core (trainer/threads.py)")
+    weights_dir: Path | None = Field(
+        None, description="where the learner stages weights for generation; default a folder in /dev/shm (memory, "
+        "the cheapest push) when the machine has one, else each run's directory")
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
 
     @classmethod
@@ -76,6 +79,12 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return ready
 
 
+def _memory_folder(name: str) -> Path | None:
+    """A folder in /dev/shm (one per stack: the name carries a port), or None where there is no /dev/shm."""
+    shared_memory = Path("/dev/shm")
+    return shared_memory / name if shared_memory.is_dir() else None
+
+
 def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
@@ -88,6 +97,7 @@ class Stack:
         self.generation_url = f"http://127.0.0.1:{settings.generation_port}"
         self.reward_url = f"http://127.0.0.1:{settings.reward_port}"
         self.control_url = f"http://127.0.0.1:{settings.control_port}"
+        self.weights_dir = settings.weights_dir or _memory_folder(f"cfpo-weights-{settings.learner_metrics_port}")
         self.services = self._services()
 
     def _services(self) -> list[Service]:
@@ -111,7 +121,8 @@ class Stack:
             Service("learner", _python("trainer", "--worker", "--runs-dir", str(s.runs_dir), "--metrics-port",
                                        str(s.learner_metrics_port), "--generation-url", self.generation_url,
                                        "--redis-url", self.redis_url,
-                                       *(["--threads", str(s.learner_threads)] if s.learner_threads else [])),
+                                       *(["--threads", str(s.learner_threads)] if s.learner_threads else []),
+                                       *(["--weights-dir", str(self.weights_dir)] if self.weights_dir else [])),
                     _http_ok(f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
                     f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
             Service("rollout", _python("services.rollout", "--worker", "--metrics-port", str(s.rollout_metrics_port),
@@ -214,6 +225,8 @@ class Stack:
         for service in reversed(self.services):
             if service.process is not None:
                 stop_process_group(service.process, grace)
+        if self.settings.weights_dir is None and self.weights_dir is not None:
+            shutil.rmtree(self.weights_dir, ignore_errors=True)  # a killed learner's staged weights hold memory
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:

@@ -56,6 +56,10 @@ def main(
     data_timeout: float = typer.Option(600.0, help="seconds to wait for a step's rollouts before failing"),
     threads: int = typer.Option(None, min=1, envvar="CFPO_LEARNER_THREADS",
                                 help="CPU threads to train with (default: every core, trainer/threads.py)"),
+    weights_dir: Path = typer.Option(None, envvar="CFPO_WEIGHTS_DIR",
+                                     help="where weights are staged for generation to load (default: the run "
+                                          "directory's weights/); a tmpfs generation can read, such as /dev/shm, "
+                                          "makes each push cheaper"),
 ) -> None:
     """Train runs from their rollout streams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -65,19 +69,19 @@ def main(
     generation = GenerationClient(generation_url)
     rewards = RewardClient(reward_url) if reward_url else None
     if worker:
-        _serve_queued_runs(runs_dir, redis_url, generation, rewards, recorder, data_timeout, threads)
+        _serve_queued_runs(runs_dir, redis_url, generation, rewards, recorder, data_timeout, threads, weights_dir)
         return
     if spec is None or run_id is None or run_dir is None:
         typer.echo("error: --spec, --run-id and --run-dir are needed for one run (or use --worker)", err=True)
         raise typer.Exit(2)
     run_spec = load_or_exit(RunSpec, spec)
     _train(run_spec, run_id, run_dir, redis_url, generation, rewards, recorder, data_timeout, resume, control=None,
-           threads=threads)
+           threads=threads, weights_dir=weights_dir)
 
 
 def _train(spec: RunSpec, run_id: str, run_dir: Path, redis_url: str, generation: GenerationClient,
            rewards: RewardClient | None, recorder: PrometheusRecorder, data_timeout: float, resume: bool,
-           control: RegistryControl | None, threads: int | None) -> str:
+           control: RegistryControl | None, threads: int | None, weights_dir: Path | None) -> str:
     import torch
 
     from trainer.service import LearnerService
@@ -87,13 +91,13 @@ def _train(spec: RunSpec, run_id: str, run_dir: Path, redis_url: str, generation
     log.info("run %s: training with %d CPU threads", run_id, torch.get_num_threads())
     with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
         service = LearnerService(spec, run_id, run_dir, queue, generation, recorder, data_timeout=data_timeout,
-                                 control=control, rewards=rewards)
+                                 control=control, rewards=rewards, weights_dir=weights_dir)
         return service.run(resume=resume)
 
 
 def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationClient, rewards: RewardClient | None,
                        recorder: PrometheusRecorder, data_timeout: float, threads: int | None,
-                       poll_seconds: float = 1.0) -> None:
+                       weights_dir: Path | None, poll_seconds: float = 1.0) -> None:
     name = f"learner-{socket.gethostname()}"
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -110,7 +114,8 @@ def _serve_queued_runs(runs_dir: Path, redis_url: str, generation: GenerationCli
                 try:
                     state = _train(claim.spec, claim.run_id, run_dir, redis_url, generation, rewards, recorder,
                                    data_timeout, resume=(run_dir / "checkpoints" / "latest").exists(),
-                                   control=RegistryControl(registry, claim.run_id, heartbeat), threads=threads)
+                                   control=RegistryControl(registry, claim.run_id, heartbeat), threads=threads,
+                                   weights_dir=weights_dir)
                 except Exception as error:  # the run failed; the worker lives on for the next one
                     log.exception("run %s failed", claim.run_id)
                     state, reason = "failed", f"{type(error).__name__}: {error}"

@@ -31,7 +31,7 @@ from cfpo.staleness import groups_needed_before_serving, is_warm_up
 from trainer.assembler import StepAssembler
 from trainer.held_out import HeldOutEvaluator
 from trainer.learner import Learner, StepResult
-from trainer.weight_sync.file import push_weights
+from trainer.weight_sync.file import StagedWeights, push_weights
 
 log = logging.getLogger("cfpo.learner")
 CONSUMER = "learner"
@@ -77,8 +77,10 @@ class RunPaths:
 class LearnerService:
     def __init__(self, spec: RunSpec, run_id: str, run_dir: Path, queue: RolloutQueue,
                  generation: GenerationClient, recorder: PrometheusRecorder, *, data_timeout: float = 600.0,
-                 control: RunControl | None = None, rewards: RewardClient | None = None):
+                 control: RunControl | None = None, rewards: RewardClient | None = None,
+                 weights_dir: Path | None = None):
         self.spec, self.run_id, self.paths, self.queue = spec, run_id, RunPaths(run_dir), queue
+        self.staged_weights = StagedWeights(weights_dir or self.paths.weights, run_id)
         self.control = control
         self.generation, self.recorder, self.data_timeout = generation, recorder, data_timeout
         self.paths.root.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,12 @@ class LearnerService:
 
     def run(self, resume: bool = False) -> Literal["succeeded", "cancelled"]:
         """Train every remaining step; stops early (``cancelled``) when the run's control says so."""
+        try:
+            return self._train_remaining_steps(resume)
+        finally:
+            self.staged_weights.remove()  # on tmpfs it holds a model's worth of memory
+
+    def _train_remaining_steps(self, resume: bool) -> Literal["succeeded", "cancelled"]:
         start_step = self._restore() if resume else 0
         self._truncate_logs(start_step)
         self.assembler = StepAssembler(self.queue, CONSUMER, self.spec.rollout.prompts_per_step, start_step)
@@ -165,11 +173,12 @@ class LearnerService:
         self.evaluator.run(completed_steps, self.learner.version)
 
     def _push(self, version: int) -> None:
-        update = push_weights(self.generation, self.learner.engine.module, self.paths.weights, version, run=self.run_id)
+        update = push_weights(self.generation, self.staged_weights, self.learner.engine.module, version,
+                              run=self.run_id)
         self.queue.publish_version(version)
         self.served_version = version
-        self.last_sync_seconds = update.seconds
-        self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.seconds, run=self.run_id)
+        self.last_sync_seconds = update.push_seconds
+        self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.push_seconds, run=self.run_id)
 
     def _record(self, step: int, groups: list[RolloutGroup], results: list[StepResult],
                 data_wait_seconds: float) -> None:

@@ -43,10 +43,16 @@ def _numbers(value):
         yield value
 
 
-def _result(out: Path, name: str) -> dict:
-    record = json.loads((out / f"{name}.json").read_text())
+def _record(out: Path, stem: str, name: str) -> dict:
+    record = json.loads((out / f"{stem}.json").read_text())
     assert record["benchmark"] == name and record["smoke"] is True and record["model"] == "tiny"
-    assert (out / f"{name}.md").read_text().startswith("**")
+    assert (out / f"{stem}.md").read_text().startswith("**")
+    return record
+
+
+def _result(out: Path, name: str) -> dict:
+    record = _record(out, name, name)
+    assert record["shape"] == "demo"
     assert all(math.isfinite(x) for x in _numbers(record["result"])), name
     return record["result"]
 
@@ -92,8 +98,25 @@ def test_weight_sync_has_push_and_copy_rates(smoke):
                          row["copy_bytes_per_second"])
 
 
-def test_peer_trl_has_both_systems_and_both_training_steps(smoke):
-    result = _result(smoke[1], "peer_trl")
+def _check_peer(result: dict) -> None:
     assert [run["max_staleness"] for run in result["pipeline"]] == [0, 1]
     assert _positive(*result["trl"]["step_seconds"], *result["trl"]["generation_seconds"],
                      *result["trl"]["train_step_seconds"], *result["learner_step_seconds"])
+    halves, bounds = result["parts"], result["bounds"]
+    assert bounds["sum_of_work"] == pytest.approx(halves["generation"] + halves["learner"])
+    assert bounds["overlap"] == pytest.approx(max(halves["generation"], halves["learner"]))
+
+
+def test_peer_trl_has_both_systems_both_training_steps_and_the_bounds(smoke):
+    _check_peer(_result(smoke[1], "peer_trl"))
+
+
+def test_the_rollout_heavy_shape_runs_the_peer_comparison_alone(smoke):
+    out = smoke[1]
+    record = _record(out, "peer_trl-rollout-heavy", "peer_trl")
+    assert record["shape"] == "rollout_heavy"
+    assert {k: record["workload"]["rollout"][k] for k in ("group_size", "prompts_per_step", "max_tokens")} == {
+        "group_size": 8, "prompts_per_step": 16, "max_tokens": 64}
+    assert record["result"]["completions_per_step"] == 128
+    _check_peer(record["result"])
+    assert sorted(p.stem for p in out.glob("*-rollout-heavy.json")) == ["peer_trl-rollout-heavy"]

@@ -210,7 +210,7 @@ def test_redis_persists_append_only_on_a_named_volume(profile):
 
 
 @needs_compose
-def test_generation_and_learner_share_the_data_volume(profile):
+def test_generation_and_learner_share_the_data_and_weights_volumes(profile):
     name, services = profile
     mounts = {service: volumes(services[service]).get("/data")
               for service in (f"generation-{name}", f"learner-{name}", "model", "rollout")}
@@ -220,6 +220,9 @@ def test_generation_and_learner_share_the_data_volume(profile):
         f"generation-{name}": True, f"learner-{name}": False, "model": False, "rollout": True}
     learner = services[f"learner-{name}"]["command"]
     assert PurePosixPath(learner[learner.index("--runs-dir") + 1]).is_relative_to("/data")
+    staged = {service: volumes(services[service]).get("/weights") for service in (f"generation-{name}", f"learner-{name}")}
+    assert staged == {f"generation-{name}": ("cfpo-weights", True), f"learner-{name}": ("cfpo-weights", False)}
+    assert learner[learner.index("--weights-dir") + 1] == "/weights"
     model_dir = services["model"]["command"][-1]
     generation = services[f"generation-{name}"]["command"]
     assert generation[generation.index("--model") + 1] == model_dir

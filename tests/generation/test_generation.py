@@ -18,7 +18,7 @@ from cfpo.generation_client import GenerationClient, PolicyVersion, WeightUpdate
 from cfpo.models import build_tiny_model
 from tests.servers import free_port, python_module, running
 from trainer.logprobs import completion_logprobs, pack
-from trainer.weight_sync.file import push_weights
+from trainer.weight_sync.file import StagedWeights, push_weights
 
 pytestmark = pytest.mark.slow
 
@@ -112,13 +112,15 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
             parameter.add_(torch.randn_like(parameter) * 0.05)
     new_version = served.version + 5
 
-    update = push_weights(served.client, served.model, tmp_path, new_version, run="run-a", timeout=60)
+    staged = StagedWeights(tmp_path, "run-a")
+    update = push_weights(served.client, staged, served.model, new_version, run="run-a", timeout=60)
     served.version = new_version
 
     tensors = {k: v for k, v in served.model.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
-    assert update.version == new_version and update.seconds > 0
+    assert update.version == new_version and update.seconds > 0 and update.staging_seconds > 0
+    assert update.push_seconds == update.staging_seconds + update.seconds
     assert update.bytes == sum(t.numel() * t.element_size() for t in tensors.values())
-    assert not list(tmp_path.iterdir())  # the exported file is removed once served
+    assert list(tmp_path.iterdir()) == [staged.path]  # kept, for the next push to rewrite in place
     assert served.client.version() == PolicyVersion("run-a", new_version)
     after = [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
     assert after != before
@@ -127,6 +129,32 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
     [completion] = served.client.generate(served.prompt_ids[0], max_tokens=4)
     assert (completion.min_version, completion.max_version) == (new_version, new_version)
     assert completion.runs == ("run-a",)
+
+
+def _greedy(served):
+    return [served.client.generate(p, temperature=0.0, max_tokens=12)[0].token_ids for p in served.prompt_ids]
+
+
+def test_restaging_reaches_generation_only_through_a_push(served, tmp_path):
+    staged = StagedWeights(tmp_path, "run-b")
+    push_weights(served.client, staged, served.model, served.version + 1, run="run-b", timeout=60)
+    served.version += 1
+    file_before, outputs_before = staged.path.stat().st_ino, _greedy(served)
+    torch.manual_seed(8)
+    with torch.no_grad():
+        for parameter in served.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+
+    staged.write(served.model)
+    assert staged.path.stat().st_ino == file_before  # rewritten in place
+    assert _greedy(served) == outputs_before  # the server copied what it loaded; the file is not its weights
+
+    served.client.update_weights(staged.path, served.version + 1, run="run-b", timeout=60)
+    served.version += 1
+    assert _greedy(served) != outputs_before
+    _greedy_matches_transformers(served)
+    staged.remove()
+    assert not staged.path.exists()
 
 
 def _bad_weight_files(model, directory):

@@ -1,8 +1,19 @@
-"""File transport: the learner writes safetensors, the generation workers load them in place."""
+"""File transport: the learner stages its weights as one safetensors file, the generation workers load it in place.
+
+The file is written while generation runs; generation pauses only for the swap (services/generation/
+worker_extension.py). It is kept between pushes and rewritten in place: on tmpfs (/dev/shm) a fresh file costs a page
+allocation per 4 KiB, so writing 340 MB into a new file took 0.165 s against 0.068 s into the existing one (2-core
+machine, 2026-12-01). Safe because a push finishes before the next one starts, and vLLM copies the tensors it loads
+into its own (``.data.copy_``), so nothing keeps reading the file between pushes.
+"""
 
 from __future__ import annotations
 
+import json
+import mmap
+import dataclasses
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -10,30 +21,67 @@ from safetensors.torch import save_file
 
 from cfpo.generation_client import GenerationClient, WeightUpdate
 
-
-def export_weights(model: torch.nn.Module, directory: str | Path, version: int) -> Path:
-    """Save every tensor of ``model`` (a Hugging Face causal LM) as ``version-N.safetensors``; returns the path.
-
-    Tied output heads are left out, as in the model's own checkpoint (they are the embedding). The file is
-    written under a temporary name and renamed, so a reader never sees half a file.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    path = directory / f"version-{version}.safetensors"
-    partial = path.with_suffix(".partial")
-    save_file(state, str(partial), metadata={"format": "pt", "policy_version": str(version)})
-    os.replace(partial, path)
-    return path
+_HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, the JSON header, then the tensor bytes
+_DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
-def push_weights(client: GenerationClient, model: torch.nn.Module, directory: str | Path, version: int,
+class StagedWeights:
+    """One file per run in ``directory`` holding the weights generation is to load next."""
+
+    def __init__(self, directory: str | Path, run: str):
+        self.path = Path(directory) / f"{run}.safetensors"
+
+    def write(self, model: torch.nn.Module) -> Path:
+        """Stage every tensor of ``model`` (a Hugging Face causal LM), in place when the layout is unchanged.
+
+        Tied output heads are left out, as in the model's own checkpoint (they are the embedding). A new layout is
+        written under a temporary name and renamed, so a reader never sees a file of two layouts.
+        """
+        state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        if not self._overwrite(state):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            save_file({name: t.to("cpu").contiguous() for name, t in state.items()}, str(partial),
+                      metadata={"format": "pt"})
+            os.replace(partial, self.path)
+        return self.path
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _overwrite(self, state: dict[str, torch.Tensor]) -> bool:
+        """Copy ``state`` into the staged file's tensor bytes; False (nothing written) if its layout differs."""
+        try:
+            file = self.path.open("r+b")
+        except FileNotFoundError:
+            return False
+        with file, mmap.mmap(file.fileno(), 0) as mapped:
+            header_length = int.from_bytes(mapped[:_HEADER_LENGTH_BYTES], "little")
+            header = json.loads(mapped[_HEADER_LENGTH_BYTES:_HEADER_LENGTH_BYTES + header_length])
+            header.pop("__metadata__", None)
+            if not _same_layout(header, state):
+                return False
+            data = torch.frombuffer(mapped, dtype=torch.uint8)[_HEADER_LENGTH_BYTES + header_length:]
+            for name, tensor in state.items():
+                start, end = header[name]["data_offsets"]
+                data[start:end].view(tensor.dtype).view(tensor.shape).copy_(tensor)
+            del data  # the mapping cannot close while a tensor views it
+        return True
+
+
+def _same_layout(header: dict, state: dict[str, torch.Tensor]) -> bool:
+    return header.keys() == state.keys() and all(
+        header[name]["dtype"] == _DTYPE_NAMES.get(tensor.dtype) and header[name]["shape"] == list(tensor.shape)
+        for name, tensor in state.items())
+
+
+def push_weights(client: GenerationClient, staged: StagedWeights, model: torch.nn.Module, version: int,
                  *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
-    """Export ``model`` as ``run``'s ``version`` and have generation serve it; the file is removed after."""
-    path = export_weights(model, directory, version)
-    try:
-        return client.update_weights(path, version, run=run, timeout=timeout)
-    finally:
-        path.unlink(missing_ok=True)
+    """Stage ``model`` and have generation serve it as ``run``'s ``version``; blocks until it is served."""
+    started = time.perf_counter()
+    path = staged.write(model)
+    staging_seconds = time.perf_counter() - started
+    update = client.update_weights(path, version, run=run, timeout=timeout)
+    return dataclasses.replace(update, staging_seconds=staging_seconds)
