@@ -71,6 +71,7 @@ def _trl_config(session: Session) -> TrlConfig:
     problems = next(batches(load_task(spec.task, "train"), per_step * (session.scale.trl_steps + 1), seed=spec.seed))
     return TrlConfig(
         model=spec.model, prompts_per_step=per_step, group_size=spec.rollout.group_size,
+        micro_batch_size=spec.learner.micro_batch_size or spec.learner.minibatch_size,
         prompts=[PeerPrompt(prompt=render_prompt(tokenizer, p.prompt).text, question=p.prompt, reference=p.reference,
                             metadata=p.metadata) for p in problems],
         max_tokens=spec.rollout.max_tokens, learning_rate=spec.learner.optimizer.lr,

@@ -31,6 +31,8 @@ class TrlConfig(StrictModel):
     prompts: list[PeerPrompt] = Field(description="in the order the pipeline draws them, prompts_per_step per step")
     prompts_per_step: int
     group_size: int
+    micro_batch_size: int = Field(description="completions per forward, as the pipeline's learner (the rest "
+                                  "accumulated): one forward of 128 completions needs more than 24 GB")
     max_tokens: int
     learning_rate: float
     temperature: float
@@ -60,7 +62,8 @@ def measure(config: TrlConfig) -> dict:
 
     args = GRPOConfig(
         output_dir=str(config.output_dir), max_steps=config.steps + 1, seed=config.seed,
-        per_device_train_batch_size=config.prompts_per_step * config.group_size, gradient_accumulation_steps=1,
+        per_device_train_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.prompts_per_step * config.group_size // config.micro_batch_size,
         num_generations=config.group_size, max_completion_length=config.max_tokens,
         temperature=config.temperature, top_p=1.0, top_k=0, use_vllm=False,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
@@ -122,15 +125,16 @@ def _time_generation(trainer) -> list[float]:
 
 
 def _train_step_alone(trainer, repeats: int) -> list[float]:
-    """TRL's loss, backward, gradient clipping and optimizer step (as its training loop runs them) on the last
-    batch it prepared; the first of ``repeats + 1`` untimed."""
-    model, inputs = trainer.model, trainer._buffered_inputs[0]
+    """TRL's loss and backward on each micro-batch (scaled as its training loop scales them), gradient clipping
+    and optimizer step, on the last batch it prepared; the first of ``repeats + 1`` untimed."""
+    model, micro_batches = trainer.model, trainer._buffered_inputs
     model.train()
     seconds = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        loss = trainer.compute_loss(model, inputs)
-        trainer.accelerator.backward(loss)
+        for inputs in micro_batches:
+            loss = trainer.compute_loss(model, inputs) / len(micro_batches)
+            trainer.accelerator.backward(loss)
         trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
