@@ -146,7 +146,7 @@ def rollout_step(session: Session) -> tuple[float, list[RolloutGroup]]:
                                               dict(problem.metadata)) for text in texts], rewards=spec.rollout.rewards)
             values = [score.reward for score in scores]
             samples = [Sample(prompt_ids=prompt.token_ids, completion_ids=c.token_ids, behaviour_logprobs=c.logprobs,
-                              advantage=a, reward=r)
+                              advantage=a, reward=r, min_version=c.min_version, max_version=c.max_version)
                        for c, r, a in zip(completions, values, group_advantages(spec.rollout.advantage, values))]
             return RolloutGroup(run_id=BENCH_RUN_ID, prompt_id=problem.id, slot=slot, samples=samples)
 

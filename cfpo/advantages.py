@@ -9,13 +9,23 @@ AdvantageName = Literal["grpo", "rloo", "drgrpo"]
 STD_FLOOR = 1e-6
 
 
-def _grpo(rewards: list[float]) -> list[float]:
-    """(R - mean) / std; a group whose rewards are all equal gets zero advantages, not a division by zero."""
+def _std(rewards: list[float]) -> float:
     mean = sum(rewards) / len(rewards)
-    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
-    if std < STD_FLOOR:
+    return math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+
+
+def is_zero_variance(rewards: list[float]) -> bool:
+    """The one rule for a group that teaches nothing under group-relative advantages: its rewards' standard
+    deviation is below ``STD_FLOOR`` (the rollout worker drops such groups; GRPO gives them zero advantages)."""
+    return _std(rewards) < STD_FLOOR
+
+
+def _grpo(rewards: list[float]) -> list[float]:
+    """(R - mean) / std; a zero-variance group gets zero advantages, not a division by (almost) zero."""
+    if is_zero_variance(rewards):
         return [0.0] * len(rewards)
-    return [(r - mean) / std for r in rewards]
+    mean = sum(rewards) / len(rewards)
+    return [(r - mean) / _std(rewards) for r in rewards]
 
 
 def _rloo(rewards: list[float]) -> list[float]:
@@ -42,7 +52,3 @@ def group_advantages(name: str, rewards: list[float]) -> list[float]:
         raise ValueError("rewards: a group needs at least one reward")
     return ESTIMATORS[name](rewards)
 
-
-def is_zero_variance(rewards: list[float]) -> bool:
-    """A group whose completions all scored the same teaches nothing under group-relative advantages."""
-    return max(rewards) - min(rewards) < STD_FLOOR

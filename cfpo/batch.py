@@ -20,8 +20,9 @@ class Sample(StrictModel):
     advantage: float
     reward: float = 0.0
     completion_mask: list[bool] | None = Field(None, description="tokens to train on; default all")
-    min_version: int = Field(0, ge=0, description="oldest policy version that generated this completion")
-    max_version: int = Field(0, ge=0, description="newest policy version (differs if weights changed mid-sample)")
+    # Required: a default would make a completion of unknown origin look fresh, and staleness is what is measured.
+    min_version: int = Field(ge=0, description="oldest policy version that generated this completion")
+    max_version: int = Field(ge=0, description="newest policy version (differs if weights changed mid-sample)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Sample":

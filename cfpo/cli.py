@@ -111,12 +111,13 @@ def model_smollm2(out_dir: Path = typer.Argument(..., help="directory to write")
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="run directories, each with a metrics.jsonl"),
     out: Path = typer.Option(Path("report"), help="directory for report.md and the PNG figures"),
+    all_steps: bool = typer.Option(False, help="summarise every step; by default warm-up steps are left out"),
 ) -> None:
     """Compare runs side by side: plots of reward, clipping, KL, TV, entropy, staleness and a summary table."""
     from cfpo.report import ReportError, print_report, write_report
 
     try:
-        print_report(*write_report(run_dirs, out))
+        print_report(*write_report(run_dirs, out, all_steps), all_steps)
     except ReportError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None

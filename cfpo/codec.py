@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, model_validator
 
+from cfpo.advantages import is_zero_variance
 from cfpo.batch import Sample
 from cfpo.config import StrictModel
 
@@ -74,8 +75,8 @@ class RolloutGroup(StrictModel):
 
     @property
     def zero_variance(self) -> bool:
-        """Every reward equal: group-normalised advantages are zero, so the group carries no policy gradient."""
-        return len(set(self.rewards)) == 1
+        """Rewards (almost) all equal: group-normalised advantages are zero, so the group carries no gradient."""
+        return is_zero_variance(self.rewards)
 
     @property
     def min_version(self) -> int:

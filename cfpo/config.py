@@ -24,7 +24,10 @@ class LossConfig(StrictModel):
     agg: Aggregation = "seq-mean-token-mean"
     beta: float = Field(0.0, ge=0, description="weight of the reference-KL term")
     kl_estimator: Literal["k1", "k3"] = "k3"
-    norm_length: int | None = Field(None, gt=0, description="Dr.GRPO constant; default the batch's width")
+    norm_length: int | None = Field(None, gt=0, description="Dr.GRPO's constant (seq-mean-token-sum-norm divides "
+                                    "each response's token sum by it); a run spec defaults it to rollout.max_tokens")
+    cispo_eps_low: float | None = Field(None, gt=0, lt=1, description="cispo: clip the importance weight below at "
+                                        "1 - this too; default none, as in its paper (above: 1 + eps_high)")
     ratio_reference: Literal["behaviour", "proximal"] = Field(
         "behaviour",
         description="behaviour: ratio against the sampling policy's log-probs; proximal: against the learner's "

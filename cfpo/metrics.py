@@ -174,6 +174,8 @@ LEARNER_STEP_VALUES = {
                          "then reading and decoding the groups from the stream.",
     "tokens_per_second": "Completion tokens trained per second of optimizer step.",
     "staleness_mean": "Mean staleness of the step's samples (learner version at consumption - generating version).",
+    "policy_lag": "Policy lag of the optimizer step: the version it updates - the oldest version that generated its "
+                  "data (staleness at the step's first update, then one more per update on the same batch).",
     "policy_version": "Learner policy version (optimizer steps).",
     "queue_unread": "Groups in the stream not yet read by the learner.",
     "queue_pending": "Groups read but not yet acknowledged (applied, awaiting a checkpoint).",
@@ -186,6 +188,11 @@ LEARNER_BUCKET_GAUGES = {
     key: Metric(f"cfpo_learner_{key}_by_staleness", "gauge", f"{LEARNER_STEP_VALUES[key]} By staleness bucket.",
                 ("run", "loss", "staleness_bucket"))
     for key in ("clip_frac", "kl_k3", "tv", "entropy", "ratio_min", "ratio_max")
+}
+LEARNER_LAG_BUCKET_GAUGES = {
+    key: Metric(f"cfpo_learner_{key}_by_lag", "gauge", f"{LEARNER_STEP_VALUES[key]} By policy-lag bucket.",
+                ("run", "loss", "lag_bucket"))
+    for key in LEARNER_BUCKET_GAUGES
 }
 LEARNER_STEPS = Metric("cfpo_learner_optimizer_steps", "counter", "Optimizer steps taken.", ("run", "loss"))
 LEARNER_STALENESS = Metric(
@@ -202,7 +209,8 @@ LEARNER_EVAL_ACCURACY = Metric(
 LEARNER_EVAL_MEAN_REWARD = Metric(
     "cfpo_learner_eval_mean_reward", "gauge", "Held-out mean reward of the latest evaluation.", ("run", "loss"),
 )
-LEARNER_METRICS = (*LEARNER_GAUGES.values(), *LEARNER_BUCKET_GAUGES.values(), LEARNER_STEPS, LEARNER_STALENESS,
+LEARNER_METRICS = (*LEARNER_GAUGES.values(), *LEARNER_BUCKET_GAUGES.values(), *LEARNER_LAG_BUCKET_GAUGES.values(),
+                   LEARNER_STEPS, LEARNER_STALENESS,
                    LEARNER_WEIGHT_SYNC_SECONDS, LEARNER_EVAL_ACCURACY, LEARNER_EVAL_MEAN_REWARD)
 
 # Control API (services/control)

@@ -3,7 +3,9 @@
 A step (one rollout batch) logs one row per optimizer step, ``iterations x minibatches`` of them. The report
 reduces each step to one value per metric: the mean of its rows, or their max (min) for keys ending in
 ``_max`` (``_min``). Curves are plotted against that step, so runs with different iterations or minibatches
-line up, and every table value is read off the same per-step curves the figures show.
+line up, and every table value is read off the same per-step curves the figures show. The table reads the steady
+state: warm-up steps (logged ``warm_up``: staleness still below its target, as fixed k has no older data yet) are
+left out, and counted, unless all steps are asked for.
 
 Input is all-or-nothing: if any run directory is unusable, the report lists every problem and writes nothing,
 since a comparison silently missing a run reads as complete.
@@ -15,7 +17,7 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 FINAL_STEPS = 5  # "final reward" averages this many last steps: one step's reward is noisy
@@ -32,7 +34,7 @@ PANELS = {  # title -> plotted keys; a second key is drawn dashed
 }
 BUCKET_METRICS = {"clip_frac": "clip fraction", "kl_k3": "KL k3"}
 BUCKET_KEY = re.compile(rf"^({'|'.join(BUCKET_METRICS)})/staleness_(.+)$")
-HEADERS = ("run", "steps", f"reward, last {FINAL_STEPS}", "clip frac max", "clip frac mean", "KL k3 max", "TV mean",
+HEADERS = ("run", "steps (+ warm-up left out)", f"reward, last {FINAL_STEPS}", "clip frac max", "clip frac mean", "KL k3 max", "TV mean",
            "entropy first → last", "staleness max")
 
 
@@ -46,6 +48,13 @@ class Run:
     label: str
     steps: list[int]
     series: dict[str, list[float]]  # metric -> its value at each of ``steps``; NaN where a step lacks it
+    warm_up_steps: frozenset[int] = frozenset()  # steps logged as warm-up
+
+    def steady_state(self) -> "Run":
+        """The run without its warm-up steps, whose lower staleness would dilute every average of the run."""
+        kept = [i for i, step in enumerate(self.steps) if step not in self.warm_up_steps]
+        return replace(self, steps=[self.steps[i] for i in kept], warm_up_steps=frozenset(),
+                       series={key: [values[i] for i in kept] for key, values in self.series.items()})
 
     def points(self, key: str) -> tuple[list[int], list[float]]:
         """The steps that have a value of ``key``, and those values."""
@@ -55,7 +64,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Summary:
-    steps: int
+    steps: int  # steps summarised
+    warm_up_left_out: int
     final_reward: float | None
     clip_frac_max: float | None
     clip_frac_mean: float | None
@@ -84,10 +94,12 @@ def load_run(path: Path, name: str | None = None) -> Run:
     """A run directory's metrics, reduced to one value per step, labelled ``name (loss)`` when a spec names it."""
     if not path.is_dir():
         raise ReportError(f"{path}: no such directory")
-    steps, series = _per_step(_read_rows(path / "metrics.jsonl"))
+    rows = _read_rows(path / "metrics.jsonl")
+    steps, series = _per_step(rows)
     name = name or path.resolve().name
     loss = _loss_name(path / "spec.yaml")
-    return Run(path, f"{name} ({loss})" if loss else name, steps, series)
+    return Run(path, f"{name} ({loss})" if loss else name, steps, series,
+               frozenset(row["step"] for row in rows if row.get("warm_up") is True))
 
 
 def _read_rows(file: Path) -> list[dict]:
@@ -145,13 +157,18 @@ def _loss_name(spec_file: Path) -> str | None:
         return None
 
 
-def summarise(run: Run) -> Summary:
+def summarise(run: Run, all_steps: bool = False) -> Summary:
+    """The run's table values over its steady state (every step with ``all_steps``)."""
+    left_out = 0 if all_steps else len(run.warm_up_steps)
+    run = run if all_steps else run.steady_state()
+
     def values(key: str) -> list[float]:
         return run.points(key)[1]
 
     reward, clip, tv, entropy = values("reward_mean"), values("clip_frac"), values("tv"), values("entropy")
     return Summary(
         steps=len(run.steps),
+        warm_up_left_out=left_out,
         final_reward=statistics.fmean(reward[-FINAL_STEPS:]) if reward else None,
         clip_frac_max=max(clip, default=None),
         clip_frac_mean=statistics.fmean(clip) if clip else None,
@@ -163,12 +180,13 @@ def summarise(run: Run) -> Summary:
     )
 
 
-def table_rows(runs: list[Run]) -> list[list[str]]:
+def table_rows(runs: list[Run], all_steps: bool = False) -> list[list[str]]:
     """One row of formatted cells per run, in the order of ``HEADERS``."""
     rows = []
     for run in runs:
-        s = summarise(run)
-        rows.append([run.label, str(s.steps), *map(_cell, (s.final_reward, s.clip_frac_max, s.clip_frac_mean,
+        s = summarise(run, all_steps)
+        steps = f"{s.steps} + {s.warm_up_left_out}" if s.warm_up_left_out else str(s.steps)
+        rows.append([run.label, steps, *map(_cell, (s.final_reward, s.clip_frac_max, s.clip_frac_mean,
                                                            s.kl_k3_max, s.tv_mean)),
                      f"{_cell(s.entropy_first)} → {_cell(s.entropy_last)}", _cell(s.staleness_max)])
     return rows
@@ -184,8 +202,9 @@ def staleness_buckets(runs: list[Run]) -> list[str]:
     return sorted(found, key=lambda bucket: int(re.match(r"\d+", bucket)[0]))
 
 
-def write_report(paths: list[Path], out: Path) -> tuple[list[Run], list[Path]]:
-    """Load the runs, write the figures and ``report.md`` into ``out``; returns the runs and the files written."""
+def write_report(paths: list[Path], out: Path, all_steps: bool = False) -> tuple[list[Run], list[Path]]:
+    """Load the runs, write the figures and ``report.md`` into ``out``; returns the runs and the files written.
+    The table reads each run's steady state, or every step with ``all_steps``; the figures show every step."""
     runs = load_runs(paths)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -196,30 +215,33 @@ def write_report(paths: list[Path], out: Path) -> tuple[list[Run], list[Path]]:
     if buckets := staleness_buckets(runs):
         figures["clip fraction and KL k3 by staleness bucket"] = _plot_buckets(runs, buckets, out / BUCKETS_PNG)
     markdown = out / "report.md"
-    markdown.write_text(_markdown(runs, figures))
+    markdown.write_text(_markdown(runs, figures, all_steps))
     return runs, [markdown, *figures.values()]
 
 
-def _markdown(runs: list[Run], figures: dict[str, Path]) -> str:
+def _markdown(runs: list[Run], figures: dict[str, Path], all_steps: bool) -> str:
+    steps = ("every step, warm-up included" if all_steps else
+             "the steady state: warm-up steps (staleness still below its target) are left out, and counted")
     lines = [
         "# Run report", "",
         *(f"- `{run.label}`: {run.path}" for run in runs), "",
         "Each step (rollout batch) is the mean of its optimizer steps' rows (the max for `*_max` keys); the table "
-        f"is read off those per-step values. Final reward: mean of the last {FINAL_STEPS} steps.", "",
+        f"is read off those per-step values, over {steps}. Final reward: mean of the last {FINAL_STEPS} steps. "
+        "The figures show every step.", "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
-        *("| " + " | ".join(cells) + " |" for cells in table_rows(runs)), "",
+        *("| " + " | ".join(cells) + " |" for cells in table_rows(runs, all_steps)), "",
         *(f"![{title}]({path.name})\n" for title, path in figures.items()),
     ]
     return "\n".join(lines)
 
 
-def print_report(runs: list[Run], written: list[Path]) -> None:
+def print_report(runs: list[Run], written: list[Path], all_steps: bool = False) -> None:
     """The table with metrics down and runs across, which fits a terminal where nine columns would not."""
     from rich.console import Console
     from rich.table import Table
 
-    labels, *columns = zip(*table_rows(runs))
+    labels, *columns = zip(*table_rows(runs, all_steps))
     table = Table(title="runs")
     table.add_column(no_wrap=True)
     for label in labels:

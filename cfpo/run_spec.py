@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from cfpo.advantages import AdvantageName
-from cfpo.config import LearnerConfig, StrictModel
+from cfpo.config import LearnerConfig, LossConfig, StrictModel
 from cfpo.tasks import ArithmeticTask, TaskSpec
 
 
@@ -76,8 +76,9 @@ class RunSpec(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _learner_batch_is_the_rollout_batch(cls, data: Any) -> Any:
+    def _learner_fits_the_rollout(cls, data: Any) -> Any:
         """The learner trains on exactly one rollout step at a time; derive its batch size, refuse a mismatch.
+        Dr.GRPO's constant (``learner.loss.norm_length``) defaults to the longest completion, ``rollout.max_tokens``.
 
         Malformed ``rollout`` or ``learner`` values are left to field validation, which names them properly."""
         if not isinstance(data, dict):
@@ -97,6 +98,11 @@ class RunSpec(StrictModel):
                 f"learner.batch_size: {learner['batch_size']} differs from prompts_per_step x group_size = "
                 f"{batch_size}; leave it out, it is derived"
             )
+        loss = learner.get("loss") or {}
+        if isinstance(loss, LossConfig):
+            loss = loss.model_dump()
+        if isinstance(loss, dict) and loss.get("agg") == "seq-mean-token-sum-norm" and loss.get("norm_length") is None:
+            learner = {**learner, "loss": {**loss, "norm_length": rollout.max_tokens}}
         return {**data, "learner": {**learner, "batch_size": batch_size}}
 
     @property

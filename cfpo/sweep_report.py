@@ -46,6 +46,8 @@ class CellResult:
     state: str
     seconds: float | None
     heldout_before: float | None
+    steady_steps: int | None = None  # steps the figures are read from
+    warm_up_steps: int | None = None  # steps left out as warm-up
     final_reward: float | None = None
     heldout_after: float | None = None
     clip_frac_max: float | None = None
@@ -69,13 +71,15 @@ def _result(cell: Cell, book: CellBook, runs_dir: Path) -> CellResult:
         return CellResult(**identity, run_id=record and record.run_id, state=record.state if record else "not run",
                           seconds=record and record.seconds, heldout_before=None)
     directory = runs_dir / record.run_id
-    run = load_run(directory)
-    summary = summarise(run)
+    logged = load_run(directory)
+    summary = summarise(logged)
+    run = logged.steady_state()
     evaluations = _evaluations(directory)
     ratio_max, ratio_min = run.points("ratio_max")[1], run.points("ratio_min")[1]
     return CellResult(
         **identity, run_id=record.run_id, state=record.state, seconds=record.seconds,
         heldout_before=evaluations[0]["accuracy"] if evaluations else None,
+        steady_steps=summary.steps, warm_up_steps=summary.warm_up_left_out,
         final_reward=summary.final_reward,
         heldout_after=evaluations[-1]["accuracy"] if len(evaluations) > 1 else None,
         clip_frac_max=summary.clip_frac_max,
@@ -107,6 +111,7 @@ class Aggregate:
     iterations: int
     minibatches: int
     seeds: int
+    steps: str  # steady + warm-up steps per run ("12 + 4"; several values if seeds differ)
     means: dict[str, float | None]
     stdevs: dict[str, float | None]
 
@@ -123,7 +128,8 @@ def aggregate(results: list[CellResult]) -> list[Aggregate]:
             values = [v for r in rows if (v := getattr(r, key)) is not None and not math.isnan(v)]
             means[key] = statistics.fmean(values) if values else None
             stdevs[key] = statistics.stdev(values) if len(values) > 1 else None
-        out.append(Aggregate(loss, k, iterations, minibatches, len(rows), means, stdevs))
+        steps = ", ".join(dict.fromkeys(f"{r.steady_steps} + {r.warm_up_steps}" for r in rows))
+        out.append(Aggregate(loss, k, iterations, minibatches, len(rows), steps, means, stdevs))
     return out
 
 
@@ -146,7 +152,7 @@ def _markdown(spec: SweepSpec, results: list[CellResult], aggregates: list[Aggre
               command: str) -> str:
     grid = spec.grid
     not_succeeded = [r for r in results if r.state != "succeeded"]
-    headers = ["loss", "k", "iterations", "minibatches", "seeds", *(label.replace("|", "\\|") for label in METRICS.values())]
+    headers = ["loss", "k", "iterations", "minibatches", "seeds", "steps", *(label.replace("|", "\\|") for label in METRICS.values())]
     lines = [
         f"# Sweep `{spec.name}`", "",
         f"Produced by: `{command}`", "",
@@ -154,10 +160,12 @@ def _markdown(spec: SweepSpec, results: list[CellResult], aggregates: list[Aggre
         f"{grid.iterations}, minibatches {grid.minibatches}, seeds {grid.seeds} ({len(results)} runs). Per-run "
         f"figures are in `{RESULTS_CSV}`; below, the mean over seeds (± sample standard deviation with several seeds). "
         f"Final reward is the mean of the last {FINAL_STEPS} steps' training reward; held-out accuracy is greedy, "
-        "on the task's eval split, after the last step; the maxima are over every optimizer step of the run.", "",
+        "on the task's eval split, after the last step; the other figures are read from the steady state (the "
+        "optimizer steps of every step after the warm-up: staleness at its target), steps shown per cell as "
+        "steady + warm-up left out.", "",
         "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
         *("| " + " | ".join([a.loss, str(a.staleness_k), str(a.iterations), str(a.minibatches), str(a.seeds),
-                             *(_cell(a.means[key], a.stdevs[key]) for key in METRICS)]) + " |"
+                             a.steps, *(_cell(a.means[key], a.stdevs[key]) for key in METRICS)]) + " |"
           for a in sorted(aggregates, key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss))), "",
     ]
     if not_succeeded:

@@ -18,7 +18,7 @@ from cfpo.batch import Sample
 from cfpo.config import LearnerConfig
 from trainer.distributed import init_distributed, quiet_deepspeed
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
-from trainer.losses import policy_loss
+from trainer.losses import aggregation_normaliser, policy_loss
 
 
 CLIENT_STATE_KEY = "cfpo"
@@ -27,7 +27,7 @@ BUCKET_METRICS = ("clip_frac", "kl_k3", "tv", "entropy", "ratio_min", "ratio_max
 
 
 def _staleness_buckets(staleness: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows of each non-empty staleness bucket (versions between generation and this step)."""
+    """Rows of each non-empty bucket of versions between generation and now (staleness, or policy lag)."""
     buckets = {}
     for low, high, name in STALENESS_BUCKETS:
         rows = (staleness >= low) & (staleness <= high if high is not None else True)
@@ -85,6 +85,9 @@ class Learner:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
+        if config.loss.agg == "seq-mean-token-sum-norm" and config.loss.norm_length is None:
+            raise ValueError("learner.loss.norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant); "
+                             "a run spec sets it to rollout.max_tokens")
         quiet_deepspeed()
         init_distributed()
         self.config = config
@@ -123,9 +126,13 @@ class Learner:
             order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(config.seed + self.version))
             for minibatch, indices in enumerate(order.split(config.minibatch_size)):
                 started = time.perf_counter()
-                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, reference, staleness)
+                lag = self.version - batch.min_versions  # grows with every update on the batch
+                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, reference,
+                                               {"staleness": staleness, "lag": lag})
                 metrics["staleness_mean"] = float(staleness.float().mean())
                 metrics["staleness_max"] = float(staleness.max())
+                metrics["policy_lag"] = float(lag.max())  # the version updated - the oldest that generated data
+                metrics["policy_lag_mean"] = float(lag.float().mean())
                 self.version += 1
                 metrics["step_seconds"] = time.perf_counter() - started
                 results.append(StepResult(self.version, iteration, minibatch, metrics))
@@ -159,30 +166,40 @@ class Learner:
         indices: torch.Tensor,
         proximal: torch.Tensor | None,
         reference: torch.Tensor | None,
-        staleness: torch.Tensor,
+        ages: dict[str, torch.Tensor],
     ) -> dict[str, float]:
+        """One optimizer step on ``indices``; its metrics, and those of each bucket of each of ``ages`` (per
+        sample: staleness at consumption, policy lag now) as ``<metric>/<age>_<bucket>``."""
         parts: list[tuple[dict[str, float], float]] = []
         bucket_parts: dict[str, list[tuple[dict[str, float], float]]] = {}
-        for chunk in self._micro_chunks(indices, batch):
+        micro_batches = self._micro_chunks(indices, batch)
+        # The whole step's normaliser per micro-batch: DeepSpeed averages the accumulated micro-batch losses, so
+        # each divides its sum by this and the step's gradient is the minibatch's, however its tokens are split.
+        normaliser = aggregation_normaliser(batch.completion_mask[indices], self.config.loss.agg,
+                                            self.config.loss.norm_length) / len(micro_batches)
+        step_loss = 0.0
+        for chunk in micro_batches:
             micro = batch.select(chunk)
             logprobs, entropy = completion_logprobs(self.engine, micro, self.config.temperature)
             proximal_chunk = proximal[chunk] if proximal is not None else None
             loss, metrics = self._loss(logprobs, micro, proximal_chunk, reference[chunk] if reference is not None else None,
-                                       entropy.detach(), micro.completion_mask)
+                                       entropy.detach(), micro.completion_mask, normaliser)
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():
                 unclipped_norm = self._stage0_grad_norm()
             self.engine.step()  # steps the optimizer only at the accumulation boundary
-            metrics["loss"] = float(loss.detach())
+            step_loss += float(loss.detach()) / len(micro_batches)
             parts.append((metrics, float(micro.completion_mask.sum())))
             with torch.no_grad():
-                for bucket, rows in _staleness_buckets(staleness[chunk]).items():
-                    mask = micro.completion_mask & rows[:, None]
-                    _, bucket_metrics = self._loss(logprobs.detach(), micro, proximal_chunk, None, entropy.detach(), mask)
-                    bucket_parts.setdefault(bucket, []).append((bucket_metrics, float(mask.sum())))
-        merged = merge_metrics(parts)
+                for age, values in ages.items():
+                    for bucket, rows in _staleness_buckets(values[chunk]).items():
+                        mask = micro.completion_mask & rows[:, None]
+                        _, bucket_metrics = self._loss(logprobs.detach(), micro, proximal_chunk, None,
+                                                       entropy.detach(), mask)
+                        bucket_parts.setdefault(f"{age}_{bucket}", []).append((bucket_metrics, float(mask.sum())))
+        merged = {**merge_metrics(parts), "loss": step_loss}
         for bucket, bucket_metrics in bucket_parts.items():
-            merged.update({f"{key}/staleness_{bucket}": value for key, value in merge_metrics(bucket_metrics).items()
+            merged.update({f"{key}/{bucket}": value for key, value in merge_metrics(bucket_metrics).items()
                            if key in BUCKET_METRICS})
         grad_norm = self.engine.get_global_grad_norm()
         merged["grad_norm"] = float(grad_norm) if grad_norm is not None else unclipped_norm
@@ -198,8 +215,9 @@ class Learner:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
-    def _loss(self, logprobs, micro: PackedBatch, proximal, reference, entropy, mask):
-        """The configured loss; against the proximal log-probs (with the behaviour's as IS weight) when given."""
+    def _loss(self, logprobs, micro: PackedBatch, proximal, reference, entropy, mask, normaliser=None):
+        """The configured loss; against the proximal log-probs (with the behaviour's as IS weight) when given.
+        ``normaliser``: what the aggregation divides by (default: this mask's own)."""
         loss_config = self.config.loss
         return policy_loss(
             loss_config.name,
@@ -217,6 +235,8 @@ class Learner:
             is_cap=loss_config.is_cap,
             entropy=entropy,
             norm_length=loss_config.norm_length,
+            normaliser=normaliser,
+            cispo_eps_low=loss_config.cispo_eps_low,
         )
 
     def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:

@@ -36,6 +36,7 @@ class LossInputs:
     mask: Tensor  # [B, T] bool
     eps_low: float
     eps_high: float
+    cispo_eps_low: float | None = None
 
     @property
     def ratio(self) -> Tensor:
@@ -82,8 +83,10 @@ def _gspo(x: LossInputs) -> TokenLoss:
 
 
 def _cispo(x: LossInputs) -> TokenLoss:
-    """CISPO: the importance weight is clipped and detached; every token keeps its policy gradient."""
-    weight = x.ratio.clamp(1 - x.eps_low, 1 + x.eps_high).detach()
+    """CISPO: the importance weight is clipped (above only, unless a lower bound is asked for) and detached;
+    every token keeps its policy gradient."""
+    low = None if x.cispo_eps_low is None else 1 - x.cispo_eps_low
+    weight = x.ratio.clamp(min=low, max=1 + x.eps_high).detach()
     return TokenLoss(-weight * x.advantages * x.logprobs, x.ratio)
 
 
@@ -119,6 +122,8 @@ def policy_loss(
     is_cap: float = 2.0,
     entropy: Tensor | None = None,
     norm_length: int | None = None,
+    normaliser: float | Tensor | None = None,
+    cispo_eps_low: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The named policy loss, aggregated, and the metrics every loss reports.
 
@@ -126,12 +131,15 @@ def policy_loss(
       eps, eps_high -- trust region [1 - eps, 1 + eps_high]; eps_high defaults to eps (to 0.28 for ``dapo``);
           ``grpo`` is symmetric and refuses eps_high. CFPO uses eps_high for positive advantages.
       agg -- ``seq-mean-token-mean`` (paper Eq. 8), ``token-mean``, ``seq-mean-token-sum-norm`` (Dr.GRPO: token
-          sums divided by ``norm_length``, default T, then the mean over responses).
+          sums divided by the constant ``norm_length``, then the mean over responses); ``normaliser`` overrides
+          what the sum is divided by (see ``aggregate``).
       ref_logprobs, beta, kl_estimator -- adds beta * KL(pi || pi_ref) per token (``k1`` or ``k3``).
       behaviour_logprobs, is_cap -- when the ratio is taken against a recomputed proximal policy
           (``old_logprobs``), weights each token by the detached importance weight pi_prox / pi_behaviour,
           truncated at ``is_cap``, correcting for data sampled by an older policy.
       entropy -- token entropies [B, T] of the current policy, reported as the ``entropy`` metric.
+      cispo_eps_low -- CISPO's importance weight is clipped above at 1 + eps_high and, only when this is given,
+          below at 1 - cispo_eps_low (its paper sets no lower bound).
     """
     if name not in LOSSES:
         raise ValueError(f"loss: unknown name {name!r}; choose one of {', '.join(LOSSES)}")
@@ -152,7 +160,7 @@ def policy_loss(
     logprobs = _zero_padding(logprobs, mask)
     old_logprobs = _zero_padding(old_logprobs, mask).detach()
     log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    inputs = LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high)
+    inputs = LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high, cispo_eps_low)
     terms = LOSSES[name](inputs)
 
     token_loss = terms.loss
@@ -168,25 +176,42 @@ def policy_loss(
         token_loss = token_loss + beta * ref_kl
         extra["ref_kl"] = _masked_mean(ref_kl, mask)
 
-    loss = aggregate(token_loss, mask, agg, norm_length=norm_length)
+    loss = aggregate(token_loss, mask, agg, norm_length=norm_length, normaliser=normaliser)
     metrics = _metrics(inputs, terms.trust_ratio, advantages, mask, behaviour_logprobs, entropy)
     metrics.update(extra)
     return loss, metrics
 
 
-def aggregate(token_values: Tensor, mask: Tensor, agg: str, *, norm_length: int | None = None) -> Tensor:
-    """Reduce per-token values to a scalar; responses without tokens count for nothing."""
+def aggregate(token_values: Tensor, mask: Tensor, agg: str, *, norm_length: int | None = None,
+              normaliser: float | Tensor | None = None) -> Tensor:
+    """Reduce per-token values to a scalar; responses without tokens count for nothing.
+
+    The sum is divided by ``normaliser``, by default ``aggregation_normaliser`` of this mask. A caller that splits
+    one optimizer step into micro-batches passes the whole step's normaliser over the number of micro-batches, so
+    that the accumulated gradient is the whole step's, however the tokens fall into micro-batches.
+    """
     values = torch.where(mask, token_values, torch.zeros_like(token_values))
-    if agg == "token-mean":
-        return values.sum() / mask.sum().clamp(min=1)
+    if normaliser is None:
+        normaliser = aggregation_normaliser(mask, agg, norm_length)
+    if agg in ("token-mean", "seq-mean-token-sum-norm"):
+        return values.sum() / normaliser
     if agg == "seq-mean-token-mean":
-        lengths = mask.sum(-1)
-        has_tokens = lengths > 0
-        per_response = values.sum(-1) / lengths.clamp(min=1)
-        return per_response[has_tokens].sum() / has_tokens.sum().clamp(min=1)
+        return (values.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / normaliser
+    raise ValueError(f"agg: unknown aggregation {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+def aggregation_normaliser(mask: Tensor, agg: str, norm_length: int | None = None) -> Tensor:
+    """What an aggregation divides its sum by: tokens (token-mean), responses with tokens (seq-mean-token-mean),
+    or responses x Dr.GRPO's constant ``norm_length`` (seq-mean-token-sum-norm), at least 1."""
+    if agg == "token-mean":
+        return mask.sum().clamp(min=1)
+    if agg == "seq-mean-token-mean":
+        return (mask.sum(-1) > 0).sum().clamp(min=1)
     if agg == "seq-mean-token-sum-norm":
-        length = norm_length if norm_length is not None else mask.shape[-1]
-        return values.sum() / (mask.shape[0] * length)
+        if norm_length is None:
+            raise ValueError("norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant; a run spec "
+                             "sets it to rollout.max_tokens)")
+        return mask.new_tensor(mask.shape[0] * norm_length, dtype=torch.float32)
     raise ValueError(f"agg: unknown aggregation {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
 
 

@@ -63,7 +63,8 @@ def sample_batch(
         rewards = [score(c) for c in completions]
         advantages = group_advantages(advantage, rewards)
         group = [
-            Sample(prompt_ids=prompt_ids, completion_ids=c, behaviour_logprobs=[0.0] * len(c), advantage=a, reward=r)
+            Sample(prompt_ids=prompt_ids, completion_ids=c, behaviour_logprobs=[0.0] * len(c), advantage=a, reward=r,
+                   min_version=0, max_version=0)
             for c, r, a in zip(completions, rewards, advantages)
         ]
         with torch.no_grad():

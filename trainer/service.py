@@ -21,7 +21,7 @@ import torch
 from cfpo.codec import RolloutGroup
 from cfpo.generation_client import GenerationClient
 from cfpo.metrics import (
-    LEARNER_BUCKET_GAUGES, LEARNER_GAUGES, LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS,
+    LEARNER_BUCKET_GAUGES, LEARNER_GAUGES, LEARNER_LAG_BUCKET_GAUGES, LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS,
     PrometheusRecorder,
 )
 from cfpo.queue import RolloutQueue
@@ -211,11 +211,12 @@ class LearnerService:
         for key, metric in LEARNER_GAUGES.items():
             if key in row:
                 self.recorder.set(metric, float(row[key]), **self.labels)
-        for key, metric in LEARNER_BUCKET_GAUGES.items():
-            for name, value in row.items():
-                if name.startswith(f"{key}/staleness_"):
-                    bucket = name.removeprefix(f"{key}/staleness_")
-                    self.recorder.set(metric, value, staleness_bucket=bucket, **self.labels)
+        for age, gauges in (("staleness", LEARNER_BUCKET_GAUGES), ("lag", LEARNER_LAG_BUCKET_GAUGES)):
+            for key, metric in gauges.items():
+                for name, value in row.items():
+                    if name.startswith(f"{key}/{age}_"):
+                        bucket = name.removeprefix(f"{key}/{age}_")
+                        self.recorder.set(metric, value, **{f"{age}_bucket": bucket}, **self.labels)
 
     @staticmethod
     def _append(path: Path, row: dict) -> None:

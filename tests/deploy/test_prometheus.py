@@ -33,7 +33,8 @@ SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_c
 def defined_series_names() -> set[str]:
     """Every series name the definitions in cfpo/metrics.py export, with Prometheus' suffixes per type."""
     defined = [value for value in vars(metrics).values() if isinstance(value, metrics.Metric)]
-    defined += [*metrics.LEARNER_GAUGES.values(), *metrics.LEARNER_BUCKET_GAUGES.values()]
+    defined += [*metrics.LEARNER_GAUGES.values(), *metrics.LEARNER_BUCKET_GAUGES.values(),
+                *metrics.LEARNER_LAG_BUCKET_GAUGES.values()]
     return {m.name + suffix for m in defined for suffix in SUFFIXES[m.kind]}
 
 

@@ -69,7 +69,8 @@ def _max_logprob_error(served, temperature, seed):
     for prompt_ids in served.prompt_ids:
         for c in served.client.generate(prompt_ids, n=4, temperature=temperature, max_tokens=12, seed=seed):
             samples.append(Sample(prompt_ids=prompt_ids, completion_ids=c.token_ids,
-                                  behaviour_logprobs=c.logprobs, advantage=0.0))
+                                  behaviour_logprobs=c.logprobs, advantage=0.0, min_version=c.min_version,
+                                  max_version=c.max_version))
     batch = pack(samples)
     with torch.no_grad():
         learner_logprobs, _ = completion_logprobs(served.model, batch, temperature)

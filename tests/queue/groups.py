@@ -72,6 +72,10 @@ MALFORMED = [
         id="missing-advantage",
     ),
     pytest.param(
+        _edit_body(lambda b: b["samples"][0].pop("min_version")), "samples.0.min_version: Field required",
+        id="missing-min-version",
+    ),
+    pytest.param(
         _set_sample(1, behaviour_logprobs=packed("f", [-0.5, -0.5])),
         "samples.1: behaviour_logprobs: 2 values for 3 completion tokens", id="logprobs-shorter",
     ),

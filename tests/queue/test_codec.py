@@ -68,7 +68,8 @@ def test_token_id_outside_int32_is_refused_when_encoding():
 
 def test_group_holds_the_completions_of_one_prompt():
     group = make_group("run-a")
-    other_prompt = Sample(prompt_ids=[9], completion_ids=[1], behaviour_logprobs=[-1.0], advantage=0.0)
+    other_prompt = Sample(prompt_ids=[9], completion_ids=[1], behaviour_logprobs=[-1.0], advantage=0.0,
+                          min_version=3, max_version=4)
     with pytest.raises(ValidationError, match="share their prompt_ids"):
         RolloutGroup(run_id="run-a", prompt_id="p0", slot=0, samples=[*group.samples, other_prompt])
 

@@ -12,7 +12,7 @@ from cfpo.report import load_run, summarise
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(path, steps=6, buckets=True, spec_loss=None):
+def write_run(path, steps=6, buckets=True, spec_loss=None, warm_up_steps=0):
     """A run of ``steps`` steps with two optimizer-step rows each, whose per-step values are easy to derive.
 
     Step s: reward 0.1(s+1); clip_frac rows 0.01s and 0.01s + 0.02 (step mean 0.01s + 0.01); kl_k3 rows 0.001s
@@ -22,7 +22,7 @@ def write_run(path, steps=6, buckets=True, spec_loss=None):
     rows = []
     for s in range(steps):
         for i, sign in enumerate((-1, 1)):
-            row = {"step": s, "version": 2 * s + i + 1, "iteration": i, "minibatch": 0, "warm_up": False,
+            row = {"step": s, "version": 2 * s + i + 1, "iteration": i, "minibatch": 0, "warm_up": s < warm_up_steps,
                    "reward_mean": 0.1 * (s + 1), "clip_frac": 0.01 * s + 0.02 * i, "kl_k3": 0.001 * s * (1 + 2 * i),
                    "tv": 0.05 + 0.02 * i, "entropy": 2 - 0.1 * s + sign * 0.05, "staleness_mean": 0.25 * i,
                    "staleness_max": (s // 2) * i, "grad_norm": float("nan")}
@@ -60,6 +60,25 @@ def test_summary_matches_hand_computed_values(tmp_path):
     assert summary.tv_mean == pytest.approx(0.06)
     assert (summary.entropy_first, summary.entropy_last) == (pytest.approx(2.0), pytest.approx(1.5))
     assert summary.staleness_max == 2  # *_max keys reduce by max: the step mean would give 1
+
+
+def test_warm_up_steps_are_left_out_of_the_summary_unless_all_are_asked_for(tmp_path):
+    # Steps 0-1 are warm-up (logged warm_up: staleness not yet at its target); the steady state is steps 2-5.
+    run = load_run(write_run(tmp_path / "run", warm_up_steps=2))
+    steady, everything = summarise(run), summarise(run, all_steps=True)
+
+    assert (steady.steps, steady.warm_up_left_out) == (4, 2)
+    assert steady.clip_frac_mean == pytest.approx((0.03 + 0.04 + 0.05 + 0.06) / 4)
+    assert steady.tv_mean == pytest.approx(0.06)
+    assert steady.entropy_first == pytest.approx(1.8)  # step 2's, the first steady step
+    assert (everything.steps, everything.warm_up_left_out) == (6, 0)
+    assert everything.clip_frac_mean == pytest.approx(0.035)
+
+    out = tmp_path / "out"
+    assert report(tmp_path / "run", "--out", out).exit_code == 0
+    assert "| 4 + 2 |" in (out / "report.md").read_text()
+    assert report(tmp_path / "run", "--out", out, "--all-steps").exit_code == 0
+    assert "| 6 |" in (out / "report.md").read_text()
 
 
 def test_report_writes_table_and_valid_figures(tmp_path):

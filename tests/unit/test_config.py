@@ -47,3 +47,24 @@ def test_config_file_errors_name_file_and_field(tmp_path):
         load_config(LearnerConfig, bad)
     message = str(error.value)
     assert message.startswith(str(bad)) and "loss.name" in message and "iterations" in message
+
+
+def test_dr_grpo_constant_defaults_to_the_longest_completion():
+    # Dr.GRPO divides each response's token sum by one constant; the learner's micro-batches are cut to their own
+    # width, so a width-based default would change from micro-batch to micro-batch.
+    from cfpo.run_spec import RunSpec
+
+    derived = RunSpec(model="/m", rollout={"max_tokens": 48},
+                      learner={"loss": {"name": "grpo", "agg": "seq-mean-token-sum-norm"}})
+    assert derived.learner.loss.norm_length == 48
+    given = RunSpec(model="/m", rollout={"max_tokens": 48},
+                    learner={"loss": {"agg": "seq-mean-token-sum-norm", "norm_length": 100}})
+    assert given.learner.loss.norm_length == 100
+    assert RunSpec(model="/m").learner.loss.norm_length is None  # other aggregations have no constant
+    assert RunSpec.model_validate_json(derived.model_dump_json()) == derived
+
+
+def test_cispo_lower_bound_is_off_unless_given():
+    assert LossConfig(name="cispo").cispo_eps_low is None
+    with pytest.raises(ValidationError, match="cispo_eps_low"):
+        LossConfig(name="cispo", cispo_eps_low=1.5)

@@ -88,7 +88,7 @@ def test_on_policy_cfpo_equals_grpo(agg):
     old = logprobs.detach().clone()
     results = {}
     for name in ("cfpo", "grpo"):
-        loss, metrics = policy_loss(name, logprobs, old, adv, mask, agg=agg)
+        loss, metrics = policy_loss(name, logprobs, old, adv, mask, agg=agg, norm_length=7)
         results[name] = (loss.detach(), _grad(loss, logprobs), metrics)
     torch.testing.assert_close(results["cfpo"][0], results["grpo"][0])
     torch.testing.assert_close(results["cfpo"][1], results["grpo"][1])
@@ -103,9 +103,26 @@ def test_aggregation_modes_on_a_hand_computed_example():
     assert aggregate(values, mask, "seq-mean-token-mean").item() == pytest.approx(3.0)
     # All tokens: (1+2+3+4)/4.
     assert aggregate(values, mask, "token-mean").item() == pytest.approx(2.5)
-    # Dr.GRPO: sums 6 and 4 over the constant 4, mean over the 3 responses.
-    assert aggregate(values, mask, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 12)
+    # Dr.GRPO: sums 6 and 4 over the constant, mean over the 3 responses; the constant is never the width.
+    assert aggregate(values, mask, "seq-mean-token-sum-norm", norm_length=4).item() == pytest.approx(10 / 12)
     assert aggregate(values, mask, "seq-mean-token-sum-norm", norm_length=10).item() == pytest.approx(10 / 30)
+    with pytest.raises(ValueError, match="^norm_length: required"):
+        aggregate(values, mask, "seq-mean-token-sum-norm")
+
+
+def test_a_shared_normaliser_makes_micro_batches_add_up_to_the_batch():
+    # Micro-batches {4 tokens of value 1} and {1 token of value 3}: the token mean of the batch is 7/5 = 1.4.
+    # Each micro-batch divided by its own count gives 1 and 3 (mean 2.0); divided by the batch's count over the
+    # number of micro-batches, their mean is the batch's.
+    first, second = torch.ones(1, 4), torch.full((1, 4), 3.0)
+    first_mask = torch.ones(1, 4, dtype=torch.bool)
+    second_mask = torch.tensor([[True, False, False, False]])
+    own = (aggregate(first, first_mask, "token-mean") + aggregate(second, second_mask, "token-mean")) / 2
+    assert own.item() == pytest.approx(2.0)
+    shared = 5 / 2
+    total = (aggregate(first, first_mask, "token-mean", normaliser=shared)
+             + aggregate(second, second_mask, "token-mean", normaliser=shared)) / 2
+    assert total.item() == pytest.approx(1.4)
 
 
 def test_aggregation_reaches_policy_loss():
@@ -116,7 +133,7 @@ def test_aggregation_reaches_policy_loss():
     token_loss = {"seq-mean-token-mean": (2.0 + -4.0) / 2, "token-mean": (1 + 3 - 4) / 3,
                   "seq-mean-token-sum-norm": (4.0 - 4.0) / 4}
     for agg, expected in token_loss.items():
-        loss, _ = policy_loss("reinforce", logprobs, logprobs, adv, mask, agg=agg)
+        loss, _ = policy_loss("reinforce", logprobs, logprobs, adv, mask, agg=agg, norm_length=2)
         assert loss.item() == pytest.approx(expected), agg
 
 
@@ -173,6 +190,18 @@ def test_cfpo_and_grpo_match_their_closed_forms_on_random_inputs():
     assert cfpo_metrics["clip_frac"] == pytest.approx(expected_frac)
     assert grpo_metrics["clip_frac"] == pytest.approx(expected_frac)
     assert cfpo_metrics["clip_frac_high"] == pytest.approx(((r > 1 + eps) & (A > 0))[mask].float().mean().item())
+
+
+def test_cispo_weight_has_no_lower_bound_unless_asked():
+    # One token at r = pi/mu = 0.5 with A = +1: CISPO's loss is -sg(w) A log pi, so dLoss/dlog pi = -w. Its paper
+    # clips w above only (at 1 + eps_high), so w = 0.5; with cispo_eps_low = 0.2 the weight is floored at 0.8.
+    old = torch.tensor([[math.log(0.4)]], dtype=torch.float64)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    adv = torch.tensor([1.0], dtype=torch.float64)
+    for cispo_eps_low, weight in ((None, 0.5), (0.2, 0.8)):
+        logprobs = torch.tensor([[math.log(0.2)]], dtype=torch.float64, requires_grad=True)
+        loss, _ = policy_loss("cispo", logprobs, old, adv, mask, cispo_eps_low=cispo_eps_low)
+        assert _grad(loss, logprobs).item() == pytest.approx(-weight)
 
 
 def test_ratio_kl_and_advantage_metrics_by_hand():
