@@ -85,8 +85,9 @@ SMOKE = Scale(steps=4, warmup_steps=1, staleness=(0, 1), repeats=1, weight_ladde
 TINY_SCALE = Scale(steps=30, warmup_steps=2, staleness=(0, 1, 2, 4), repeats=5, weight_ladder=LADDER, trl_steps=5)
 # A real model's steps take seconds: fewer of them, and no synthetic size near the model's own.
 REAL_SCALE = Scale(steps=10, warmup_steps=2, staleness=(0, 1, 2, 4), repeats=3, weight_ladder=LADDER[:1], trl_steps=3)
-# A real model's rollout-heavy steps take minutes: the fewest that leave a steady state of 3-4 steps per mode.
-REAL_HEAVY_SCALE = Scale(steps=6, warmup_steps=2, staleness=PEER_STALENESS, repeats=2, weight_ladder=(), trl_steps=2)
+# A real model's rollout-heavy steps take over a minute: the fewest that leave a steady state (3 synchronous steps,
+# 2 asynchronous), one timed repetition of each part and one timed TRL step (128 completions each).
+REAL_HEAVY_SCALE = Scale(steps=5, warmup_steps=2, staleness=PEER_STALENESS, repeats=1, weight_ladder=(), trl_steps=1)
 
 
 class BenchSettings(StrictModel):
