@@ -32,13 +32,14 @@ TINY_WORKLOAD: dict[str, Any] = {
     "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
     "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 16, "rewards": {"digit_share": 1.0},
                 "drop_zero_variance": False},
-    "learner": {"loss": {"name": "cfpo", "eps": 0.2}, "optimizer": {"lr": 5.0e-3}},
+    "learner": {"loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"}, "optimizer": {"lr": 5.0e-3}},
 }
 # The demo workload of configs/demo.yaml: SmolLM2 learns arithmetic, rewarded by math answer equivalence.
 DEMO_WORKLOAD: dict[str, Any] = {
     "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
     "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 32, "drop_zero_variance": False},
-    "learner": {"loss": {"name": "cfpo", "eps": 0.2}, "optimizer": {"lr": 5.0e-6}, "micro_batch_size": 8},
+    "learner": {"loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"}, "optimizer": {"lr": 5.0e-6},
+                "micro_batch_size": 8},
 }
 
 

@@ -19,7 +19,8 @@ from rich.table import Table
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
-WATCHED = {"reward": "reward_mean", "KL": "kl_k3", "clip": "clip_frac"}  # label -> the learner's metric
+# label -> the learner's metric: distances from the sampler, whichever anchor the loss uses
+WATCHED = {"reward": "reward_mean", "KL vs behaviour": "behaviour_kl_k3", "clip vs behaviour": "behaviour_clip_frac"}
 
 run_app = typer.Typer(no_args_is_help=True, help="Submit, list, show, cancel and watch runs (the control API).")
 console = Console()

@@ -16,8 +16,9 @@ from cfpo.config import ConfigError
 
 console = Console()
 # the report's metrics that fit a terminal, with short headers; report.md has them all
-TABLE_COLUMNS = {"final_reward": "reward", "heldout_after": "held-out", "clip_frac_max": "clip max",
-                 "kl_k3_max": "KL max", "ratio_deviation_max": "max|r-1|"}
+TABLE_COLUMNS = {"final_reward": "reward", "heldout_after": "held-out", "behaviour_clip_frac_max": "clip max (beh.)",
+                 "behaviour_kl_k3_max": "KL max (beh.)", "proximal_kl_k3_max": "KL max (prox.)",
+                 "behaviour_ratio_deviation_max": "max|r-1| (beh.)"}
 
 
 def sweep(
@@ -29,7 +30,7 @@ def sweep(
     port_offset: int = typer.Option(0, help="embedded stack: add this to every default port"),
     report_only: bool = typer.Option(False, help="only rebuild the report from the runs already done"),
 ) -> None:
-    """Run every cell of a sweep (loss x staleness k x iterations x minibatches x seed) not yet done, one run per
+    """Run every cell of a sweep (loss x anchor x staleness k x iterations x minibatches x seed) not yet done, one run per
     cell, and write results.csv, report.md and figures. Stopped, the same command resumes it."""
     from cfpo.sweep import load_sweep
 
@@ -127,10 +128,10 @@ def _report(spec, out: Path, runs_dir: Path, command: str) -> None:
         raise typer.Exit(1) from None
     written = write(spec, results, out, command)
     table = Table(title=f"sweep {spec.name} (mean over seeds)")
-    for header in ("loss", "k", "iters", "mb", *TABLE_COLUMNS.values()):
+    for header in ("loss", "anchor", "k", "iters", "mb", *TABLE_COLUMNS.values()):
         table.add_column(header, justify="right")
-    for a in sorted(aggregate(results), key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss)):
-        table.add_row(a.loss, str(a.staleness_k), str(a.iterations), str(a.minibatches),
+    for a in aggregate(results):
+        table.add_row(a.loss, a.ratio_reference, str(a.staleness_k), str(a.iterations), str(a.minibatches),
                       *("–" if a.means[key] is None else f"{a.means[key]:.3f}" for key in TABLE_COLUMNS))
     console.print(table)
     failed = [r for r in results if r.state != "succeeded"]

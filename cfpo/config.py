@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "reinforce"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+Anchor = Literal["behaviour", "proximal"]  # what the trust region's ratio is taken against (LossConfig.ratio_reference)
 
 
 class StrictModel(BaseModel):
@@ -28,10 +29,12 @@ class LossConfig(StrictModel):
                                     "each response's token sum by it); a run spec defaults it to rollout.max_tokens")
     cispo_eps_low: float | None = Field(None, gt=0, lt=1, description="cispo: clip the importance weight below at "
                                         "1 - this too; default none, as in its paper (above: 1 + eps_high)")
-    ratio_reference: Literal["behaviour", "proximal"] = Field(
+    ratio_reference: Anchor = Field(
         "behaviour",
-        description="behaviour: ratio against the sampling policy's log-probs; proximal: against the learner's "
-        "own log-probs before the first update on the batch, with a truncated importance weight for staleness",
+        description="the trust region's anchor. behaviour: the ratio is against the sampling policy's log-probs "
+        "(PipelineRL, verl's bypass mode); proximal: against the learner's own log-probs before its first update on "
+        "the batch, with a truncated importance weight proximal/behaviour for staleness (AReaL's decoupled PPO). "
+        "A run spec whose staleness can exceed 0 must name it",
     )
     is_cap: float = Field(2.0, gt=0, description="truncation of the proximal/behaviour importance weight")
 

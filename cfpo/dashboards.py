@@ -5,7 +5,8 @@ provisioning and the Helm chart's ConfigMap; the tests run every panel's PromQL 
 scraping a real run. Metric names come from ``cfpo.metrics``; ``vllm:`` names are vLLM's own.
 
 Every learner query is filtered by the dashboards' two variables, ``$run`` and ``$loss`` (multi-value, "All" is
-``.*``), and legends carry the loss, so CFPO and GRPO runs plot side by side.
+``.*``), and legends carry the loss, so CFPO and GRPO runs plot side by side. Trust-region panels plot the metric
+against both anchors, each line labelled "vs behaviour" or "vs proximal".
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from cfpo.metrics import (
-    LEARNER_BUCKET_GAUGES, LEARNER_EVAL_ACCURACY, LEARNER_GAUGES, LEARNER_STALENESS, LEARNER_STEPS,
-    LEARNER_WEIGHT_SYNC_SECONDS, REWARD_FUNCTION_CALLS, REWARD_REQUEST_SECONDS, REWARD_REQUESTS, ROLLOUT_ERRORS,
-    ROLLOUT_GROUPS, ROLLOUT_STAGE_SECONDS, Metric,
+    ANCHORS, LEARNER_BUCKET_GAUGES, LEARNER_EVAL_ACCURACY, LEARNER_GAUGES, LEARNER_LAG_BUCKET_GAUGES,
+    LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS, REWARD_FUNCTION_CALLS, REWARD_REQUEST_SECONDS,
+    REWARD_REQUESTS, ROLLOUT_ERRORS, ROLLOUT_GROUPS, ROLLOUT_STAGE_SECONDS, Metric, anchored,
 )
 
 DATASOURCE_UID = "prometheus"
@@ -60,6 +61,14 @@ def _gauge(key: str, legend: str = "{{loss}} {{run}}") -> Query:
 
 def _by_staleness(key: str) -> Query:
     return Query(f"{LEARNER_BUCKET_GAUGES[key].name}{{{RUN_LOSS}}}", "{{loss}} staleness {{staleness_bucket}} {{run}}")
+
+
+def _against_anchors(key: str, by: Literal["step", "staleness", "lag"] = "step", stat: str = "") -> tuple[Query, ...]:
+    """Trust-region metric ``key`` against each anchor, per step or per bucket of staleness or policy lag."""
+    gauges = {"step": LEARNER_GAUGES, "staleness": LEARNER_BUCKET_GAUGES, "lag": LEARNER_LAG_BUCKET_GAUGES}[by]
+    bucket = "" if by == "step" else f" {by} {{{{{by}_bucket}}}}"
+    return tuple(Query(f"{gauges[anchored(anchor, key)].name}{{{RUN_LOSS}}}",
+                       f"{stat}{{{{loss}}}} vs {anchor}{bucket} {{{{run}}}}") for anchor in ANCHORS)
 
 
 def _series(metric: Metric) -> str:
@@ -118,27 +127,28 @@ STALENESS_PROBE = Dashboard(
                 "staleness bucket (policy versions between generation and use).",
     panels=(
         Panel("Clip fraction",
-              "Share of tokens outside the trust region on the side the advantage favours. For clipped losses these "
-              "tokens get no gradient; CFPO keeps pulling them back instead.",
-              (_gauge("clip_frac"),), unit="percentunit"),
-        Panel("Clip fraction by staleness", "The same share, per staleness bucket of the samples.",
-              (_by_staleness("clip_frac"),), unit="percentunit"),
-        Panel("KL (k3)", "KL(behaviour || current policy), k3 estimator: how far the update has moved from the data.",
-              (_gauge("kl_k3"),)),
-        Panel("KL (k3) by staleness", "The same KL per staleness bucket.", (_by_staleness("kl_k3"),)),
-        Panel("Total variation", "0.5 x mean |r - 1| over tokens.", (_gauge("tv"),)),
-        Panel("Total variation by staleness", "The same per staleness bucket.", (_by_staleness("tv"),)),
+              "Share of tokens outside the trust region on the side the advantage favours, against the behaviour "
+              "(sampling) and the proximal policy. For clipped losses the tokens outside the region of the loss's "
+              "own anchor get no gradient; CFPO keeps pulling them back instead.",
+              _against_anchors("clip_frac"), unit="percentunit"),
+        Panel("Clip fraction by staleness", "The same shares, per staleness bucket of the samples.",
+              _against_anchors("clip_frac", "staleness"), unit="percentunit"),
+        Panel("KL (k3)", "KL(anchor || current policy), k3 estimator: how far the update has moved from the "
+              "sampling policy (vs behaviour) and from the policy before this batch's first update (vs proximal).",
+              _against_anchors("kl_k3")),
+        Panel("KL (k3) by staleness", "The same KLs per staleness bucket.", _against_anchors("kl_k3", "staleness")),
+        Panel("KL (k3) by policy lag",
+              "The same KLs per policy-lag bucket (the version updated - the one that generated the data).",
+              _against_anchors("kl_k3", "lag")),
+        Panel("Total variation", "0.5 x mean |r - 1| over tokens, against each anchor.", _against_anchors("tv")),
+        Panel("Total variation by staleness", "The same per staleness bucket.", _against_anchors("tv", "staleness")),
         Panel("Entropy", "Mean token entropy of the current policy; a collapse shows as a fall to 0.",
               (_gauge("entropy"),)),
         Panel("Entropy by staleness", "The same per staleness bucket.", (_by_staleness("entropy"),)),
-        Panel("Ratio range", "Smallest, mean and largest importance ratio pi / pi_old of each step.",
-              (_gauge("ratio_min", "min {{loss}} {{run}}"), _gauge("ratio_mean", "mean {{loss}} {{run}}"),
-               _gauge("ratio_max", "max {{loss}} {{run}}"))),
-        Panel("Ratio range by staleness", "Smallest and largest ratio per staleness bucket.",
-              (Query(f"{LEARNER_BUCKET_GAUGES['ratio_min'].name}{{{RUN_LOSS}}}",
-                     "min {{loss}} staleness {{staleness_bucket}} {{run}}"),
-               Query(f"{LEARNER_BUCKET_GAUGES['ratio_max'].name}{{{RUN_LOSS}}}",
-                     "max {{loss}} staleness {{staleness_bucket}} {{run}}"))),
+        Panel("Ratio range", "Smallest and largest ratio pi / pi_anchor of each step, against each anchor.",
+              (*_against_anchors("ratio_min", stat="min "), *_against_anchors("ratio_max", stat="max "))),
+        Panel("Ratio range by staleness", "Smallest and largest ratio per staleness bucket, against each anchor.",
+              (*_against_anchors("ratio_min", "staleness", "min "), *_against_anchors("ratio_max", "staleness", "max "))),
         Panel("Staleness of consumed samples", "Median and p90 staleness of the samples the learner consumed.",
               (Query(_quantile(0.5, LEARNER_STALENESS.name, "run, loss", RUN_LOSS), "p50 {{loss}} {{run}}"),
                Query(_quantile(0.9, LEARNER_STALENESS.name, "run, loss", RUN_LOSS), "p90 {{loss}} {{run}}"))),

@@ -9,7 +9,9 @@ happens to answer a scrape. To add a service's metrics, add ``Metric`` constants
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
+
+from cfpo.config import Anchor
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -143,23 +145,45 @@ ROLLOUT_ZERO_VARIANCE = Metric(
     "cfpo_rollout_zero_variance_groups", "counter", "Groups whose rewards were all equal, by what happened to them.",
     ("run", "action"),
 )
-ROLLOUT_ERRORS = Metric("cfpo_rollout_errors", "counter", "Failed calls (retried), by stage.", ("run", "stage"))
+ROLLOUT_ERRORS = Metric(
+    "cfpo_rollout_errors", "counter", "Failed calls (retried) and groups made again, by stage: generate, reward, "
+    "foreign_weights (another run's weights made them), staleness_bound (versions outside the run's bound).",
+    ("run", "stage"),
+)
 ROLLOUT_STAGE_SECONDS = Metric(
     "cfpo_rollout_stage_seconds", "histogram", "Seconds per group spent in each stage.", ("run", "stage"),
 )
 ROLLOUT_METRICS = (ROLLOUT_GROUPS, ROLLOUT_ZERO_VARIANCE, ROLLOUT_ERRORS, ROLLOUT_STAGE_SECONDS)
 
 # Learner (trainer/service.py): one gauge per step metric, labelled by run and loss.
-LEARNER_STEP_VALUES = {
+# The trust region's anchor: the policy a ratio is taken against. The loss uses one (LossConfig.ratio_reference);
+# every step logs these metrics against both, as ``<anchor>_<metric>``, so rows of runs that differ in the anchor
+# compare like with like.
+ANCHORS = dict(zip(get_args(Anchor), (
+    "the sampling policy (vLLM's log-probs of the generated tokens)",
+    "the learner's policy before its first update on the batch",
+), strict=True))
+TRUST_REGION_VALUES = {
     "clip_frac": "Share of tokens outside the trust region on the side the advantage favours (for CFPO: would clip).",
     "clip_frac_low": "Share of tokens with r < 1 - eps and A < 0.",
     "clip_frac_high": "Share of tokens with r > 1 + eps_high and A > 0.",
-    "ratio_mean": "Mean importance ratio pi/pi_old over tokens.",
-    "ratio_min": "Smallest importance ratio.",
-    "ratio_max": "Largest importance ratio.",
+    "ratio_mean": "Mean ratio pi/pi_anchor over tokens.",
+    "ratio_min": "Smallest ratio pi/pi_anchor.",
+    "ratio_max": "Largest ratio pi/pi_anchor.",
     "tv": "Total variation estimate 0.5 * mean |r - 1|.",
-    "kl_k1": "KL(behaviour || current), k1 estimator.",
-    "kl_k3": "KL(behaviour || current), k3 estimator.",
+    "kl_k1": "KL(anchor || current), k1 estimator.",
+    "kl_k3": "KL(anchor || current), k3 estimator.",
+}
+
+
+def anchored(anchor: str, key: str) -> str:
+    """The step-metric key of trust-region metric ``key`` measured against ``anchor``: ``behaviour_kl_k3``."""
+    return f"{anchor}_{key}"
+
+
+LEARNER_STEP_VALUES = {
+    **{anchored(anchor, key): f"{text[:-1]}, against {where}." for anchor, where in ANCHORS.items()
+       for key, text in TRUST_REGION_VALUES.items()},
     "entropy": "Mean token entropy of the current policy.",
     "adv_mean": "Mean advantage.",
     "adv_std": "Standard deviation of the advantages.",
@@ -176,6 +200,8 @@ LEARNER_STEP_VALUES = {
     "staleness_mean": "Mean staleness of the step's samples (learner version at consumption - generating version).",
     "policy_lag": "Policy lag of the optimizer step: the version it updates - the oldest version that generated its "
                   "data (staleness at the step's first update, then one more per update on the same batch).",
+    "bound_violations": "Groups of the step made by policy versions its staleness bound does not allow for their "
+                        "slot (rollout workers make such groups again, so this stays 0).",
     "policy_version": "Learner policy version (optimizer steps).",
     "queue_unread": "Groups in the stream not yet read by the learner.",
     "queue_pending": "Groups read but not yet acknowledged (applied, awaiting a checkpoint).",
@@ -184,10 +210,13 @@ LEARNER_STEP_VALUES = {
 LEARNER_GAUGES = {
     key: Metric(f"cfpo_learner_{key}", "gauge", text, ("run", "loss")) for key, text in LEARNER_STEP_VALUES.items()
 }
+# the step metrics also logged per bucket of staleness and of policy lag, as ``<metric>/<age>_<bucket>``
+BUCKETED_STEP_VALUES = (*(anchored(anchor, key) for anchor in ANCHORS for key in ("clip_frac", "kl_k3", "tv",
+                                                                                "ratio_min", "ratio_max")), "entropy")
 LEARNER_BUCKET_GAUGES = {
     key: Metric(f"cfpo_learner_{key}_by_staleness", "gauge", f"{LEARNER_STEP_VALUES[key]} By staleness bucket.",
                 ("run", "loss", "staleness_bucket"))
-    for key in ("clip_frac", "kl_k3", "tv", "entropy", "ratio_min", "ratio_max")
+    for key in BUCKETED_STEP_VALUES
 }
 LEARNER_LAG_BUCKET_GAUGES = {
     key: Metric(f"cfpo_learner_{key}_by_lag", "gauge", f"{LEARNER_STEP_VALUES[key]} By policy-lag bucket.",

@@ -20,22 +20,28 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cfpo.metrics import ANCHORS, anchored
+
 FINAL_STEPS = 5  # "final reward" averages this many last steps: one step's reward is noisy
 METRICS_PNG = "metrics.png"
 BUCKETS_PNG = "staleness_buckets.png"
 PANEL_INCHES, LEGEND_INCHES = (4.2, 3.2), 0.6  # one panel's width and height; the legend strip below them
+BEHAVIOUR, PROXIMAL = ANCHORS
+AGAINST_BOTH = f"solid: against {BEHAVIOUR}, dashed: against {PROXIMAL}"
 PANELS = {  # title -> plotted keys; a second key is drawn dashed
     "reward (mean)": ("reward_mean",),
-    "clip fraction": ("clip_frac",),
-    "KL k3 (behaviour || current)": ("kl_k3",),
-    "TV": ("tv",),
+    f"clip fraction ({AGAINST_BOTH})": (anchored(BEHAVIOUR, "clip_frac"), anchored(PROXIMAL, "clip_frac")),
+    f"KL k3 (anchor || current; {AGAINST_BOTH})": (anchored(BEHAVIOUR, "kl_k3"), anchored(PROXIMAL, "kl_k3")),
+    f"TV ({AGAINST_BOTH})": (anchored(BEHAVIOUR, "tv"), anchored(PROXIMAL, "tv")),
     "entropy": ("entropy",),
     "staleness (solid: mean, dashed: max)": ("staleness_mean", "staleness_max"),
 }
-BUCKET_METRICS = {"clip_frac": "clip fraction", "kl_k3": "KL k3"}
+BUCKET_METRICS = {anchored(BEHAVIOUR, "clip_frac"): f"clip fraction vs {BEHAVIOUR}",
+                  anchored(BEHAVIOUR, "kl_k3"): f"KL k3 vs {BEHAVIOUR}"}  # staleness is the sampler's age
 BUCKET_KEY = re.compile(rf"^({'|'.join(BUCKET_METRICS)})/staleness_(.+)$")
-HEADERS = ("run", "steps (+ warm-up left out)", f"reward, last {FINAL_STEPS}", "clip frac max", "clip frac mean", "KL k3 max", "TV mean",
-           "entropy first → last", "staleness max")
+BOTH = f"({BEHAVIOUR} / {PROXIMAL})"
+HEADERS = ("run", "anchor", "steps (+ warm-up left out)", f"reward, last {FINAL_STEPS}", f"clip frac max {BOTH}",
+           f"clip frac mean {BOTH}", f"KL k3 max {BOTH}", f"TV mean {BOTH}", "entropy first → last", "staleness max")
 
 
 class ReportError(Exception):
@@ -49,6 +55,7 @@ class Run:
     steps: list[int]
     series: dict[str, list[float]]  # metric -> its value at each of ``steps``; NaN where a step lacks it
     warm_up_steps: frozenset[int] = frozenset()  # steps logged as warm-up
+    anchor: str | None = None  # the loss's trust-region anchor (learner.loss.ratio_reference), when a spec names it
 
     def steady_state(self) -> "Run":
         """The run without its warm-up steps, whose lower staleness would dilute every average of the run."""
@@ -63,14 +70,23 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Summary:
-    steps: int  # steps summarised
-    warm_up_left_out: int
-    final_reward: float | None
+class TrustRegionSummary:
+    """How far the policy went from one anchor over the summarised steps."""
+
     clip_frac_max: float | None
     clip_frac_mean: float | None
     kl_k3_max: float | None
     tv_mean: float | None
+    tv_max: float | None
+    ratio_deviation_max: float | None  # the largest |r - 1|
+
+
+@dataclass(frozen=True)
+class Summary:
+    steps: int  # steps summarised
+    warm_up_left_out: int
+    final_reward: float | None
+    against: dict[str, TrustRegionSummary]  # anchor -> its figures
     entropy_first: float | None
     entropy_last: float | None
     staleness_max: float | None
@@ -97,9 +113,10 @@ def load_run(path: Path, name: str | None = None) -> Run:
     rows = _read_rows(path / "metrics.jsonl")
     steps, series = _per_step(rows)
     name = name or path.resolve().name
-    loss = _loss_name(path / "spec.yaml")
-    return Run(path, f"{name} ({loss})" if loss else name, steps, series,
-               frozenset(row["step"] for row in rows if row.get("warm_up") is True))
+    loss = _loss_settings(path / "spec.yaml")
+    label = f"{name} ({loss['name']})" if "name" in loss else name
+    return Run(path, label, steps, series, frozenset(row["step"] for row in rows if row.get("warm_up") is True),
+               loss.get("ratio_reference"))
 
 
 def _read_rows(file: Path) -> list[dict]:
@@ -146,15 +163,17 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _loss_name(spec_file: Path) -> str | None:
-    """The loss a run spec names; metrics rows do not carry it. None when there is no readable spec."""
+def _loss_settings(spec_file: Path) -> dict[str, str]:
+    """The loss's name and anchor a run spec gives (metrics rows carry neither); what is missing is left out."""
     import yaml
 
     try:
-        spec = yaml.safe_load(spec_file.read_text())
-        return str(spec["learner"]["loss"]["name"])
+        loss = yaml.safe_load(spec_file.read_text())["learner"]["loss"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
+        return {}
+    if not isinstance(loss, dict):
+        return {}
+    return {key: str(loss[key]) for key in ("name", "ratio_reference") if key in loss}
 
 
 def summarise(run: Run, all_steps: bool = False) -> Summary:
@@ -165,18 +184,31 @@ def summarise(run: Run, all_steps: bool = False) -> Summary:
     def values(key: str) -> list[float]:
         return run.points(key)[1]
 
-    reward, clip, tv, entropy = values("reward_mean"), values("clip_frac"), values("tv"), values("entropy")
+    reward, entropy = values("reward_mean"), values("entropy")
     return Summary(
         steps=len(run.steps),
         warm_up_left_out=left_out,
         final_reward=statistics.fmean(reward[-FINAL_STEPS:]) if reward else None,
+        against={anchor: _trust_region_summary(run, anchor) for anchor in ANCHORS},
+        entropy_first=entropy[0] if entropy else None,
+        entropy_last=entropy[-1] if entropy else None,
+        staleness_max=max(values("staleness_max"), default=None),
+    )
+
+
+def _trust_region_summary(run: Run, anchor: str) -> TrustRegionSummary:
+    def values(key: str) -> list[float]:
+        return run.points(anchored(anchor, key))[1]
+
+    clip, tv = values("clip_frac"), values("tv")
+    deviations = [r - 1 for r in values("ratio_max")] + [1 - r for r in values("ratio_min")]
+    return TrustRegionSummary(
         clip_frac_max=max(clip, default=None),
         clip_frac_mean=statistics.fmean(clip) if clip else None,
         kl_k3_max=max(values("kl_k3"), default=None),
         tv_mean=statistics.fmean(tv) if tv else None,
-        entropy_first=entropy[0] if entropy else None,
-        entropy_last=entropy[-1] if entropy else None,
-        staleness_max=max(values("staleness_max"), default=None),
+        tv_max=max(tv, default=None),
+        ratio_deviation_max=max(deviations, default=None),
     )
 
 
@@ -186,8 +218,9 @@ def table_rows(runs: list[Run], all_steps: bool = False) -> list[list[str]]:
     for run in runs:
         s = summarise(run, all_steps)
         steps = f"{s.steps} + {s.warm_up_left_out}" if s.warm_up_left_out else str(s.steps)
-        rows.append([run.label, steps, *map(_cell, (s.final_reward, s.clip_frac_max, s.clip_frac_mean,
-                                                           s.kl_k3_max, s.tv_mean)),
+        both = [" / ".join(_cell(getattr(s.against[anchor], field)) for anchor in ANCHORS)
+                for field in ("clip_frac_max", "clip_frac_mean", "kl_k3_max", "tv_mean")]
+        rows.append([run.label, run.anchor or "–", steps, _cell(s.final_reward), *both,
                      f"{_cell(s.entropy_first)} → {_cell(s.entropy_last)}", _cell(s.staleness_max)])
     return rows
 
@@ -197,7 +230,8 @@ def _cell(value: float | None) -> str:
 
 
 def staleness_buckets(runs: list[Run]) -> list[str]:
-    """Staleness buckets any run logged clip fraction or KL for, youngest first ("0", "1", "3-4", "9+")."""
+    """Staleness buckets any run logged clip fraction or KL (against the behaviour policy) for, youngest first
+    ("0", "1", "3-4", "9+")."""
     found = {match[2] for run in runs for key in run.series if (match := BUCKET_KEY.match(key))}
     return sorted(found, key=lambda bucket: int(re.match(r"\d+", bucket)[0]))
 
@@ -213,7 +247,8 @@ def write_report(paths: list[Path], out: Path, all_steps: bool = False) -> tuple
     figures = {"metrics": _plot_metrics(runs, out / METRICS_PNG)}
     (out / BUCKETS_PNG).unlink(missing_ok=True)  # a figure left from an earlier report would mislead
     if buckets := staleness_buckets(runs):
-        figures["clip fraction and KL k3 by staleness bucket"] = _plot_buckets(runs, buckets, out / BUCKETS_PNG)
+        title = "clip fraction and KL k3 against the behaviour policy, by staleness bucket"
+        figures[title] = _plot_buckets(runs, buckets, out / BUCKETS_PNG)
     markdown = out / "report.md"
     markdown.write_text(_markdown(runs, figures, all_steps))
     return runs, [markdown, *figures.values()]
@@ -227,7 +262,9 @@ def _markdown(runs: list[Run], figures: dict[str, Path], all_steps: bool) -> str
         *(f"- `{run.label}`: {run.path}" for run in runs), "",
         "Each step (rollout batch) is the mean of its optimizer steps' rows (the max for `*_max` keys); the table "
         f"is read off those per-step values, over {steps}. Final reward: mean of the last {FINAL_STEPS} steps. "
-        "The figures show every step.", "",
+        "The figures show every step. Trust-region figures are given against both anchors, behaviour (the "
+        "sampling policy) / proximal (the learner before its first update on the batch); `anchor` is the one the "
+        "run's loss used.", "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
         *("| " + " | ".join(cells) + " |" for cells in table_rows(runs, all_steps)), "",

@@ -142,3 +142,16 @@ class RunSpec(StrictModel):
                 f"{self.sync_every - 1}; the learner would wait for data that may not be generated yet"
             )
         return self
+
+    @model_validator(mode="after")
+    def _stale_runs_name_their_anchor(self) -> "RunSpec":
+        """Stale data makes the anchor the experiment: against the behaviour policy, the trust region pulls the
+        policy back towards the stale sampler; against the proximal one, it does not. No default may choose."""
+        if self.staleness.bound > 0 and "ratio_reference" not in self.learner.loss.model_fields_set:
+            raise ValueError(
+                f"learner.loss.ratio_reference: staleness can reach {self.staleness.bound} (staleness.mode "
+                f"{self.staleness.mode}), so name the trust region's anchor: 'behaviour' (the sampling policy) or "
+                "'proximal' (the learner before its first update on the batch, with a truncated importance weight); "
+                "see the README's Staleness and the anchor"
+            )
+        return self

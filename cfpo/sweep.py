@@ -1,4 +1,5 @@
-"""``cfpo sweep``: a grid of runs (loss x fixed staleness k x iterations x minibatches x seed) through the pipeline.
+"""``cfpo sweep``: a grid of runs (loss x anchor x fixed staleness k x iterations x minibatches x seed) through the
+pipeline.
 
 Every cell is an ordinary run submitted to the control API, either of an embedded stack the sweep starts and stops,
 or of a running stack (``--api``, with ``--runs-dir`` where its learner writes). Which cell ran as which run, and how
@@ -19,7 +20,7 @@ from typing import Any, Literal, Protocol
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cfpo.config import ConfigError, LossName, StrictModel, describe_validation_error
+from cfpo.config import Anchor, ConfigError, LossName, StrictModel, describe_validation_error
 from cfpo.run_spec import RunSpec
 
 CELLS_FILE = "cells.json"
@@ -30,22 +31,38 @@ class SweepGrid(StrictModel):
     """The swept values; every combination is one run. Staleness is the ``fixed`` mode's k (see StalenessConfig)."""
 
     losses: list[LossName] = Field(["cfpo", "grpo"], min_length=1)
+    ratio_references: list[Anchor] | None = Field(
+        None, min_length=1, description="trust-region anchors (learner.loss.ratio_reference); required when a k "
+        "exceeds 0, as for a run spec; default: behaviour")
     staleness_k: list[int] = Field([0], min_length=1, description="fixed staleness k of every step after warm-up")
     iterations: list[int] = Field([1], min_length=1, description="passes over each rollout batch")
     minibatches: list[int] = Field([1], min_length=1, description="optimizer steps per pass")
     seeds: list[int] = Field([0], min_length=1)
 
-    @field_validator("staleness_k", "iterations", "minibatches", "seeds")
+    @field_validator("losses", "ratio_references", "staleness_k", "iterations", "minibatches", "seeds")
     @classmethod
-    def _distinct(cls, values: list[int]) -> list[int]:
-        if len(set(values)) != len(values):
+    def _distinct(cls, values: list | None) -> list | None:
+        if values is not None and len(set(values)) != len(values):
             raise ValueError(f"{values}: a value is listed twice")
         return values
+
+    @model_validator(mode="after")
+    def _stale_grids_name_their_anchors(self) -> "SweepGrid":
+        if self.ratio_references is None and max(self.staleness_k) > 0:
+            raise ValueError(
+                f"ratio_references: staleness k reaches {max(self.staleness_k)}, so name the trust region's anchors "
+                "to sweep: [behaviour], [proximal] or both (see the README's Staleness and the anchor)")
+        return self
+
+    @property
+    def anchors(self) -> list[str]:
+        return self.ratio_references or ["behaviour"]
 
 
 @dataclass(frozen=True)
 class Cell:
     loss: str
+    ratio_reference: str
     staleness_k: int
     iterations: int
     minibatches: int
@@ -53,13 +70,15 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.loss}-k{self.staleness_k}-it{self.iterations}-mb{self.minibatches}-s{self.seed}"
+        return (f"{self.loss}-{self.ratio_reference}-k{self.staleness_k}-it{self.iterations}-mb{self.minibatches}"
+                f"-s{self.seed}")
 
     def run_spec(self, base: dict[str, Any]) -> RunSpec:
         learner = base.get("learner") or {}
         return RunSpec.model_validate({
             **base,
-            "learner": {**learner, "loss": {**(learner.get("loss") or {}), "name": self.loss},
+            "learner": {**learner, "loss": {**(learner.get("loss") or {}), "name": self.loss,
+                                            "ratio_reference": self.ratio_reference},
                         "iterations": self.iterations, "minibatches": self.minibatches},
             "staleness": {"mode": "fixed", "k": self.staleness_k},
             "seed": self.seed,
@@ -79,6 +98,10 @@ class SweepSpec(StrictModel):
         """Refuse a grid with any invalid cell before anything runs, naming the cell and the field."""
         if "model" in self.base:
             raise ValueError("base.model: give the model once, at the top level (model:)")
+        learner = self.base.get("learner")
+        loss = learner.get("loss") if isinstance(learner, dict) else None
+        if isinstance(loss, dict) and "ratio_reference" in loss:
+            raise ValueError("base.learner.loss.ratio_reference: the grid sets it; list it in grid.ratio_references")
         for cell in self.cells():
             try:
                 cell.run_spec({**self.base, "model": str(self.model)})
@@ -88,8 +111,8 @@ class SweepSpec(StrictModel):
 
     def cells(self) -> list[Cell]:
         g = self.grid
-        return [Cell(*values) for values in itertools.product(g.losses, g.staleness_k, g.iterations, g.minibatches,
-                                                              g.seeds)]
+        return [Cell(*values) for values in itertools.product(g.losses, g.anchors, g.staleness_k, g.iterations,
+                                                              g.minibatches, g.seeds)]
 
     def run_spec(self, cell: Cell, model: Path) -> RunSpec:
         return cell.run_spec({**self.base, "model": str(model)})

@@ -1,10 +1,11 @@
 """A sweep's results: one row per cell (CSV), the same averaged over seeds (``report.md``), and figures.
 
 Per cell, from its run directory: final reward (mean of the last steps, as ``cfpo report``), held-out accuracy
-before and after training (``eval.jsonl``), maximum and mean clip fraction, maximum KL (k3) and TV, the largest
-|r - 1|, and the entropy trend (last step minus first). Figures put CFPO and GRPO side by side: heatmaps over
-staleness k x iterations, and each metric against iterations (at the smallest k) and against k (at the smallest
-number of iterations).
+before and after training (``eval.jsonl``), and against each trust-region anchor (behaviour, proximal) the maximum
+and mean clip fraction, the maximum KL (k3) and TV and the largest |r - 1|; and the entropy trend (last step minus
+first). Figures put each loss x anchor side by side: held-out accuracy and KL against k (the headline), heatmaps
+over staleness k x iterations, and each metric against iterations (at the smallest k) and against k (at the
+smallest number of iterations).
 """
 
 from __future__ import annotations
@@ -13,31 +14,39 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from cfpo.metrics import ANCHORS, anchored
 from cfpo.report import FINAL_STEPS, ReportError, load_run, summarise
 from cfpo.sweep import Cell, CellBook, SweepSpec
 
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
-# metric -> its label in tables and figures; the order of the report's columns and panels
-METRICS = {
-    "final_reward": f"reward, last {FINAL_STEPS} steps",
-    "heldout_after": "held-out accuracy after",
+HEADLINE_PNG = "accuracy-and-kl-vs-staleness.png"
+TRUST_REGION_FIGURES = {  # a TrustRegionSummary field -> its label
     "clip_frac_max": "clip fraction max",
     "clip_frac_mean": "clip fraction mean",
     "kl_k3_max": "KL k3 max",
     "tv_max": "TV max",
     "ratio_deviation_max": "max |r - 1|",
+}
+# metric -> its label in tables and figures; the order of the report's columns and panels
+METRICS = {
+    "final_reward": f"reward, last {FINAL_STEPS} steps",
+    "heldout_after": "held-out accuracy after",
+    **{anchored(anchor, key): f"{label} vs {anchor}" for anchor in ANCHORS
+       for key, label in TRUST_REGION_FIGURES.items()},
     "entropy_change": "entropy last - first",
 }
-HEATMAPS = ("clip_frac_max", "kl_k3_max", "final_reward", "heldout_after")
+HEATMAPS = ("heldout_after", "final_reward", anchored("behaviour", "kl_k3_max"), anchored("proximal", "kl_k3_max"))
+HEADLINE = ("heldout_after", anchored("behaviour", "kl_k3_max"), anchored("proximal", "kl_k3_max"))
 
 
 @dataclass(frozen=True)
 class CellResult:
     loss: str
+    ratio_reference: str
     staleness_k: int
     iterations: int
     minibatches: int
@@ -48,14 +57,14 @@ class CellResult:
     heldout_before: float | None
     steady_steps: int | None = None  # steps the figures are read from
     warm_up_steps: int | None = None  # steps left out as warm-up
-    final_reward: float | None = None
-    heldout_after: float | None = None
-    clip_frac_max: float | None = None
-    clip_frac_mean: float | None = None
-    kl_k3_max: float | None = None
-    tv_max: float | None = None
-    ratio_deviation_max: float | None = None
-    entropy_change: float | None = None
+    figures: dict[str, float | None] = field(default_factory=dict)  # METRICS key -> value (none where not run)
+
+    def csv_row(self) -> dict[str, object]:
+        row = {key: value for key, value in asdict(self).items() if key != "figures"}
+        return {**row, **{key: self.figures.get(key) for key in METRICS}}
+
+
+CSV_COLUMNS = [*(f.name for f in fields(CellResult) if f.name != "figures"), *METRICS]
 
 
 def collect(spec: SweepSpec, book: CellBook, runs_dir: Path) -> list[CellResult]:
@@ -65,30 +74,26 @@ def collect(spec: SweepSpec, book: CellBook, runs_dir: Path) -> list[CellResult]
 
 def _result(cell: Cell, book: CellBook, runs_dir: Path) -> CellResult:
     record = book.records.get(cell.key)
-    identity = dict(loss=cell.loss, staleness_k=cell.staleness_k, iterations=cell.iterations,
-                    minibatches=cell.minibatches, seed=cell.seed)
+    identity = dict(loss=cell.loss, ratio_reference=cell.ratio_reference, staleness_k=cell.staleness_k,
+                    iterations=cell.iterations, minibatches=cell.minibatches, seed=cell.seed)
     if record is None or record.state != "succeeded":
         return CellResult(**identity, run_id=record and record.run_id, state=record.state if record else "not run",
                           seconds=record and record.seconds, heldout_before=None)
     directory = runs_dir / record.run_id
-    logged = load_run(directory)
-    summary = summarise(logged)
-    run = logged.steady_state()
+    summary = summarise(load_run(directory))
     evaluations = _evaluations(directory)
-    ratio_max, ratio_min = run.points("ratio_max")[1], run.points("ratio_min")[1]
+    figures = {
+        "final_reward": summary.final_reward,
+        "heldout_after": evaluations[-1]["accuracy"] if len(evaluations) > 1 else None,
+        **{anchored(anchor, key): getattr(summary.against[anchor], key) for anchor in ANCHORS
+           for key in TRUST_REGION_FIGURES},
+        "entropy_change": (summary.entropy_last - summary.entropy_first
+                           if summary.entropy_first is not None and summary.entropy_last is not None else None),
+    }
     return CellResult(
         **identity, run_id=record.run_id, state=record.state, seconds=record.seconds,
         heldout_before=evaluations[0]["accuracy"] if evaluations else None,
-        steady_steps=summary.steps, warm_up_steps=summary.warm_up_left_out,
-        final_reward=summary.final_reward,
-        heldout_after=evaluations[-1]["accuracy"] if len(evaluations) > 1 else None,
-        clip_frac_max=summary.clip_frac_max,
-        clip_frac_mean=summary.clip_frac_mean,
-        kl_k3_max=summary.kl_k3_max,
-        tv_max=max(run.points("tv")[1], default=None),
-        ratio_deviation_max=max([r - 1 for r in ratio_max] + [1 - r for r in ratio_min], default=None),
-        entropy_change=(summary.entropy_last - summary.entropy_first
-                        if summary.entropy_first is not None and summary.entropy_last is not None else None),
+        steady_steps=summary.steps, warm_up_steps=summary.warm_up_left_out, figures=figures,
     )
 
 
@@ -107,6 +112,7 @@ class Aggregate:
     """A cell's metrics over its seeds: mean, and sample standard deviation when there are several seeds."""
 
     loss: str
+    ratio_reference: str
     staleness_k: int
     iterations: int
     minibatches: int
@@ -115,22 +121,32 @@ class Aggregate:
     means: dict[str, float | None]
     stdevs: dict[str, float | None]
 
+    @property
+    def series(self) -> str:
+        """The line (or heatmap column) this cell belongs to in the figures: its loss and anchor."""
+        return f"{self.loss}, {self.ratio_reference}"
+
 
 def aggregate(results: list[CellResult]) -> list[Aggregate]:
     groups: dict[tuple, list[CellResult]] = {}
     for r in results:
         if r.state == "succeeded":
-            groups.setdefault((r.loss, r.staleness_k, r.iterations, r.minibatches), []).append(r)
+            groups.setdefault((r.loss, r.ratio_reference, r.staleness_k, r.iterations, r.minibatches), []).append(r)
     out = []
-    for (loss, k, iterations, minibatches), rows in groups.items():
+    for (loss, anchor, k, iterations, minibatches), rows in groups.items():
         means, stdevs = {}, {}
         for key in METRICS:
-            values = [v for r in rows if (v := getattr(r, key)) is not None and not math.isnan(v)]
+            values = [v for r in rows if (v := r.figures.get(key)) is not None and not math.isnan(v)]
             means[key] = statistics.fmean(values) if values else None
             stdevs[key] = statistics.stdev(values) if len(values) > 1 else None
         steps = ", ".join(dict.fromkeys(f"{r.steady_steps} + {r.warm_up_steps}" for r in rows))
-        out.append(Aggregate(loss, k, iterations, minibatches, len(rows), steps, means, stdevs))
-    return out
+        out.append(Aggregate(loss, anchor, k, iterations, minibatches, len(rows), steps, means, stdevs))
+    return sorted(out, key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss, a.ratio_reference))
+
+
+def series(spec: SweepSpec) -> list[str]:
+    """Every loss x anchor of the grid, in the grid's order: one line (or heatmap column) each in the figures."""
+    return [f"{loss}, {anchor}" for loss in spec.grid.losses for anchor in spec.grid.anchors]
 
 
 def write(spec: SweepSpec, results: list[CellResult], out: Path, command: str) -> list[Path]:
@@ -138,9 +154,9 @@ def write(spec: SweepSpec, results: list[CellResult], out: Path, command: str) -
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / RESULTS_CSV
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(CellResult)])
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(asdict(r) for r in results)
+        writer.writerows(r.csv_row() for r in results)
     aggregates = aggregate(results)
     figures = _figures(spec, aggregates, out) if aggregates else []
     markdown = out / REPORT_MD
@@ -152,26 +168,30 @@ def _markdown(spec: SweepSpec, results: list[CellResult], aggregates: list[Aggre
               command: str) -> str:
     grid = spec.grid
     not_succeeded = [r for r in results if r.state != "succeeded"]
-    headers = ["loss", "k", "iterations", "minibatches", "seeds", "steps", *(label.replace("|", "\\|") for label in METRICS.values())]
+    headers = ["loss", "anchor", "k", "iterations", "minibatches", "seeds", "steps",
+               *(label.replace("|", "\\|") for label in METRICS.values())]
     lines = [
         f"# Sweep `{spec.name}`", "",
         f"Produced by: `{command}`", "",
-        f"Model `{spec.model}`; grid: losses {grid.losses}, fixed staleness k {grid.staleness_k}, iterations "
-        f"{grid.iterations}, minibatches {grid.minibatches}, seeds {grid.seeds} ({len(results)} runs). Per-run "
-        f"figures are in `{RESULTS_CSV}`; below, the mean over seeds (± sample standard deviation with several seeds). "
-        f"Final reward is the mean of the last {FINAL_STEPS} steps' training reward; held-out accuracy is greedy, "
-        "on the task's eval split, after the last step; the other figures are read from the steady state (the "
-        "optimizer steps of every step after the warm-up: staleness at its target), steps shown per cell as "
-        "steady + warm-up left out.", "",
+        f"Model `{spec.model}`; grid: losses {grid.losses}, trust-region anchors {grid.anchors}, fixed staleness k "
+        f"{grid.staleness_k}, iterations {grid.iterations}, minibatches {grid.minibatches}, seeds {grid.seeds} "
+        f"({len(results)} runs). Per-run figures are in `{RESULTS_CSV}`; below, the mean over seeds (± sample "
+        f"standard deviation with several seeds). Final reward is the mean of the last {FINAL_STEPS} steps' training "
+        "reward; held-out accuracy is greedy, on the task's eval split, after the last step; the other figures are "
+        "read from the steady state (the optimizer steps of every step after the warm-up: staleness at its target), "
+        "steps shown per cell as steady + warm-up left out. `anchor` is the policy the loss's ratio is taken "
+        "against; every run measures its trust-region figures against both, \"vs behaviour\" (the sampling "
+        "policy) and \"vs proximal\" (the learner before its first update on the batch).", "",
         "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-        *("| " + " | ".join([a.loss, str(a.staleness_k), str(a.iterations), str(a.minibatches), str(a.seeds),
-                             a.steps, *(_cell(a.means[key], a.stdevs[key]) for key in METRICS)]) + " |"
-          for a in sorted(aggregates, key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss))), "",
+        *("| " + " | ".join([a.loss, a.ratio_reference, str(a.staleness_k), str(a.iterations), str(a.minibatches),
+                             str(a.seeds), a.steps, *(_cell(a.means[key], a.stdevs[key]) for key in METRICS)]) + " |"
+          for a in aggregates), "",
     ]
     if not_succeeded:
         lines += ["Runs that did not succeed (left out above):", "",
-                  *(f"- loss {r.loss}, k {r.staleness_k}, iterations {r.iterations}, minibatches {r.minibatches}, "
-                    f"seed {r.seed}: {r.state}" + (f" (run {r.run_id})" if r.run_id else "") for r in not_succeeded), ""]
+                  *(f"- loss {r.loss}, anchor {r.ratio_reference}, k {r.staleness_k}, iterations {r.iterations}, "
+                    f"minibatches {r.minibatches}, seed {r.seed}: {r.state}" + (f" (run {r.run_id})" if r.run_id else "")
+                    for r in not_succeeded), ""]
     lines += [f"![{path.stem}]({path.name})\n" for path in figures]
     return "\n".join(lines)
 
@@ -192,33 +212,66 @@ def _figures(spec: SweepSpec, aggregates: list[Aggregate], out: Path) -> list[Pa
         if not chosen:
             continue
         suffix = f"-mb{minibatches}" if len(spec.grid.minibatches) > 1 else ""
+        written.append(_headline(spec, chosen, out / HEADLINE_PNG.replace(".png", f"{suffix}.png")))
         written.append(_heatmaps(spec, chosen, out / f"heatmaps{suffix}.png"))
         written.append(_lines(spec, chosen, "iterations", min(spec.grid.staleness_k), out / f"vs-iterations{suffix}.png"))
         written.append(_lines(spec, chosen, "staleness_k", min(spec.grid.iterations), out / f"vs-staleness{suffix}.png"))
     return written
 
 
-def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
-    """One row per metric, one column per loss; a metric's colour scale is shared across losses."""
+def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
+    """Held-out accuracy and KL against staleness k: a row per metric, a column per number of iterations, a line
+    per loss x anchor. The figure to read first."""
     import matplotlib.pyplot as plt
 
-    ks, iterations, losses = spec.grid.staleness_k, spec.grid.iterations, spec.grid.losses
-    fig, axes = plt.subplots(len(HEATMAPS), len(losses), figsize=(3.4 * len(losses) + 1.2, 3.0 * len(HEATMAPS)),
+    iterations = spec.grid.iterations
+    fig, axes = plt.subplots(len(HEADLINE), len(iterations), figsize=(3.8 * len(iterations), 2.9 * len(HEADLINE)),
+                             squeeze=False, sharex=True, sharey="row")
+    for row, key in zip(axes, HEADLINE):
+        for ax, its in zip(row, iterations):
+            _plot_series(ax, spec, [a for a in aggregates if a.iterations == its], "staleness_k", key)
+            ax.set_title(f"{METRICS[key]}, {its} iteration{'s' if its > 1 else ''}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("staleness k")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_series(ax, spec: SweepSpec, aggregates: list[Aggregate], axis: str, key: str) -> None:
+    """One line per loss x anchor of ``key`` against ``axis``, with seed standard deviations as error bars."""
+    for i, name in enumerate(series(spec)):
+        points = sorted((getattr(a, axis), a) for a in aggregates if a.series == name and a.means[key] is not None)
+        if points:
+            ax.errorbar([x for x, _ in points], [a.means[key] for _, a in points],
+                        yerr=[a.stdevs[key] or 0.0 for _, a in points], color=f"C{i}", marker="o", markersize=4,
+                        capsize=2, label=name, linestyle="-" if name.endswith("behaviour") else "--")
+    ax.grid(alpha=0.3)
+
+
+def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
+    """One row per metric, one column per loss x anchor; a metric's colour scale is shared across columns."""
+    import matplotlib.pyplot as plt
+
+    ks, iterations, columns = spec.grid.staleness_k, spec.grid.iterations, series(spec)
+    fig, axes = plt.subplots(len(HEATMAPS), len(columns), figsize=(3.4 * len(columns) + 1.2, 3.0 * len(HEATMAPS)),
                              squeeze=False, layout="constrained")
     for row, key in zip(axes, HEATMAPS):
-        grids = {loss: [[_mean(aggregates, loss, k, it, key) for it in iterations] for k in ks] for loss in losses}
+        grids = {name: [[_mean(aggregates, name, k, it, key) for it in iterations] for k in ks] for name in columns}
         values = [v for grid in grids.values() for line in grid for v in line if not math.isnan(v)]
         low, high = (min(values), max(values)) if values else (0.0, 1.0)
-        for ax, loss in zip(row, losses):
-            image = ax.imshow(grids[loss], origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=high)
-            for y, line in enumerate(grids[loss]):
+        for ax, name in zip(row, columns):
+            image = ax.imshow(grids[name], origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=high)
+            for y, line in enumerate(grids[name]):
                 for x, value in enumerate(line):
                     if not math.isnan(value):
                         ax.text(x, y, f"{value:.2g}", ha="center", va="center", fontsize=7,
                                 color="white" if value < (low + high) / 2 else "black")
             ax.set_xticks(range(len(iterations)), [str(i) for i in iterations])
             ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-            ax.set_title(f"{loss}: {METRICS[key]}", fontsize=9)
+            ax.set_title(f"{name}: {METRICS[key]}", fontsize=9)
             ax.set_xlabel("iterations")
             ax.set_ylabel("staleness k")
         fig.colorbar(image, ax=list(row), shrink=0.8)
@@ -228,26 +281,19 @@ def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
 
 
 def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, path: Path) -> Path:
-    """Each metric against ``axis`` (iterations or staleness_k), the other held at ``fixed``; one line per loss."""
+    """Each metric against ``axis`` (iterations or staleness_k), the other held at ``fixed``; one line per loss x
+    anchor."""
     import matplotlib.pyplot as plt
 
     other = "staleness_k" if axis == "iterations" else "iterations"
-    xs = spec.grid.iterations if axis == "iterations" else spec.grid.staleness_k
     keys = list(METRICS)
     cols = 4
     fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(len(keys) / cols)),
                              squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for i, loss in enumerate(spec.grid.losses):
-            points = [(x, a) for x in xs for a in aggregates
-                      if a.loss == loss and getattr(a, axis) == x and getattr(a, other) == fixed]
-            xs_found = [x for x, a in points if a.means[key] is not None]
-            means = [a.means[key] for _, a in points if a.means[key] is not None]
-            errors = [a.stdevs[key] or 0.0 for _, a in points if a.means[key] is not None]
-            ax.errorbar(xs_found, means, yerr=errors, color=f"C{i}", marker="o", markersize=4, capsize=2, label=loss)
+        _plot_series(ax, spec, [a for a in aggregates if getattr(a, other) == fixed], axis, key)
         ax.set_title(METRICS[key], fontsize=9)
         ax.set_xlabel("iterations" if axis == "iterations" else "staleness k")
-        ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
@@ -259,8 +305,8 @@ def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, 
     return path
 
 
-def _mean(aggregates: list[Aggregate], loss: str, k: int, iterations: int, key: str) -> float:
+def _mean(aggregates: list[Aggregate], name: str, k: int, iterations: int, key: str) -> float:
     for a in aggregates:
-        if (a.loss, a.staleness_k, a.iterations) == (loss, k, iterations) and a.means[key] is not None:
+        if (a.series, a.staleness_k, a.iterations) == (name, k, iterations) and a.means[key] is not None:
             return a.means[key]
     return math.nan

@@ -23,14 +23,15 @@ from trainer.sampling import sample_batch
 
 LOSSES = ("cfpo", "grpo")
 PROMPTS = [f"Question: what is {a} + {b}? Answer:" for a, b in [(1, 2), (13, 4), (7, 7), (20, 5), (31, 9), (2, 48)]]
-PLOTTED = {"ratio deviation max |r - 1|": "ratio_dev", "clip fraction": "clip_frac", "KL(behaviour || current), k3": "kl_k3",
-           "loss": "loss"}
+# measured against the behaviour policy: the policy that sampled the batch every step reuses
+PLOTTED = {"ratio deviation max |r - 1|": "ratio_dev", "clip fraction": "behaviour_clip_frac",
+           "KL(behaviour || current), k3": "behaviour_kl_k3", "loss": "loss"}
 
 console = Console()
 
 
 def _ratio_deviation(metrics: dict[str, float]) -> float:
-    return max(metrics["ratio_max"] - 1, 1 - metrics["ratio_min"])
+    return max(metrics["behaviour_ratio_max"] - 1, 1 - metrics["behaviour_ratio_min"])
 
 
 def run_demo(out: Path, model: Path | None, base: LearnerConfig, group_size: int) -> dict:
@@ -52,7 +53,8 @@ def run_demo(out: Path, model: Path | None, base: LearnerConfig, group_size: int
             def record(step: StepResult, loss=loss, task=task) -> None:
                 metrics = {"step": step.version, **step.metrics, "ratio_dev": _ratio_deviation(step.metrics)}
                 history[loss].append(metrics)
-                progress.update(task, advance=1, status=f"|r-1| {metrics['ratio_dev']:.3f}  clip {metrics['clip_frac']:.3f}")
+                progress.update(task, advance=1, status=f"|r-1| {metrics['ratio_dev']:.3f}  "
+                                                                    f"clip {metrics['behaviour_clip_frac']:.3f}")
 
             Learner(model_dir, config).train_on(batch, on_step=record)
     with (out / "metrics.jsonl").open("w") as f:
@@ -75,7 +77,7 @@ def _print_table(history: dict[str, list[dict[str, float]]]) -> None:
         cells = [str(history[LOSSES[0]][i]["step"])]
         for loss in LOSSES:
             row = history[loss][i]
-            cells += [f"{row['ratio_dev']:.3f}", f"{row['clip_frac']:.3f}", f"{row['kl_k3']:.4f}"]
+            cells += [f"{row['ratio_dev']:.3f}", f"{row['behaviour_clip_frac']:.3f}", f"{row['behaviour_kl_k3']:.4f}"]
         table.add_row(*cells)
     console.print(table)
 

@@ -16,14 +16,14 @@ import torch
 
 from cfpo.batch import Sample
 from cfpo.config import LearnerConfig
+from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored
 from trainer.distributed import init_distributed, quiet_deepspeed
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
-from trainer.losses import aggregation_normaliser, policy_loss
+from trainer.losses import aggregation_normaliser, policy_loss, trust_region_metrics
 
 
 CLIENT_STATE_KEY = "cfpo"
 STALENESS_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
-BUCKET_METRICS = ("clip_frac", "kl_k3", "tv", "entropy", "ratio_min", "ratio_max")
 
 
 def _staleness_buckets(staleness: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,7 +118,7 @@ class Learner:
         if len(samples) != config.batch_size:
             raise ValueError(f"samples: got {len(samples)} sequences, the learner is configured for {config.batch_size}")
         batch = pack(samples, self.pad_token_id).to(self.engine.device)
-        proximal = self._proximal_logprobs(batch)
+        proximal, fill_proximal = self._proximal_logprobs(batch)
         reference = self._frozen_logprobs(self.reference, batch) if self.reference is not None else None
         staleness = self.version - batch.min_versions  # fixed at consumption: the controlled variable
         results = []
@@ -127,8 +127,9 @@ class Learner:
             for minibatch, indices in enumerate(order.split(config.minibatch_size)):
                 started = time.perf_counter()
                 lag = self.version - batch.min_versions  # grows with every update on the batch
-                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, reference,
-                                               {"staleness": staleness, "lag": lag})
+                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, fill_proximal,
+                                               reference, {"staleness": staleness, "lag": lag})
+                fill_proximal = False
                 metrics["staleness_mean"] = float(staleness.float().mean())
                 metrics["staleness_max"] = float(staleness.max())
                 metrics["policy_lag"] = float(lag.max())  # the version updated - the oldest that generated data
@@ -140,11 +141,13 @@ class Learner:
                     on_step(results[-1])
         return results
 
-    def _proximal_logprobs(self, batch: PackedBatch) -> torch.Tensor | None:
-        """The learner's own log-probs before the first update on this batch (decoupled ratio), if configured."""
-        if self.config.loss.ratio_reference != "proximal":
-            return None
-        return self._frozen_logprobs(self.engine.module, batch)
+    def _proximal_logprobs(self, batch: PackedBatch) -> tuple[torch.Tensor, bool]:
+        """The learner's own log-probs before its first update on this batch (the proximal anchor), and whether
+        the first optimizer step is to fill them in: when one minibatch covers the batch, that step's forward sees
+        exactly this policy, so no extra forward is needed."""
+        if self.config.minibatches == 1:
+            return torch.zeros_like(batch.behaviour_logprobs), True
+        return self._frozen_logprobs(self.engine.module, batch), False
 
     def _frozen_logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
         logprobs = torch.zeros_like(batch.behaviour_logprobs)
@@ -164,12 +167,14 @@ class Learner:
         self,
         batch: PackedBatch,
         indices: torch.Tensor,
-        proximal: torch.Tensor | None,
+        proximal: torch.Tensor,
+        fill_proximal: bool,
         reference: torch.Tensor | None,
         ages: dict[str, torch.Tensor],
     ) -> dict[str, float]:
         """One optimizer step on ``indices``; its metrics, and those of each bucket of each of ``ages`` (per
-        sample: staleness at consumption, policy lag now) as ``<metric>/<age>_<bucket>``."""
+        sample: staleness at consumption, policy lag now) as ``<metric>/<age>_<bucket>``. With
+        ``fill_proximal``, this step's forward is the proximal policy's and fills ``proximal`` in."""
         parts: list[tuple[dict[str, float], float]] = []
         bucket_parts: dict[str, list[tuple[dict[str, float], float]]] = {}
         micro_batches = self._micro_chunks(indices, batch)
@@ -181,9 +186,11 @@ class Learner:
         for chunk in micro_batches:
             micro = batch.select(chunk)
             logprobs, entropy = completion_logprobs(self.engine, micro, self.config.temperature)
-            proximal_chunk = proximal[chunk] if proximal is not None else None
+            if fill_proximal:
+                proximal[chunk] = logprobs.detach()
+            proximal_chunk = proximal[chunk]
             loss, metrics = self._loss(logprobs, micro, proximal_chunk, reference[chunk] if reference is not None else None,
-                                       entropy.detach(), micro.completion_mask, normaliser)
+                                       entropy.detach(), normaliser)
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():
                 unclipped_norm = self._stage0_grad_norm()
@@ -194,13 +201,13 @@ class Learner:
                 for age, values in ages.items():
                     for bucket, rows in _staleness_buckets(values[chunk]).items():
                         mask = micro.completion_mask & rows[:, None]
-                        _, bucket_metrics = self._loss(logprobs.detach(), micro, proximal_chunk, None,
-                                                       entropy.detach(), mask)
+                        bucket_metrics = {**self._anchored_metrics(logprobs, micro, proximal_chunk, mask),
+                                          "entropy": float(entropy[mask].mean()) if mask.any() else 0.0}
                         bucket_parts.setdefault(f"{age}_{bucket}", []).append((bucket_metrics, float(mask.sum())))
         merged = {**merge_metrics(parts), "loss": step_loss}
         for bucket, bucket_metrics in bucket_parts.items():
             merged.update({f"{key}/{bucket}": value for key, value in merge_metrics(bucket_metrics).items()
-                           if key in BUCKET_METRICS})
+                           if key in BUCKETED_STEP_VALUES})
         grad_norm = self.engine.get_global_grad_norm()
         merged["grad_norm"] = float(grad_norm) if grad_norm is not None else unclipped_norm
         merged["lr"] = float(self.engine.get_lr()[0])
@@ -215,29 +222,40 @@ class Learner:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
-    def _loss(self, logprobs, micro: PackedBatch, proximal, reference, entropy, mask, normaliser=None):
-        """The configured loss; against the proximal log-probs (with the behaviour's as IS weight) when given.
-        ``normaliser``: what the aggregation divides by (default: this mask's own)."""
+    def _loss(self, logprobs, micro: PackedBatch, proximal, reference, entropy, normaliser):
+        """The configured loss against its anchor (proximal: with the behaviour's log-probs as a truncated IS
+        weight), and the trust-region metrics against both anchors. ``normaliser``: what the aggregation divides
+        by (the whole optimizer step's share)."""
         loss_config = self.config.loss
-        return policy_loss(
+        decoupled = loss_config.ratio_reference == "proximal"
+        loss, metrics = policy_loss(
             loss_config.name,
             logprobs,
-            proximal if proximal is not None else micro.behaviour_logprobs,
+            proximal if decoupled else micro.behaviour_logprobs,
             micro.advantages,
-            mask,
+            micro.completion_mask,
             eps=loss_config.eps,
             eps_high=loss_config.eps_high,
             agg=loss_config.agg,
             ref_logprobs=reference,
             beta=loss_config.beta if reference is not None else 0.0,
             kl_estimator=loss_config.kl_estimator,
-            behaviour_logprobs=micro.behaviour_logprobs if proximal is not None else None,
+            behaviour_logprobs=micro.behaviour_logprobs if decoupled else None,
             is_cap=loss_config.is_cap,
             entropy=entropy,
             norm_length=loss_config.norm_length,
             normaliser=normaliser,
             cispo_eps_low=loss_config.cispo_eps_low,
         )
+        return loss, {**metrics, **self._anchored_metrics(logprobs, micro, proximal, micro.completion_mask)}
+
+    def _anchored_metrics(self, logprobs, micro: PackedBatch, proximal, mask) -> dict[str, float]:
+        """The trust-region metrics against each anchor, as ``<anchor>_<metric>``, whichever one the loss uses."""
+        loss_config = self.config.loss
+        anchors = {"behaviour": micro.behaviour_logprobs, "proximal": proximal}
+        return {anchored(anchor, key): value for anchor in ANCHORS
+                for key, value in trust_region_metrics(loss_config.name, logprobs, anchors[anchor], micro.advantages,
+                                                       mask, eps=loss_config.eps, eps_high=loss_config.eps_high).items()}
 
     def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:
         """Save engine, optimizer and version under a tag named by the version; returns the tag."""

@@ -141,26 +141,17 @@ def policy_loss(
       cispo_eps_low -- CISPO's importance weight is clipped above at 1 + eps_high and, only when this is given,
           below at 1 - cispo_eps_low (its paper sets no lower bound).
     """
-    if name not in LOSSES:
-        raise ValueError(f"loss: unknown name {name!r}; choose one of {', '.join(LOSSES)}")
+    inputs = _loss_inputs(name, logprobs, old_logprobs, advantages, mask, eps, eps_high, cispo_eps_low)
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg: unknown aggregation {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator: {kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
-    eps_low, eps_high = _trust_region(name, eps, eps_high)
-    mask = _as_bool_mask(mask, logprobs.shape)
-    for field, tensor in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
-                          ("behaviour_logprobs", behaviour_logprobs), ("entropy", entropy)):
-        if tensor is not None and tensor.shape != logprobs.shape:
-            raise ValueError(f"{field}: shape {tuple(tensor.shape)} differs from logprobs {tuple(logprobs.shape)}")
+    for field, tensor in (("ref_logprobs", ref_logprobs), ("behaviour_logprobs", behaviour_logprobs),
+                          ("entropy", entropy)):
+        _check_shape(field, tensor, logprobs)
     if beta > 0 and ref_logprobs is None:
         raise ValueError("ref_logprobs: required when beta > 0 (the reference-KL term needs them)")
-
-    adv = _broadcast_advantages(advantages, logprobs)
-    logprobs = _zero_padding(logprobs, mask)
-    old_logprobs = _zero_padding(old_logprobs, mask).detach()
-    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    inputs = LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high, cispo_eps_low)
+    mask, logprobs, old_logprobs = inputs.mask, inputs.logprobs, _zero_padding(old_logprobs, inputs.mask).detach()
     terms = LOSSES[name](inputs)
 
     token_loss = terms.loss
@@ -177,9 +168,66 @@ def policy_loss(
         extra["ref_kl"] = _masked_mean(ref_kl, mask)
 
     loss = aggregate(token_loss, mask, agg, norm_length=norm_length, normaliser=normaliser)
-    metrics = _metrics(inputs, terms.trust_ratio, advantages, mask, behaviour_logprobs, entropy)
+    metrics = _batch_metrics(advantages, mask, entropy)
     metrics.update(extra)
     return loss, metrics
+
+
+def trust_region_metrics(
+    name: str,
+    logprobs: Tensor,
+    anchor_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps: float = 0.2,
+    eps_high: float | None = None,
+) -> dict[str, float]:
+    """How far the current policy is from an anchor policy (behaviour or proximal), token means over the batch.
+
+    ratio_* and tv are of r = pi / pi_anchor; kl_k1/kl_k3 estimate KL(anchor || current) on the sampled tokens
+    (exact for the behaviour policy, which sampled them). clip_frac counts the tokens the named loss's trust region
+    clips (for losses that do not clip, those PPO *would* clip): its trust ratio above 1 + eps_high with A > 0, or
+    below 1 - eps_low with A < 0 (GSPO's trust ratio is its sequence ratio).
+    """
+    with torch.no_grad():
+        x = _loss_inputs(name, logprobs.detach(), anchor_logprobs, advantages, mask, eps, eps_high, None)
+        trust_ratio = LOSSES[name](x).trust_ratio
+        ratio, adv, mask = x.ratio, x.advantages, x.mask
+        high = (trust_ratio > 1 + x.eps_high) & (adv > 0)
+        low = (trust_ratio < 1 - x.eps_low) & (adv < 0)
+        masked_ratio = ratio[mask]
+        has_tokens = bool(mask.any())
+        return {
+            "clip_frac": _masked_mean((high | low).float(), mask),
+            "clip_frac_high": _masked_mean(high.float(), mask),
+            "clip_frac_low": _masked_mean(low.float(), mask),
+            "ratio_mean": _masked_mean(ratio, mask),
+            "ratio_min": float(masked_ratio.min()) if has_tokens else 1.0,
+            "ratio_max": float(masked_ratio.max()) if has_tokens else 1.0,
+            "tv": 0.5 * _masked_mean((ratio - 1).abs(), mask),
+            "kl_k1": _masked_mean(-x.log_ratio, mask),
+            "kl_k3": _masked_mean(torch.exp(x.log_ratio) - x.log_ratio - 1, mask),
+        }
+
+
+def _loss_inputs(name: str, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, eps: float,
+                 eps_high: float | None, cispo_eps_low: float | None) -> LossInputs:
+    """Validated, masked inputs of loss ``name``, with the clamped log-ratio against ``old_logprobs``."""
+    if name not in LOSSES:
+        raise ValueError(f"loss: unknown name {name!r}; choose one of {', '.join(LOSSES)}")
+    eps_low, eps_high = _trust_region(name, eps, eps_high)
+    mask = _as_bool_mask(mask, logprobs.shape)
+    _check_shape("old_logprobs", old_logprobs, logprobs)
+    adv = _broadcast_advantages(advantages, logprobs)
+    logprobs = _zero_padding(logprobs, mask)
+    log_ratio = (logprobs - _zero_padding(old_logprobs, mask).detach()).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    return LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high, cispo_eps_low)
+
+
+def _check_shape(field: str, tensor: Tensor | None, logprobs: Tensor) -> None:
+    if tensor is not None and tensor.shape != logprobs.shape:
+        raise ValueError(f"{field}: shape {tuple(tensor.shape)} differs from logprobs {tuple(logprobs.shape)}")
 
 
 def aggregate(token_values: Tensor, mask: Tensor, agg: str, *, norm_length: int | None = None,
@@ -264,44 +312,15 @@ def _masked_mean(values: Tensor, mask: Tensor) -> float:
     return float(values.detach()[mask].mean()) if mask.any() else 0.0
 
 
-def _metrics(
-    x: LossInputs,
-    trust_ratio: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    behaviour_logprobs: Tensor | None,
-    entropy: Tensor | None,
-) -> dict[str, float]:
-    """The same metrics for every loss, token means over the batch.
-
-    clip_frac counts the tokens PPO clips (for losses that do not clip, those it *would* clip): the trust ratio
-    above 1 + eps_high with A > 0, or below 1 - eps_low with A < 0. kl_k1/kl_k3 estimate KL(behaviour || current)
-    on the behaviour's samples.
-    """
+def _batch_metrics(advantages: Tensor, mask: Tensor, entropy: Tensor | None) -> dict[str, float]:
+    """What every loss reports of the batch itself: its advantages (one per response when given per response)
+    and, when given, the current policy's mean token entropy."""
     with torch.no_grad():
-        ratio, adv = x.ratio, x.advantages
-        high = (trust_ratio > 1 + x.eps_high) & (adv > 0)
-        low = (trust_ratio < 1 - x.eps_low) & (adv < 0)
-        if behaviour_logprobs is None:
-            log_ratio = x.log_ratio
-        else:
-            log_ratio = (x.logprobs - _zero_padding(behaviour_logprobs, mask)).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-        masked_ratio = ratio[mask]
-        has_tokens = mask.any()
         if advantages.dim() == 1:
             adv_values = advantages[mask.any(-1)].float()
         else:
             adv_values = advantages[mask].float()
         metrics = {
-            "clip_frac": _masked_mean((high | low).float(), mask),
-            "clip_frac_high": _masked_mean(high.float(), mask),
-            "clip_frac_low": _masked_mean(low.float(), mask),
-            "ratio_mean": _masked_mean(ratio, mask),
-            "ratio_min": float(masked_ratio.min()) if has_tokens else 1.0,
-            "ratio_max": float(masked_ratio.max()) if has_tokens else 1.0,
-            "tv": 0.5 * _masked_mean((ratio - 1).abs(), mask),
-            "kl_k1": _masked_mean(-log_ratio, mask),
-            "kl_k3": _masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask),
             "adv_mean": float(adv_values.mean()) if adv_values.numel() else 0.0,
             "adv_std": float(adv_values.std(unbiased=False)) if adv_values.numel() else 0.0,
         }

@@ -27,7 +27,7 @@ from cfpo.metrics import (
 from cfpo.queue import RolloutQueue
 from cfpo.reward_client import RewardClient
 from cfpo.run_spec import RunSpec
-from cfpo.staleness import groups_needed_before_serving, is_warm_up
+from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
 from trainer.assembler import StepAssembler
 from trainer.held_out import HeldOutEvaluator
 from trainer.learner import Learner, StepResult
@@ -193,6 +193,7 @@ class LearnerService:
             "queue_pending": depth.pending, "dead_letters": self.queue.dead_letter_count(),
             "weight_sync_seconds": self.last_sync_seconds, "data_wait_seconds": data_wait_seconds,
             "warm_up": is_warm_up(self.spec, step),
+            "bound_violations": sum(not within_bound(self.spec, g.slot, g.min_version, g.max_version) for g in groups),
             "zero_variance_discarded": sum(g.zero_variance_discarded for g in groups),
         }
         for value in staleness:

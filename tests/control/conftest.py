@@ -87,4 +87,4 @@ def worker() -> str:
 
 def spec(**overrides) -> dict:
     """A small valid run spec body; the model directory need not exist (the API does not read it)."""
-    return {"model": "/models/tiny", "steps": 3, **overrides}
+    return {"model": "/models/tiny", "steps": 3, "learner": {"loss": {"ratio_reference": "behaviour"}}, **overrides}

@@ -22,8 +22,11 @@ def cfpo(api):
 @pytest.fixture
 def spec_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("model: /models/tiny\nsteps: 3\nlearner:\n  loss:\n    name: grpo\n")
+    path.write_text("model: /models/tiny\nsteps: 3\nlearner:\n  loss:\n    name: grpo\n    ratio_reference: proximal\n")
     return path
+
+
+ON_POLICY_SPEC = "model: models/tiny\nstaleness: {mode: bounded, max_staleness: 0}\n"  # needs no anchor named
 
 
 def submitted_id(output: str) -> str:
@@ -45,14 +48,14 @@ def test_submit_list_show_cancel(cfpo, spec_file):
 
 def test_a_relative_model_is_sent_as_an_absolute_path(cfpo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "run.yaml").write_text("model: models/tiny\n")
+    (tmp_path / "run.yaml").write_text(ON_POLICY_SPEC)
     run_id = submitted_id(cfpo("submit", "run.yaml").output)
     assert str(tmp_path / "models" / "tiny") in cfpo("show", run_id).output
 
 
 def test_model_option_names_the_directory_as_the_stack_sees_it(cfpo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "run.yaml").write_text("model: models/tiny\n")
+    (tmp_path / "run.yaml").write_text(ON_POLICY_SPEC)
     run_id = submitted_id(cfpo("submit", "run.yaml", "--model", "/data/models/smollm2-135m-instruct").output)
     shown = cfpo("show", run_id).output
     assert "/data/models/smollm2-135m-instruct" in shown and str(tmp_path) not in shown
@@ -65,7 +68,8 @@ def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
         assert registry.claim_next(worker).run_id == run_id
         for step in range(3):
             time.sleep(0.2)
-            registry.record_step(run_id, step, step + 1, {"reward_mean": 0.5, "kl_k3": 0.0125, "clip_frac": 0.25})
+            registry.record_step(run_id, step, step + 1, {"reward_mean": 0.5, "behaviour_kl_k3": 0.0125,
+                                                        "behaviour_clip_frac": 0.25})
         registry.finish(run_id, "succeeded")
 
     thread = threading.Thread(target=work)
@@ -73,7 +77,7 @@ def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
     watched = cfpo("watch", run_id, "--interval", "0.1")
     thread.join()
     assert watched.exit_code == 0, watched.output
-    assert "3/3" in watched.output and "reward 0.5  KL 0.0125  clip 0.25" in watched.output
+    assert "3/3" in watched.output and "reward 0.5  KL vs behaviour 0.0125  clip vs behaviour 0.25" in watched.output
     assert f"run {run_id}: succeeded" in watched.output
 
 

@@ -7,7 +7,7 @@ import pytest
 from cfpo.run_spec import RunSpec
 from cfpo.runs import RunNotFound, RunRegistry, RunStateError
 
-SPEC = RunSpec(model="/models/tiny", steps=5)
+SPEC = RunSpec(model="/models/tiny", steps=5, learner={"loss": {"ratio_reference": "behaviour"}})
 
 
 def test_each_queued_run_goes_to_exactly_one_of_many_claiming_workers(redis_url, registry):

@@ -22,6 +22,8 @@ from tests.control.conftest import spec
     (spec(task={"kind": "chess"}), "task: Input tag 'chess' found using 'kind' does not match"),
     (spec(sync_every=2, staleness={"mode": "fixed"}), "sync_every: fixed staleness needs every version served"),
     (spec(name=""), "name: String should have at least 1 character"),
+    ({"model": "/m", "staleness": {"mode": "fixed", "k": 2}},
+     "learner.loss.ratio_reference: staleness can reach 2 (staleness.mode fixed), so name the trust region's anchor"),
     ([1, 2], "body: Input should be a valid dictionary"),
 ])
 def test_bad_specs_name_the_field(client, body, message):
@@ -31,7 +33,8 @@ def test_bad_specs_name_the_field(client, body, message):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b'{"model": "/m", "learner": {"loss": {"eps": Infinity}}}', "learner.loss.eps: Input should be a valid number"),
+    (b'{"model": "/m", "learner": {"loss": {"eps": Infinity, "ratio_reference": "behaviour"}}}',
+     "learner.loss.eps: Input should be a valid number"),
     (b'{"model": ', "body: not valid JSON"),
     (b"", "body: Field required"),
 ])
@@ -58,7 +61,7 @@ def test_a_cancel_body_is_strict_too(client):
 
 
 def test_a_valid_spec_is_queued_with_its_defaults_filled_in(client):
-    response = client.post("/v1/runs", json=spec(learner={"loss": {"name": "grpo"}}))
+    response = client.post("/v1/runs", json=spec(learner={"loss": {"name": "grpo", "ratio_reference": "proximal"}}))
     assert response.status_code == 201
     run = response.json()
     assert run["state"] == "queued" and run["spec"]["learner"]["loss"]["name"] == "grpo"

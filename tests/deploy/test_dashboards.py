@@ -77,7 +77,7 @@ def _run_spec(model: Path, loss: str) -> dict:
         "model": str(model),
         "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
         "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 16, "rewards": {"digit_share": 1.0}},
-        "learner": {"loss": {"name": loss}, "iterations": 2, "optimizer": {"lr": 5.0e-3}},
+        "learner": {"loss": {"name": loss, "ratio_reference": "proximal"}, "iterations": 2, "optimizer": {"lr": 5.0e-3}},
         # fixed staleness 2 with 2 versions per step: samples of more than one staleness bucket
         "staleness": {"mode": "fixed", "k": 2},
         "evaluation": {"problems": 8},
@@ -156,7 +156,7 @@ def test_panel_query_returns_data_over_the_runs(scraped_runs, uid, title, expr):
 @pytest.mark.slow
 def test_staleness_probe_shows_both_losses_and_several_staleness_buckets(scraped_runs):
     stack, _, _ = scraped_runs
-    clip = _prometheus(stack, "query", query="cfpo_learner_clip_frac_by_staleness")
+    clip = _prometheus(stack, "query", query="cfpo_learner_behaviour_clip_frac_by_staleness")
     assert {s["metric"]["loss"] for s in clip} == {"cfpo", "grpo"}
     assert len({s["metric"]["staleness_bucket"] for s in clip}) >= 2
     accuracy = _prometheus(stack, "query", query="cfpo_learner_eval_accuracy")

@@ -106,7 +106,7 @@ def _jsonl(path: Path) -> list[dict]:
 TOY_SPEC = {
     "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
     "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 16, "rewards": {"digit_share": 1.0}},
-    "learner": {"loss": {"name": "cfpo"}, "optimizer": {"lr": 5.0e-3}},
+    "learner": {"loss": {"name": "cfpo", "ratio_reference": "behaviour"}, "optimizer": {"lr": 5.0e-3}},
     "staleness": {"mode": "bounded", "max_staleness": 1},
     "steps": 20,
     "checkpoint_every": 5,

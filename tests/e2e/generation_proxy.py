@@ -2,14 +2,19 @@
 
 It forwards every request unchanged and records when each generation request starts and ends, so a test can
 see how many a rollout worker had in flight at once. It can also fail chosen generation requests (HTTP 503
-after a delay): a fault injector, the one fake here, because a real vLLM server cannot be made to fail one
-request of several on demand.
+after a delay), or run a test's code around one (``around_generate``: say, change the served weights between a
+worker's admission check and its request): fault injectors, the one fake here, because a real vLLM server cannot
+be made to fail one request of several, or a race to land, on demand.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +36,8 @@ class GenerationProxy:
     upstream: str
     fail_first: int = 0  # fail this many generation requests (the first ones to arrive)
     fail_after_s: float = 0.0  # holding each failed request this long first
+    # entered with each generation request's JSON body before it is forwarded, left once vLLM has answered
+    around_generate: Callable[[dict], AbstractContextManager] = lambda body: contextlib.nullcontext()
     calls: list[GenerateCall] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,8 +60,10 @@ class GenerationProxy:
                     time.sleep(proxy.fail_after_s)
                     status, content = 503, b'{"error": "injected fault"}'
                 else:
-                    reply = client.request(self.command, self.path, content=body,
-                                           headers={"Content-Type": self.headers.get("Content-Type", "")})
+                    around = proxy.around_generate(json.loads(body)) if call else contextlib.nullcontext()
+                    with around:
+                        reply = client.request(self.command, self.path, content=body,
+                                               headers={"Content-Type": self.headers.get("Content-Type", "")})
                     status, content = reply.status_code, reply.content
                 if call is not None:
                     call.ended = time.monotonic()

@@ -17,14 +17,14 @@ pytestmark = pytest.mark.slow
 def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
     # Measured (lr 5e-3, 20 steps, digit_share): first five steps' mean reward about 0.58, last five about
     # 0.74 (cfpo) and 0.76 (grpo).
-    run = start_run(_with(learner__loss={"name": loss}))
+    run = start_run(_with(learner__loss={"name": loss, "ratio_reference": "behaviour"}))
     metrics_port = free_port()
     run.start_learner("--metrics-port", str(metrics_port))
     run.wait_for_steps(3)
     exported = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     run.wait()
-    for name in ("cfpo_learner_clip_frac", "cfpo_learner_kl_k3", "cfpo_learner_staleness_bucket",
-                 "cfpo_learner_weight_sync_seconds_count", "cfpo_learner_clip_frac_by_staleness"):
+    for name in ("cfpo_learner_behaviour_clip_frac", "cfpo_learner_proximal_kl_k3", "cfpo_learner_staleness_bucket",
+                 "cfpo_learner_weight_sync_seconds_count", "cfpo_learner_behaviour_clip_frac_by_staleness"):
         assert f'{name}{{' in exported and f'loss="{loss}"' in exported, name
     rows = run.metrics()
     assert [row["step"] for row in rows] == list(range(20))
@@ -33,7 +33,7 @@ def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
     every_step = {*LEARNER_STEP_VALUES, "staleness_max", "weight_sync_seconds", "step", "version"}
     for row in rows:
         assert not every_step - row.keys(), (row["step"], every_step - row.keys())
-        assert {f"{key}/staleness_{bucket}" for key in ("clip_frac", "kl_k3", "tv")
+        assert {f"{key}/staleness_{bucket}" for key in ("behaviour_clip_frac", "proximal_kl_k3", "behaviour_tv")
                 for bucket in ("0", "1")} & row.keys()
     # Held-out evaluation (the spec's default: before and after training) on policies generation served.
     evaluations = run.evaluations()

@@ -57,7 +57,7 @@ def test_runs_through_the_api_succeed_cancel_and_fail_when_the_learner_dies(stac
     assert created.status_code == 201, created.text
     run = _wait_for(client, created.json()["id"], lambda r: r["state"] not in ("queued", "running"))
     assert (run["state"], run["steps_done"], run["version"]) == ("succeeded", 6, 6), run
-    assert {"reward_mean", "clip_frac", "kl_k3"} <= run["metrics"].keys()
+    assert {"reward_mean", "behaviour_clip_frac", "proximal_kl_k3"} <= run["metrics"].keys()
     history = client.get(f"/v1/runs/{run['id']}/metrics").json()
     assert [entry["step"] for entry in history["steps"]] == list(range(6))
 

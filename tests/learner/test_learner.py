@@ -24,16 +24,17 @@ def _config(loss="cfpo", **overrides):
 
 
 def _max_ratio_deviation(results):
-    return max(max(r.metrics["ratio_max"] - 1, 1 - r.metrics["ratio_min"]) for r in results)
+    return max(max(r.metrics["behaviour_ratio_max"] - 1, 1 - r.metrics["behaviour_ratio_min"]) for r in results)
 
 
 def test_on_policy_first_step_sees_ratio_one(tiny_model_dir, batch):
     # The behaviour log-probs were computed at the sampling temperature: before any update the ratio is 1.
     result = Learner(tiny_model_dir, _config()).train_on(batch)[0]
-    assert result.metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4)
-    assert result.metrics["ratio_max"] == pytest.approx(1.0, abs=1e-4)
-    assert result.metrics["kl_k3"] < 1e-8
-    assert result.metrics["clip_frac"] == 0.0
+    for anchor in ("behaviour", "proximal"):
+        assert result.metrics[f"{anchor}_ratio_min"] == pytest.approx(1.0, abs=1e-4)
+        assert result.metrics[f"{anchor}_ratio_max"] == pytest.approx(1.0, abs=1e-4)
+        assert result.metrics[f"{anchor}_kl_k3"] < 1e-8
+        assert result.metrics[f"{anchor}_clip_frac"] == 0.0
     assert result.metrics["entropy"] > 0
 
 
@@ -89,9 +90,28 @@ def test_proximal_ratio_with_truncated_importance_weight(tiny_model_dir, batch):
     stale = [s.model_copy(update={"behaviour_logprobs": [x - 0.3 for x in s.behaviour_logprobs]}) for s in batch]
     config = _config(loss=LossConfig(name="cfpo", ratio_reference="proximal"))
     result = Learner(tiny_model_dir, config).train_on(stale)[0]
-    assert result.metrics["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert result.metrics["proximal_ratio_max"] == pytest.approx(1.0, abs=1e-4)
     assert result.metrics["is_weight_mean"] == pytest.approx(1.3499, abs=1e-3)
-    assert result.metrics["kl_k1"] == pytest.approx(-0.3, abs=1e-4)  # behaviour vs current
+    assert result.metrics["behaviour_kl_k1"] == pytest.approx(-0.3, abs=1e-4)  # log b - log pi
+
+
+@pytest.mark.parametrize("ratio_reference", ["behaviour", "proximal"])
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_both_anchor_families_are_logged_whichever_the_loss_uses(tiny_model_dir, batch, ratio_reference, minibatches):
+    # The proximal policy is the learner before its first update on the batch: taken from the first step's forward
+    # with one minibatch, by a separate forward with several. Here it is the policy that sampled the batch, so
+    # against on-policy data both families agree at every step; with behaviour log-probs shifted by 0.3 (stale
+    # data) every behaviour log-ratio is 0.3 larger, so KL k1 vs behaviour is KL k1 vs proximal - 0.3.
+    config = _config(loss=LossConfig(name="cfpo", ratio_reference=ratio_reference), iterations=2,
+                     minibatches=minibatches)
+    stale = [s.model_copy(update={"behaviour_logprobs": [x - 0.3 for x in s.behaviour_logprobs]}) for s in batch]
+    for samples, shift in ((batch, 0.0), (stale, 0.3)):
+        results = Learner(tiny_model_dir, config).train_on(samples)
+        assert len(results) == 2 * minibatches
+        for result in results:
+            m = result.metrics
+            assert m["behaviour_kl_k1"] == pytest.approx(m["proximal_kl_k1"] - shift, abs=2e-4)
+        assert results[-1].metrics["proximal_kl_k3"] > 1e-6  # the later steps have moved from the proximal policy
 
 
 def test_reference_kl_term_starts_at_zero(tiny_model_dir, batch):
@@ -114,12 +134,13 @@ def test_metrics_merge_over_micro_batches_and_split_by_staleness(tiny_model_dir,
     learner.version = 3
     result = learner.train_on(stamped)[0]
     assert result.metrics["staleness_max"] == 3 and result.metrics["staleness_mean"] == 1.5
-    assert {"clip_frac/staleness_0", "kl_k3/staleness_0", "tv/staleness_3-4"} <= result.metrics.keys()
+    assert {"behaviour_clip_frac/staleness_0", "proximal_kl_k3/staleness_0", "behaviour_tv/staleness_3-4",
+            "entropy/staleness_3-4"} <= result.metrics.keys()
     assert not any(key.endswith("staleness_1") for key in result.metrics)
     assert result.metrics["policy_lag"] == 3 and result.metrics["policy_lag_mean"] == 1.5  # first update: = staleness
-    assert {"clip_frac/lag_0", "tv/lag_3-4"} <= result.metrics.keys()
+    assert {"behaviour_clip_frac/lag_0", "proximal_tv/lag_3-4"} <= result.metrics.keys()
     # Extremes are extremes over micro-batches, not their means: on-policy here, so every ratio is 1.
-    assert result.metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4) == result.metrics["ratio_max"]
+    assert result.metrics["behaviour_ratio_min"] == pytest.approx(1.0, abs=1e-4) == result.metrics["behaviour_ratio_max"]
 
 
 def test_policy_lag_grows_with_each_update_on_a_batch(tiny_model_dir, batch):
@@ -131,7 +152,7 @@ def test_policy_lag_grows_with_each_update_on_a_batch(tiny_model_dir, batch):
     results = learner.train_on(stamped)
     assert [r.metrics["staleness_max"] for r in results] == [1, 1, 1, 1]
     assert [r.metrics["policy_lag"] for r in results] == [1, 2, 3, 4]
-    assert [k for k in results[-1].metrics if k.startswith("clip_frac/lag_")] == ["clip_frac/lag_3-4"]
+    assert [k for k in results[-1].metrics if k.startswith("behaviour_clip_frac/lag_")] == ["behaviour_clip_frac/lag_3-4"]
 
 
 def test_gradient_norm_is_reported_at_zero_stage_0_as_deepspeed_reports_it_at_stage_2(tiny_model_dir, batch):

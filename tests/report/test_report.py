@@ -12,30 +12,37 @@ from cfpo.report import load_run, summarise
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(path, steps=6, buckets=True, spec_loss=None, warm_up_steps=0):
+def write_run(path, steps=6, buckets=True, spec_loss=None, warm_up_steps=0, spec_anchor=None):
     """A run of ``steps`` steps with two optimizer-step rows each, whose per-step values are easy to derive.
 
-    Step s: reward 0.1(s+1); clip_frac rows 0.01s and 0.01s + 0.02 (step mean 0.01s + 0.01); kl_k3 rows 0.001s
-    and 0.003s (mean 0.002s); tv rows 0.05 and 0.07; entropy rows 2 - 0.1s ± 0.05; staleness_max rows 0 and s // 2.
+    Step s, against the behaviour policy: clip_frac rows 0.01s and 0.01s + 0.02 (step mean 0.01s + 0.01); kl_k3
+    rows 0.001s and 0.003s (mean 0.002s); tv rows 0.05 and 0.07; ratio_max 1 + 0.1s, ratio_min 1 - 0.05s. Against
+    the proximal policy: half of clip_frac and kl_k3, tv rows 0 and 0.01, ratios 1. Reward 0.1(s+1); entropy rows
+    2 - 0.1s ± 0.05; staleness_max rows 0 and s // 2.
     """
     path.mkdir(parents=True)
     rows = []
     for s in range(steps):
         for i, sign in enumerate((-1, 1)):
             row = {"step": s, "version": 2 * s + i + 1, "iteration": i, "minibatch": 0, "warm_up": s < warm_up_steps,
-                   "reward_mean": 0.1 * (s + 1), "clip_frac": 0.01 * s + 0.02 * i, "kl_k3": 0.001 * s * (1 + 2 * i),
-                   "tv": 0.05 + 0.02 * i, "entropy": 2 - 0.1 * s + sign * 0.05, "staleness_mean": 0.25 * i,
+                   "reward_mean": 0.1 * (s + 1), "behaviour_clip_frac": 0.01 * s + 0.02 * i,
+                   "behaviour_kl_k3": 0.001 * s * (1 + 2 * i), "behaviour_tv": 0.05 + 0.02 * i,
+                   "behaviour_ratio_max": 1 + 0.1 * s, "behaviour_ratio_min": 1 - 0.05 * s,
+                   "proximal_clip_frac": 0.005 * s + 0.01 * i, "proximal_kl_k3": 0.0005 * s * (1 + 2 * i),
+                   "proximal_tv": 0.01 * i, "proximal_ratio_max": 1.0, "proximal_ratio_min": 1.0,
+                   "entropy": 2 - 0.1 * s + sign * 0.05, "staleness_mean": 0.25 * i,
                    "staleness_max": (s // 2) * i, "grad_norm": float("nan")}
             if buckets:
-                row["clip_frac/staleness_0"] = 0.0
-                row["kl_k3/staleness_0"] = 0.0
+                row["behaviour_clip_frac/staleness_0"] = 0.0
+                row["behaviour_kl_k3/staleness_0"] = 0.0
                 if s >= 2:
-                    row["clip_frac/staleness_3-4"] = 0.2
-                    row["kl_k3/staleness_3-4"] = 0.1
+                    row["behaviour_clip_frac/staleness_3-4"] = 0.2
+                    row["behaviour_kl_k3/staleness_3-4"] = 0.1
             rows.append(row)
     (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     if spec_loss:
-        (path / "spec.yaml").write_text(f"model: /m\nlearner:\n  loss: {{name: {spec_loss}}}\n")
+        anchor = f", ratio_reference: {spec_anchor}" if spec_anchor else ""
+        (path / "spec.yaml").write_text(f"model: /m\nlearner:\n  loss: {{name: {spec_loss}{anchor}}}\n")
     return path
 
 
@@ -54,10 +61,14 @@ def test_summary_matches_hand_computed_values(tmp_path):
 
     assert summary.steps == 6
     assert summary.final_reward == pytest.approx((0.2 + 0.3 + 0.4 + 0.5 + 0.6) / 5)  # last 5 steps
-    assert summary.clip_frac_max == pytest.approx(0.06)  # max of step means, not the 0.07 of one row
-    assert summary.clip_frac_mean == pytest.approx(0.035)
-    assert summary.kl_k3_max == pytest.approx(0.010)
-    assert summary.tv_mean == pytest.approx(0.06)
+    behaviour, proximal = summary.against["behaviour"], summary.against["proximal"]
+    assert behaviour.clip_frac_max == pytest.approx(0.06)  # max of step means, not the 0.07 of one row
+    assert behaviour.clip_frac_mean == pytest.approx(0.035)
+    assert behaviour.kl_k3_max == pytest.approx(0.010)
+    assert behaviour.tv_mean == pytest.approx(0.06)
+    assert behaviour.ratio_deviation_max == pytest.approx(0.5)  # ratio_max 1.5 at step 5
+    assert (proximal.clip_frac_max, proximal.kl_k3_max, proximal.tv_mean) == pytest.approx((0.03, 0.005, 0.005))
+    assert proximal.ratio_deviation_max == 0
     assert (summary.entropy_first, summary.entropy_last) == (pytest.approx(2.0), pytest.approx(1.5))
     assert summary.staleness_max == 2  # *_max keys reduce by max: the step mean would give 1
 
@@ -68,11 +79,11 @@ def test_warm_up_steps_are_left_out_of_the_summary_unless_all_are_asked_for(tmp_
     steady, everything = summarise(run), summarise(run, all_steps=True)
 
     assert (steady.steps, steady.warm_up_left_out) == (4, 2)
-    assert steady.clip_frac_mean == pytest.approx((0.03 + 0.04 + 0.05 + 0.06) / 4)
-    assert steady.tv_mean == pytest.approx(0.06)
+    assert steady.against["behaviour"].clip_frac_mean == pytest.approx((0.03 + 0.04 + 0.05 + 0.06) / 4)
+    assert steady.against["behaviour"].tv_mean == pytest.approx(0.06)
     assert steady.entropy_first == pytest.approx(1.8)  # step 2's, the first steady step
     assert (everything.steps, everything.warm_up_left_out) == (6, 0)
-    assert everything.clip_frac_mean == pytest.approx(0.035)
+    assert everything.against["behaviour"].clip_frac_mean == pytest.approx(0.035)
 
     out = tmp_path / "out"
     assert report(tmp_path / "run", "--out", out).exit_code == 0
@@ -92,7 +103,7 @@ def test_report_writes_table_and_valid_figures(tmp_path):
         width, height = png_size(png)
         assert width > 300 and height > 300
     markdown = (out / "report.md").read_text()
-    assert "| run-a | 6 | 0.4 | 0.06 | 0.035 | 0.01 | 0.06 | 2 → 1.5 | 2 |" in markdown
+    assert "| run-a | – | 6 | 0.4 | 0.06 / 0.03 | 0.035 / 0.0175 | 0.01 / 0.005 | 0.06 / 0.005 | 2 → 1.5 | 2 |" in markdown
     for png in pngs:
         assert f"]({png.name})" in markdown  # relative to report.md
     assert "run-a" in result.output and str(out / "report.md") in result.output
@@ -116,14 +127,15 @@ def test_runs_compared_with_labels(tmp_path):
     assert result.exit_code == 0, result.output
     markdown = (out / "report.md").read_text()
     # same directory name twice: labelled by the path given; the spec's loss is added
-    assert f"| {tmp_path / 'a' / 'run'} | 6 |" in markdown
-    assert f"| {tmp_path / 'b' / 'run'} (grpo) | 3 |" in markdown
+    assert f"| {tmp_path / 'a' / 'run'} | – | 6 |" in markdown
+    assert f"| {tmp_path / 'b' / 'run'} (grpo) | – | 3 |" in markdown
     assert len(list(out.glob("*.png"))) == 2
 
 
-def test_loss_label_from_spec(tmp_path):
-    assert load_run(write_run(tmp_path / "run-x", spec_loss="cfpo")).label == "run-x (cfpo)"
-    assert load_run(write_run(tmp_path / "run-y")).label == "run-y"
+def test_loss_label_and_anchor_from_spec(tmp_path):
+    run = load_run(write_run(tmp_path / "run-x", spec_loss="cfpo", spec_anchor="proximal"))
+    assert (run.label, run.anchor) == ("run-x (cfpo)", "proximal")
+    assert (load_run(write_run(tmp_path / "run-y")).label, load_run(tmp_path / "run-y").anchor) == ("run-y", None)
 
 
 @pytest.mark.parametrize("damage, expected", [

@@ -40,23 +40,28 @@ def _write(tmp_path: Path, **changes) -> Path:
 
 def test_every_combination_is_a_run_with_the_cell_values_over_the_base(tmp_path):
     spec = load_sweep(_write(tmp_path, grid={"losses": ["cfpo", "grpo", "dapo"], "staleness_k": [0, 2],
+                                             "ratio_references": ["behaviour", "proximal"],
                                              "iterations": [1, 8], "minibatches": [1, 2], "seeds": [0, 1]}))
     cells = spec.cells()
-    assert len(cells) == 3 * 2 * 2 * 2 * 2 and len({c.key for c in cells}) == len(cells)
-    cell = next(c for c in cells if c.key == "dapo-k2-it8-mb2-s1")
+    assert len(cells) == 3 * 2 * 2 * 2 * 2 * 2 and len({c.key for c in cells}) == len(cells)
+    cell = next(c for c in cells if c.key == "dapo-proximal-k2-it8-mb2-s1")
     run = spec.run_spec(cell, tmp_path / "model")
-    assert (run.learner.loss.name, run.learner.loss.eps, run.learner.iterations, run.learner.minibatches) == \
-        ("dapo", 0.3, 8, 2)
+    assert (run.learner.loss.name, run.learner.loss.ratio_reference, run.learner.loss.eps, run.learner.iterations,
+            run.learner.minibatches) == ("dapo", "proximal", 0.3, 8, 2)
     assert (run.staleness.mode, run.staleness.k, run.seed, run.steps) == ("fixed", 2, 1, 3)
     assert run.rollout.rewards == {"digit_share": 1.0} and run.learner.optimizer.lr == 5.0e-3
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"grid": {"minibatches": [1, 3]}}, "cell cfpo-k0-it1-mb3-s0: .*minibatches: 3 does not divide"),
+    ({"grid": {"minibatches": [1, 3]}}, "cell cfpo-behaviour-k0-it1-mb3-s0: .*minibatches: 3 does not divide"),
+    ({"grid": {"staleness_k": [0, 2]}}, "grid: .*ratio_references: staleness k reaches 2, so name"),
+    ({"grid": {"staleness_k": [2], "ratio_references": ["proximal", "proximal"]}}, "grid.ratio_references: .*twice"),
+    ({"base": {**BASE, "learner": {"loss": {"ratio_reference": "proximal"}}}},
+     "base.learner.loss.ratio_reference: the grid sets it"),
     ({"grid": {"iterations": [1, 1]}}, "grid.iterations: .*listed twice"),
     ({"grid": {"losses": ["ppo"]}}, "grid.losses.0"),
     ({"base": {**BASE, "model": "elsewhere"}}, "base.model: give the model once"),
-    ({"base": {**BASE, "steps": 0}}, "cell cfpo-k0-it1-mb1-s0: steps: "),
+    ({"base": {**BASE, "steps": 0}}, "cell cfpo-behaviour-k0-it1-mb1-s0: steps: "),
     ({"name": "a b"}, "name: "),
 ])
 def test_a_bad_sweep_is_refused_naming_the_field(tmp_path, changes, message):
@@ -103,13 +108,13 @@ def test_a_sweep_runs_every_cell_resumes_after_an_interruption_and_reports(tmp_p
     assert kept.items() <= _succeeded(out).items()  # finished cells were not run again
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["loss"], r["iterations"]) for r in rows} == {("cfpo", "1"), ("cfpo", "4"), ("grpo", "1"), ("grpo", "4")}
-    assert all(r["state"] == "succeeded" and float(r["clip_frac_max"]) >= 0 for r in rows)
+    assert all(r["state"] == "succeeded" and r["ratio_reference"] == "behaviour" for r in rows)
     on_policy = [r for r in rows if r["iterations"] == "1"]  # k = 0, one pass: every ratio is 1, nothing clipped
-    assert all(float(r["clip_frac_max"]) == 0 for r in on_policy)
-    assert any(float(r["ratio_deviation_max"]) > 0.01 for r in rows if r["iterations"] == "4")
+    assert all(float(r[f"{anchor}_clip_frac_max"]) == 0 for r in on_policy for anchor in ("behaviour", "proximal"))
+    assert any(float(r["proximal_ratio_deviation_max"]) > 0.01 for r in rows if r["iterations"] == "4")
     report = (out / "report.md").read_text()
-    assert "cfpo sweep" in report and "| cfpo | 0 | 4 | 1 | 1 |" in report
-    for figure in ("heatmaps.png", "vs-iterations.png", "vs-staleness.png"):
+    assert "cfpo sweep" in report and "| cfpo | behaviour | 0 | 4 | 1 | 1 |" in report
+    for figure in ("accuracy-and-kl-vs-staleness.png", "heatmaps.png", "vs-iterations.png", "vs-staleness.png"):
         assert (out / figure).stat().st_size > 10_000 and f"]({figure})" in report
 
     third = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

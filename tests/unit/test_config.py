@@ -54,13 +54,14 @@ def test_dr_grpo_constant_defaults_to_the_longest_completion():
     # width, so a width-based default would change from micro-batch to micro-batch.
     from cfpo.run_spec import RunSpec
 
-    derived = RunSpec(model="/m", rollout={"max_tokens": 48},
+    on_policy = {"mode": "fixed", "k": 0}
+    derived = RunSpec(model="/m", rollout={"max_tokens": 48}, staleness=on_policy,
                       learner={"loss": {"name": "grpo", "agg": "seq-mean-token-sum-norm"}})
     assert derived.learner.loss.norm_length == 48
-    given = RunSpec(model="/m", rollout={"max_tokens": 48},
+    given = RunSpec(model="/m", rollout={"max_tokens": 48}, staleness=on_policy,
                     learner={"loss": {"agg": "seq-mean-token-sum-norm", "norm_length": 100}})
     assert given.learner.loss.norm_length == 100
-    assert RunSpec(model="/m").learner.loss.norm_length is None  # other aggregations have no constant
+    assert RunSpec(model="/m", staleness=on_policy).learner.loss.norm_length is None  # other aggregations: none
     assert RunSpec.model_validate_json(derived.model_dump_json()) == derived
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import LOSSES, aggregate, policy_loss
+from trainer.losses import LOSSES, aggregate, policy_loss, trust_region_metrics
 
 RATIO_LOSSES = ["cfpo", "grpo", "dapo", "gspo", "cispo"]
 
@@ -93,7 +93,7 @@ def test_on_policy_cfpo_equals_grpo(agg):
     torch.testing.assert_close(results["cfpo"][0], results["grpo"][0])
     torch.testing.assert_close(results["cfpo"][1], results["grpo"][1])
     assert results["cfpo"][2] == results["grpo"][2]
-    assert results["cfpo"][2]["clip_frac"] == 0.0
+    assert trust_region_metrics("cfpo", logprobs, old, adv, mask)["clip_frac"] == 0.0
 
 
 def test_aggregation_modes_on_a_hand_computed_example():
@@ -179,14 +179,16 @@ def test_cfpo_and_grpo_match_their_closed_forms_on_random_inputs():
     cfpo_surrogate = r * A - A.abs() / (2 * eps) * (r - 1) ** 2
     grpo_surrogate = torch.minimum(r * A, r.clamp(1 - eps, 1 + eps) * A)
 
-    cfpo_loss, cfpo_metrics = policy_loss("cfpo", logprobs, old, adv, mask)
-    grpo_loss, grpo_metrics = policy_loss("grpo", logprobs, old, adv, mask)
+    cfpo_loss, _ = policy_loss("cfpo", logprobs, old, adv, mask)
+    grpo_loss, _ = policy_loss("grpo", logprobs, old, adv, mask)
     assert cfpo_loss.item() == pytest.approx(-_seq_mean_token_mean(cfpo_surrogate, mask).item(), abs=1e-6)
     assert grpo_loss.item() == pytest.approx(-_seq_mean_token_mean(grpo_surrogate, mask).item(), abs=1e-6)
 
     would_clip = ((r > 1 + eps) & (A > 0)) | ((r < 1 - eps) & (A < 0))
     expected_frac = would_clip[mask].float().mean().item()
     assert 0.05 < expected_frac < 0.95  # the example exercises both outcomes
+    cfpo_metrics = trust_region_metrics("cfpo", logprobs, old, adv, mask)
+    grpo_metrics = trust_region_metrics("grpo", logprobs, old, adv, mask)
     assert cfpo_metrics["clip_frac"] == pytest.approx(expected_frac)
     assert grpo_metrics["clip_frac"] == pytest.approx(expected_frac)
     assert cfpo_metrics["clip_frac_high"] == pytest.approx(((r > 1 + eps) & (A > 0))[mask].float().mean().item())
@@ -210,7 +212,8 @@ def test_ratio_kl_and_advantage_metrics_by_hand():
     mask = torch.tensor([[True, True], [True, False]])
     adv = torch.tensor([1.0, -3.0])
     entropy = torch.tensor([[1.0, 2.0], [3.0, 100.0]])
-    _, m = policy_loss("cfpo", logprobs, old, adv, mask, entropy=entropy)
+    _, batch = policy_loss("cfpo", logprobs, old, adv, mask, entropy=entropy)
+    m = {**batch, **trust_region_metrics("cfpo", logprobs, old, adv, mask)}
     ratios = [2.0, 0.5, 1.0]
     assert m["ratio_mean"] == pytest.approx(sum(ratios) / 3)
     assert (m["ratio_min"], m["ratio_max"]) == pytest.approx((0.5, 2.0))
@@ -230,9 +233,9 @@ def test_dapo_clips_higher_than_grpo():
     grads = {}
     for name in ("grpo", "dapo"):
         logprobs = torch.full((1, 1), math.log(1.25), requires_grad=True)
-        loss, metrics = policy_loss(name, logprobs, old, adv, mask)
+        loss, _ = policy_loss(name, logprobs, old, adv, mask)
         grads[name] = _grad(loss, logprobs).item()
-        assert metrics["clip_frac"] == (1.0 if name == "grpo" else 0.0)
+        assert trust_region_metrics(name, logprobs, old, adv, mask)["clip_frac"] == (1.0 if name == "grpo" else 0.0)
     assert grads["grpo"] == 0.0
     assert grads["dapo"] == pytest.approx(-1.25)
 
@@ -242,11 +245,11 @@ def test_gspo_clips_whole_responses_on_the_sequence_ratio():
     # Response 0: log-ratios 0.5 and -0.1 -> sequence ratio exp(0.2) > 1.2: the whole response is clipped.
     logprobs = torch.tensor([[0.5, -0.1], [0.05, -0.05]], requires_grad=True)
     mask = torch.ones(2, 2, dtype=torch.bool)
-    loss, metrics = policy_loss("gspo", logprobs, old, torch.tensor([1.0, 1.0]), mask)
+    loss, _ = policy_loss("gspo", logprobs, old, torch.tensor([1.0, 1.0]), mask)
     grad = _grad(loss, logprobs)
     assert torch.all(grad[0] == 0)
     torch.testing.assert_close(grad[1], torch.full((2,), -1.0 / 4))  # s = exp(0) = 1, weight 1/(2*2)
-    assert metrics["clip_frac"] == pytest.approx(0.5)
+    assert trust_region_metrics("gspo", logprobs, old, torch.tensor([1.0, 1.0]), mask)["clip_frac"] == pytest.approx(0.5)
 
 
 def test_reference_kl_term_is_added_per_token():
@@ -273,7 +276,8 @@ def test_truncated_importance_weight_scales_each_token():
     assert loss.item() == pytest.approx(-(1.5 + 2.0) / 2)
     torch.testing.assert_close(_grad(loss, logprobs), torch.tensor([[-0.75, -1.0]]))
     assert metrics["is_truncated_frac"] == pytest.approx(0.5)
-    assert metrics["kl_k1"] == pytest.approx(-(math.log(1.5) + math.log(4.0)) / 2)  # log b - log pi
+    behaviour_kl = trust_region_metrics("cfpo", logprobs, behaviour, torch.tensor([1.0]), mask)["kl_k1"]
+    assert behaviour_kl == pytest.approx(-(math.log(1.5) + math.log(4.0)) / 2)  # log b - log pi
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -6,12 +6,14 @@ from pydantic import ValidationError
 from cfpo.run_spec import RunSpec
 from cfpo.staleness import (
     consumed_version, groups_needed_before_serving, is_warm_up, may_generate, step_of_slot, target_version,
+    within_bound,
 )
 
 
 def _spec(**staleness):
     return RunSpec(model="/nonexistent", steps=12, rollout={"prompts_per_step": 2, "group_size": 2},
-                   learner={"iterations": 2, "minibatches": 1}, staleness=staleness)
+                   learner={"iterations": 2, "minibatches": 1, "loss": {"ratio_reference": "proximal"}},
+                   staleness=staleness)
 
 
 def test_learner_batch_is_derived_and_checked():
@@ -76,3 +78,28 @@ def test_malformed_sections_are_named_by_field_validation(settings, field):
     with pytest.raises(ValidationError) as error:
         RunSpec(model="/m", **settings)
     assert field in {".".join(map(str, e["loc"])) for e in error.value.errors()}
+
+
+def test_a_group_is_checked_on_the_versions_that_made_it():
+    # Slot 8 is step 4, consumed at version 8 (2 iterations per step).
+    bounded = _spec(mode="bounded", max_staleness=3)  # versions 5 and newer may make it
+    assert within_bound(bounded, 8, 5, 5) and within_bound(bounded, 8, 5, 8)
+    assert not within_bound(bounded, 8, 4, 6)  # one token of version 4: 4 versions stale
+    fixed = _spec(mode="fixed", k=4)  # exactly version 4
+    assert within_bound(fixed, 8, 4, 4)
+    assert not within_bound(fixed, 8, 4, 5) and not within_bound(fixed, 8, 5, 5) and not within_bound(fixed, 8, 3, 3)
+    assert within_bound(fixed, 0, 0, 0)  # warm-up: version 0 makes the steps whose target would predate it
+
+
+@pytest.mark.parametrize("staleness", [{"mode": "fixed", "k": 2}, {"mode": "bounded", "max_staleness": 1}, {}])
+def test_a_run_that_can_be_stale_must_name_its_anchor(staleness):
+    with pytest.raises(ValidationError, match="learner.loss.ratio_reference: staleness can reach"):
+        RunSpec(model="/m", staleness=staleness)
+    for anchor in ("behaviour", "proximal"):
+        named = RunSpec(model="/m", staleness=staleness, learner={"loss": {"ratio_reference": anchor}})
+        assert RunSpec.model_validate(named.model_dump(mode="json")).learner.loss.ratio_reference == anchor
+
+
+def test_an_on_policy_run_may_leave_the_anchor_to_its_default():
+    spec = RunSpec(model="/m", staleness={"mode": "fixed", "k": 0})
+    assert spec.learner.loss.ratio_reference == "behaviour"
