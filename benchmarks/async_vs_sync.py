@@ -35,7 +35,7 @@ def run(session: Session) -> tuple[AsyncVsSync, list[Table]]:
         measured[placement] = parts(session, placement)
         runs += [pipeline_run(session, m, placement) for m in session.scale.staleness]
     shared, pinned = measured["shared"], measured["pinned"]
-    bounds = Bounds(sum_of_work=shared.generation + shared.learner, overlap=max(pinned.generation, pinned.learner))
+    bounds = Bounds.of(synchronous=shared, asynchronous=pinned)
     result = AsyncVsSync(parts=list(measured.values()), bounds=bounds, runs=runs,
                          step_over_sum_of_work=[r.step_seconds / bounds.sum_of_work for r in runs],
                          step_over_overlap=[r.step_seconds / bounds.overlap for r in runs])

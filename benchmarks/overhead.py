@@ -84,9 +84,9 @@ def _table(session: Session, read_decode: float, queue_read: QueueRead, rows: li
         caption=(f"Steady-state means per step of the shared-placement runs (as in the async-vs-sync table). "
                  f"read + decode: the product's RolloutQueue reading and decoding one step's groups "
                  f"({queue_read.bytes_per_step / 1024:.1f} KiB on the stream) with nothing to wait for, median of "
-                 f"{len(queue_read.seconds)}; the learner's wait includes it. weight push: staging the weights (rewritten in place), then "
-                 f"pause, load and resume in generation, as the learner recorded it. Shares are of the learner's "
-                 f"wall time per step."))
+                 f"{len(queue_read.seconds)}; the learner's wait includes it. weight push: staging the weights "
+                 "(rewritten in place), then pause, load and resume in generation, as the learner recorded it. "
+                 "Shares are of the learner's wall time per step."))
     for row in rows:
         r = row.run
         table.add(r.max_staleness, r.step_seconds, r.learner_train_seconds, r.learner_wait_seconds, read_decode,

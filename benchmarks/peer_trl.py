@@ -54,7 +54,7 @@ def run(session: Session) -> tuple[PeerComparison, list[Table]]:
     with session.activity(f"TRL GRPOTrainer: {session.scale.trl_steps} steps after one, then its training step "
                           f"alone x{session.scale.repeats}"):
         trl = TrlRun(**session.child("trl_grpo", _trl_config(session), threads=threads))
-    bounds = Bounds(sum_of_work=halves.generation + halves.learner, overlap=max(halves.generation, halves.learner))
+    bounds = Bounds.of(synchronous=halves, asynchronous=halves)
     result = PeerComparison(completions_per_step=spec.learner.batch_size, pipeline=pipeline, parts=halves,
                             bounds=bounds, trl=trl, learner_step_seconds=learner, threads=threads)
     return result, [_throughput_table(session, result), _step_table(result)]

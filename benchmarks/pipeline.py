@@ -95,6 +95,12 @@ class Bounds(BaseModel):
     sum_of_work: float
     overlap: float
 
+    @classmethod
+    def of(cls, synchronous: Parts, asynchronous: Parts) -> "Bounds":
+        """From halves measured alone: the sum of the synchronous placement's, the larger of the asynchronous's."""
+        return cls(sum_of_work=synchronous.generation + synchronous.learner,
+                   overlap=max(asynchronous.generation, asynchronous.learner))
+
 
 def pipeline_run(session: Session, max_staleness: int, placement: Placement) -> PipelineRun:
     return session.measured(("pipeline", max_staleness, placement),

@@ -45,7 +45,8 @@ DEMO_WORKLOAD: dict[str, Any] = {
 
 # The rollout-heavy shape: more prompts, more completions per prompt, longer completions than the demo's.
 ROLLOUT_HEAVY_ROLLOUT: dict[str, Any] = {"group_size": 8, "prompts_per_step": 16, "max_tokens": 64}
-# Its steps cost ~10x the demo's, so it is measured against the peer alone.
+# Its steps cost ~7x the demo's (73 s against 10.6 s synchronously, 2026-12-01), so it is measured against the
+# peer alone.
 SHAPE_BENCHMARKS: dict[Shape, tuple[BenchmarkName, ...]] = {"demo": BENCHMARKS, "rollout_heavy": ("peer_trl",)}
 
 

@@ -89,17 +89,20 @@ def _measure(session: Session, name: str, model_dir: Path, generation_url: str) 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     staged = StagedWeights(session.stack.weights_dir or session.work / "weight-sync", f"{RUN_LABEL}-{name}")
     export, update, copy = [], [], []
+    tensors = {t.data_ptr(): t.detach() for t in model.state_dict().values()}.values()  # tied ones once
     with session.activity(f"weight sync of {name} x{session.scale.repeats}"), \
             contextlib.closing(GenerationClient(generation_url)) as client:
-        for version in range(1, session.scale.repeats + 2):  # the first untimed (it writes the file anew)
-            pushed = push_weights(client, staged, model, version, run=RUN_LABEL)
-            export.append(pushed.staging_seconds)
-            update.append(pushed.seconds)
-            tensors = {t.data_ptr(): t.detach() for t in model.state_dict().values()}.values()  # tied ones once
+        # The copies first, while generation is idle: right after a push vLLM's threads still spin from the load
+        # and a copy then measured a fifth of the idle machine's rate, which is no floor.
+        for _ in range(session.scale.repeats + 1):  # the first untimed, as the pushes'
             started = time.perf_counter()
             copies = [t.clone() for t in tensors]
             copy.append(time.perf_counter() - started)
             del copies
+        for version in range(1, session.scale.repeats + 2):  # the first untimed (it writes the file anew)
+            pushed = push_weights(client, staged, model, version, run=RUN_LABEL)
+            export.append(pushed.staging_seconds)
+            update.append(pushed.seconds)
     staged.remove()
     return WeightSyncRow(model=name, parameters=sum(p.numel() for p in model.parameters()), bytes=pushed.bytes,
                          export_seconds=export[1:], update_seconds=update[1:], copy_seconds=copy[1:])
@@ -154,11 +157,11 @@ def _table(session: Session, result: WeightSync) -> Table:
     table = Table("Weight sync: learner to generation, by model size",
                   ["model", "parameters", "MB", "staging s", "load in generation s", "push s", "push MB/s",
                    "memory copy MB/s", "push / copy time"],
-                  caption=(f"Medians of {session.scale.repeats}. push = staging (the staged safetensors file rewritten in "
-                           f"place, in {staged_in}) + load in generation (pause, load in place, relabel, reset prefix "
-                           "cache, resume; generation waits only here), as the learner pushes after every optimizer "
-                           "step. Staging and memory copy (torch clone of the same "
-                           f"tensors, between the pushes) with the stack learner's {result.threads} thread(s). "
+                  caption=(f"Medians of {session.scale.repeats}. push = staging (the staged safetensors file "
+                           f"rewritten in place, in {staged_in}) + load in generation (pause, load in place, relabel, "
+                           "reset prefix cache, resume; generation waits only here), as the learner pushes after "
+                           "every optimizer step. Staging and memory copy (torch clone of the same tensors, before "
+                           f"the pushes, generation idle) with the stack learner's {result.threads} thread(s). "
                            "MB = 10^6 bytes; tied output heads are not sent."))
     for row in result.rows:
         copy = statistics.median(row.copy_seconds)

@@ -22,10 +22,11 @@ def is_zero_variance(rewards: list[float]) -> bool:
 
 def _grpo(rewards: list[float]) -> list[float]:
     """(R - mean) / std; a zero-variance group gets zero advantages, not a division by (almost) zero."""
-    if is_zero_variance(rewards):
+    std = _std(rewards)
+    if std < STD_FLOOR:  # is_zero_variance, with the std computed once
         return [0.0] * len(rewards)
     mean = sum(rewards) / len(rewards)
-    return [(r - mean) / _std(rewards) for r in rewards]
+    return [(r - mean) / std for r in rewards]
 
 
 def _rloo(rewards: list[float]) -> list[float]:

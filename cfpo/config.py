@@ -44,6 +44,13 @@ class LossConfig(StrictModel):
             raise ValueError("eps_high: grpo clips symmetrically; use loss 'dapo' for a separate upper bound")
         return self
 
+    @model_validator(mode="after")
+    def _dr_grpo_has_its_constant(self) -> "LossConfig":
+        if self.agg == "seq-mean-token-sum-norm" and self.norm_length is None:
+            raise ValueError("norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant); a run spec "
+                             "sets it to rollout.max_tokens")
+        return self
+
 
 class OptimizerConfig(StrictModel):
     lr: float = Field(1e-6, gt=0)

@@ -122,9 +122,9 @@ class Aggregate:
     stdevs: dict[str, float | None]
 
     @property
-    def series(self) -> str:
+    def series(self) -> tuple[str, str]:
         """The line (or heatmap column) this cell belongs to in the figures: its loss and anchor."""
-        return f"{self.loss}, {self.ratio_reference}"
+        return self.loss, self.ratio_reference
 
 
 def aggregate(results: list[CellResult]) -> list[Aggregate]:
@@ -144,9 +144,9 @@ def aggregate(results: list[CellResult]) -> list[Aggregate]:
     return sorted(out, key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss, a.ratio_reference))
 
 
-def series(spec: SweepSpec) -> list[str]:
+def series(spec: SweepSpec) -> list[tuple[str, str]]:
     """Every loss x anchor of the grid, in the grid's order: one line (or heatmap column) each in the figures."""
-    return [f"{loss}, {anchor}" for loss in spec.grid.losses for anchor in spec.grid.anchors]
+    return [(loss, anchor) for loss in spec.grid.losses for anchor in spec.grid.anchors]
 
 
 def write(spec: SweepSpec, results: list[CellResult], out: Path, command: str) -> list[Path]:
@@ -242,12 +242,15 @@ def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
 
 def _plot_series(ax, spec: SweepSpec, aggregates: list[Aggregate], axis: str, key: str) -> None:
     """One line per loss x anchor of ``key`` against ``axis``, with seed standard deviations as error bars."""
-    for i, name in enumerate(series(spec)):
-        points = sorted((getattr(a, axis), a) for a in aggregates if a.series == name and a.means[key] is not None)
-        if points:
+    for loss, anchor in series(spec):
+        points = sorted(((getattr(a, axis), a) for a in aggregates
+                         if a.series == (loss, anchor) and a.means[key] is not None), key=lambda point: point[0])
+        if points:  # a colour per loss, a line style per anchor
             ax.errorbar([x for x, _ in points], [a.means[key] for _, a in points],
-                        yerr=[a.stdevs[key] or 0.0 for _, a in points], color=f"C{i}", marker="o", markersize=4,
-                        capsize=2, label=name, linestyle="-" if name.endswith("behaviour") else "--")
+                        yerr=[a.stdevs[key] or 0.0 for _, a in points], color=f"C{spec.grid.losses.index(loss)}",
+                        marker="o", markersize=4, capsize=2, label=f"{loss}, {anchor}",
+                        linestyle="-" if anchor == spec.grid.anchors[0] else "--")
+    ax.set_xticks(spec.grid.iterations if axis == "iterations" else spec.grid.staleness_k)
     ax.grid(alpha=0.3)
 
 
@@ -271,7 +274,7 @@ def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
                                 color="white" if value < (low + high) / 2 else "black")
             ax.set_xticks(range(len(iterations)), [str(i) for i in iterations])
             ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-            ax.set_title(f"{name}: {METRICS[key]}", fontsize=9)
+            ax.set_title(f"{name[0]}, {name[1]}: {METRICS[key]}", fontsize=9)
             ax.set_xlabel("iterations")
             ax.set_ylabel("staleness k")
         fig.colorbar(image, ax=list(row), shrink=0.8)
@@ -305,7 +308,7 @@ def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, 
     return path
 
 
-def _mean(aggregates: list[Aggregate], name: str, k: int, iterations: int, key: str) -> float:
+def _mean(aggregates: list[Aggregate], name: tuple[str, str], k: int, iterations: int, key: str) -> float:
     for a in aggregates:
         if (a.series, a.staleness_k, a.iterations) == (name, k, iterations) and a.means[key] is not None:
             return a.means[key]

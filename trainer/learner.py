@@ -85,9 +85,6 @@ class Learner:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        if config.loss.agg == "seq-mean-token-sum-norm" and config.loss.norm_length is None:
-            raise ValueError("learner.loss.norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant); "
-                             "a run spec sets it to rollout.max_tokens")
         quiet_deepspeed()
         init_distributed()
         self.config = config

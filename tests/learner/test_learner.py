@@ -175,7 +175,3 @@ def test_micro_batches_do_not_change_the_step(tiny_model_dir, batch, agg):
     assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
 
-
-def test_dr_grpo_without_its_constant_is_refused(tiny_model_dir):
-    with pytest.raises(ValueError, match="norm_length"):
-        Learner(tiny_model_dir, _config(LossConfig(name="grpo", agg="seq-mean-token-sum-norm")))

@@ -63,6 +63,8 @@ def test_dr_grpo_constant_defaults_to_the_longest_completion():
     assert given.learner.loss.norm_length == 100
     assert RunSpec(model="/m", staleness=on_policy).learner.loss.norm_length is None  # other aggregations: none
     assert RunSpec.model_validate_json(derived.model_dump_json()) == derived
+    with pytest.raises(ValidationError, match="norm_length: required for seq-mean-token-sum-norm"):
+        LossConfig(name="grpo", agg="seq-mean-token-sum-norm")  # outside a run spec nothing derives it
 
 
 def test_cispo_lower_bound_is_off_unless_given():
