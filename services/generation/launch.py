@@ -15,8 +15,13 @@ import os
 import sys
 
 from services.generation.settings import GenerationSettings
+from services.generation.worker_extension import BUSY_LOOP_ENV
 
 WORKER_EXTENSION = "services.generation.worker_extension.WeightUpdateExtension"
+# How long vLLM's worker spins on its task queue after a message before it sleeps (vLLM's own: 1 s; see
+# worker_extension). On CPU the spin takes a core the learner shares, while a decode step there takes milliseconds
+# and a wake-up from the socket a fraction of one.
+CPU_BUSY_LOOP_S = 0.002
 
 
 def resolve_device(device: str) -> str:
@@ -68,6 +73,7 @@ def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, s
         # overflow the step's token budget, so prefills must be scheduled whole.
         argv += ["--no-enable-chunked-prefill"]
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+        env[BUSY_LOOP_ENV] = str(CPU_BUSY_LOOP_S)
         if settings.cpu_cores == "all":
             env.update(cpu_binding_on_every_core())
     return argv, env

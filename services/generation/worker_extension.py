@@ -3,11 +3,33 @@
 Reached through vLLM's ``/collective_rpc`` dev route. The update is checked against the checkpoint the server
 started from (same tensor names, same shapes) before a single weight changes, so a missing, corrupt or
 mismatched file leaves the server serving the previous weights.
+
+Imported in the worker process before the worker builds its task queue, this module also shortens that queue's
+busy wait when ``$CFPO_VLLM_BUSY_LOOP_S`` is set (the launcher sets it on CPU). vLLM's worker reads the queue by
+spinning (``sched_yield``) for 1 s after each message before it sleeps on a socket (``SpinCondition.busy_loop_s``
+in ``vllm/distributed/device_communicators/shm_broadcast.py``, not a setting in vLLM 0.32). This pipeline sends
+messages more often than that (a weight push after every optimizer step, generation in bursts), so on CPU an idle
+server kept a whole core busy: one of the cores the learner trains on.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+BUSY_LOOP_ENV = "CFPO_VLLM_BUSY_LOOP_S"
+
+
+def _shorten_task_queue_busy_wait() -> None:
+    busy_loop_s = os.environ.get(BUSY_LOOP_ENV)
+    if busy_loop_s is None:
+        return
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    shm_broadcast.SpinCondition.__init__.__defaults__ = (float(busy_loop_s),)  # busy_loop_s, its one default
+
+
+_shorten_task_queue_busy_wait()
 
 
 class WeightUpdateExtension:

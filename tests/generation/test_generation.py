@@ -4,8 +4,11 @@ The model is the tiny test model with tied embeddings, the case where an in-plac
 silently wrong on CPU. Its reference is transformers in float32 with the same weights.
 """
 
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -36,6 +39,7 @@ class Served:
     version: int
     prompt_ids: list[list[int]]
     eos_token_id: int
+    session: int  # the server's session id, shared by vLLM's engine and worker processes
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +51,12 @@ def served(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("logs") / "generation.log"
     argv = python_module("services.generation", "--model", str(model_dir), "--port", str(port))
-    with running(argv, f"{url}/health", log=log):
+    with running(argv, f"{url}/health", log=log) as server:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         client = GenerationClient(url)
-        yield Served(client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id)
+        yield Served(client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id,
+                     server.pid)
         client.close()
 
 
@@ -81,6 +86,33 @@ def _greedy_matches_transformers(served):
     for prompt_ids in served.prompt_ids:
         [completion] = served.client.generate(prompt_ids, temperature=0.0, max_tokens=12)
         assert completion.token_ids == _hf_greedy(served.model, prompt_ids, 12, served.eos_token_id)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _vllm_worker(session: int) -> int:
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "VLLM::Worker" and \
+                    os.getsid(int(entry.name)) == session:
+                return int(entry.name)
+        except (OSError, ProcessLookupError):
+            continue
+    raise AssertionError(f"no VLLM::Worker process in session {session}")
+
+
+def test_the_worker_sleeps_as_soon_as_it_is_idle(served):
+    # vLLM's worker spins on its task queue for 1 s after each message unless the launcher shortens the spin
+    # (worker_extension); a pipeline sends messages more often than that, and the learner trains on the same cores.
+    worker = _vllm_worker(served.session)
+    served.client.generate(served.prompt_ids[0], max_tokens=4)
+    before = _cpu_seconds(worker)
+    time.sleep(0.8)
+    assert _cpu_seconds(worker) - before < 0.1
 
 
 def test_metrics_are_vllms(served):
