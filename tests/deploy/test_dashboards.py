@@ -81,8 +81,10 @@ def _run_spec(model: Path, loss: str) -> dict:
         # fixed staleness 2 with 2 versions per step: samples of more than one staleness bucket
         "staleness": {"mode": "fixed", "k": 2},
         "evaluation": {"problems": 8},
-        "steps": 4,
-        "checkpoint_every": 4,
+        # enough steps to span several 1 s scrapes: a tiny step takes well under a second, and a histogram whose
+        # every observation falls between two scrapes has no rate, so no quantile
+        "steps": 16,
+        "checkpoint_every": 16,
         "seed": 0,
     }
 
