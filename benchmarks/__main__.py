@@ -24,7 +24,7 @@ from benchmarks.report import publish
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import BENCHMARKS, BenchSettings
 from cfpo.config import describe_validation_error
-from cfpo.stack import StackError
+from cfpo.cli.stack import StackError
 
 MODULES = {"async_vs_sync": async_vs_sync, "overhead": overhead, "weight_sync": weight_sync, "peer_trl": peer_trl}
 FIELDS = BenchSettings.model_fields

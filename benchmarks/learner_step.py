@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from benchmarks.child import child_main
-from cfpo.batch import Sample
+from cfpo.sample import Sample
 from cfpo.config import StrictModel
 from cfpo.run_spec import RunSpec
 

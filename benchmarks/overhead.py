@@ -18,7 +18,7 @@ from benchmarks.pipeline import PipelineRun, pipeline_run, step_groups
 from benchmarks.report import Table
 from benchmarks.session import Session
 from benchmarks.settings import OVERHEAD_STALENESS, Placement, Scale
-from cfpo.codec import encode_group
+from cfpo.rollout_group import encode_group
 from cfpo.queue import QueueSettings, RolloutQueue
 
 CONSUMER = "bench"

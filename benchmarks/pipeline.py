@@ -28,10 +28,10 @@ from benchmarks.placement import LEARNER_CORES
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import Placement
 from cfpo.advantages import group_advantages
-from cfpo.batch import Sample
-from cfpo.codec import RolloutGroup
-from cfpo.generation_client import GenerationClient
-from cfpo.reward_client import RewardClient, ScoreItem
+from cfpo.sample import Sample
+from cfpo.rollout_group import RolloutGroup
+from cfpo.clients.generation import GenerationClient
+from cfpo.clients.reward import RewardClient, ScoreItem
 from cfpo.run_spec import RunSpec
 from cfpo.tasks import batches, load_task, render_prompt
 

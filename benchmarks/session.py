@@ -23,7 +23,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from benchmarks.placement import GENERATION_CORES, LEARNER_CORES, check_pinnable, pinned, taskset_prefix
 from benchmarks.settings import BenchSettings, Placement
-from cfpo.stack import Service, Stack, StackSettings
+from cfpo.cli.stack import Service, Stack, StackSettings
 from trainer.threads import learner_threads
 
 T = TypeVar("T")
@@ -61,7 +61,7 @@ class Session:
             self.progress.stop()
 
     def _prepare_model(self) -> Path:
-        from cfpo.demo import prepare_model
+        from cfpo.models import prepare_model
 
         model = self.settings.model
         if model not in ("tiny", "smollm2"):

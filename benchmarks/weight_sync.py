@@ -22,8 +22,8 @@ from pydantic import BaseModel, computed_field
 from benchmarks.report import Table
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import LadderModel, Placement, Scale
-from cfpo.generation_client import GenerationClient
-from cfpo.stack import stop_process_group
+from cfpo.clients.generation import GenerationClient
+from cfpo.cli.stack import stop_process_group
 
 RUN_LABEL = "bench-weight-sync"
 SERVER_START_TIMEOUT = 600.0

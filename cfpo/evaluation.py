@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from cfpo.generation_client import Completion, GenerationClient
-from cfpo.reward_client import RewardClient, ScoreItem
+from cfpo.clients.generation import Completion, GenerationClient
+from cfpo.clients.reward import RewardClient, ScoreItem
 from cfpo.tasks import Problem, render_prompt
 
 SOLVED_REWARD = 1.0

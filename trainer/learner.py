@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from cfpo.batch import Sample
+from cfpo.sample import Sample
 from cfpo.config import LearnerConfig
 from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored
 from trainer.distributed import init_distributed, quiet_deepspeed

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from cfpo.batch import Sample
+from cfpo.sample import Sample
 
 
 @dataclass(frozen=True)

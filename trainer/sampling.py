@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from cfpo.advantages import group_advantages
-from cfpo.batch import Sample
+from cfpo.sample import Sample
 from trainer.logprobs import completion_logprobs, pack
 
 RewardFn = Callable[[list[int]], float]

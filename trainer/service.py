@@ -18,14 +18,14 @@ from typing import Literal, Protocol
 
 import torch
 
-from cfpo.codec import RolloutGroup
-from cfpo.generation_client import GenerationClient
+from cfpo.rollout_group import RolloutGroup
+from cfpo.clients.generation import GenerationClient
 from cfpo.metrics import (
     LEARNER_BUCKET_GAUGES, LEARNER_GAUGES, LEARNER_LAG_BUCKET_GAUGES, LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS,
     PrometheusRecorder,
 )
 from cfpo.queue import RolloutQueue
-from cfpo.reward_client import RewardClient
+from cfpo.clients.reward import RewardClient
 from cfpo.run_spec import RunSpec
 from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
 from trainer.assembler import StepAssembler

@@ -7,13 +7,16 @@
     for batch in batches(problems, 8, seed=run_seed, start_index=saved_index): ...
 """
 
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter
+
 from cfpo.tasks.arithmetic import LEVELS, ArithmeticTask
 from cfpo.tasks.files import FileTask, TaskDataError
-from cfpo.tasks.problem import Problem
-from cfpo.tasks.render import RenderedPrompt, render_prompt
-from cfpo.tasks.spec import TaskSpec, load_task, parse_task
-from cfpo.tasks.split import Split, is_held_out
-from cfpo.tasks.stream import batches
+from cfpo.tasks.problem import Problem, Split, is_held_out
+from cfpo.tasks.prompts import RenderedPrompt, batches, render_prompt
 
 __all__ = [
     "LEVELS",
@@ -30,3 +33,17 @@ __all__ = [
     "parse_task",
     "render_prompt",
 ]
+
+
+TaskSpec = Annotated[ArithmeticTask | FileTask, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[ArithmeticTask | FileTask] = TypeAdapter(TaskSpec)
+
+
+def parse_task(data: dict[str, Any]) -> ArithmeticTask | FileTask:
+    """Validate a task setting (from YAML or JSON); errors name the kind and the field."""
+    return _ADAPTER.validate_python(data)
+
+
+def load_task(spec: ArithmeticTask | FileTask, split: Split = "train") -> list[Problem]:
+    """The problems of ``split``; every kind answers the same call with the same record."""
+    return spec.load(split)

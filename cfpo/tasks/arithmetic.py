@@ -15,8 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from cfpo.config import StrictModel
-from cfpo.tasks.problem import Problem
-from cfpo.tasks.split import Split, in_split
+from cfpo.tasks.problem import Problem, Split, in_split
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cfpo.config import StrictModel
-from cfpo.tasks.problem import Problem
-from cfpo.tasks.split import Split, in_split
+from cfpo.tasks.problem import Problem, Split, in_split
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".jsonl", ".parquet")

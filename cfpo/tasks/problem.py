@@ -1,6 +1,10 @@
-"""The problem record every task yields: what the rollout worker prompts with and the reward service checks."""
+"""The problem record every task yields (what the rollout worker prompts with and the reward service checks), and
+the train/eval partition by the problem's own text, so a held-out problem is held out under every seed and run."""
 
 from __future__ import annotations
+
+import hashlib
+from typing import Literal
 
 from pydantic import Field, JsonValue
 
@@ -15,3 +19,16 @@ class Problem(StrictModel):
     reference: str = Field(min_length=1, description="the answer the verifier compares against, e.g. '42', '-7'")
     task: str = Field(min_length=1, description="which task produced it ('arithmetic', 'math', ...)")
     metadata: dict[str, JsonValue] = Field(default_factory=dict, description="where it came from, its difficulty")
+
+
+Split = Literal["train", "eval"]
+
+
+def is_held_out(text: str, eval_fraction: float) -> bool:
+    """True for the ``eval_fraction`` share of texts that belong to the eval split (a hash, not a draw)."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < eval_fraction * 2**64
+
+
+def in_split(text: str, split: Split, eval_fraction: float) -> bool:
+    return is_held_out(text, eval_fraction) == (split == "eval")

@@ -11,8 +11,8 @@ import argparse
 import sys
 import logging
 
-from cfpo.settings_cli import parse_settings as settings_from_flags
-from cfpo.settings_cli import settings_parser
+from cfpo.entrypoint import parse_settings as settings_from_flags
+from cfpo.entrypoint import settings_parser
 from services.control.settings import ControlSettings
 
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     import uvicorn
 
     from cfpo.metrics import CONTROL_METRICS, PrometheusRecorder
-    from cfpo.runs import RunRegistry
+    from cfpo.registry import RunRegistry
     from services.control.app import create_app
     from services.control.served_models import generation_models
 

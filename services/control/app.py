@@ -20,7 +20,7 @@ from cfpo.metrics import (
     CONTROL_REQUESTS, CONTROL_RUNS_QUEUED, CONTROL_RUNS_RUNNING, CONTROL_RUNS_SUBMITTED, PrometheusRecorder,
 )
 from cfpo.run_spec import RunSpec
-from cfpo.runs import RunRecord, RunRegistry
+from cfpo.registry import RunRecord, RunRegistry
 from services.control import errors
 from services.control.auth import token_checker
 from services.control.reaper import reap_forever

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.routing import Match
 
-from cfpo.runs import RunNotFound, RunStateError
+from cfpo.registry import RunNotFound, RunStateError
 from services.control.served_models import GenerationUnavailable, ModelMismatch
 
 log = logging.getLogger("cfpo.control")

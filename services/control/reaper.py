@@ -11,7 +11,7 @@ import logging
 import redis
 
 from cfpo.metrics import CONTROL_RUNS_REAPED, Recorder
-from cfpo.runs import RunRegistry
+from cfpo.registry import RunRegistry
 
 log = logging.getLogger("cfpo.control")
 

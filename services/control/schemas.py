@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cfpo.config import StrictModel
 from cfpo.run_spec import RolloutConfig, RunSpec
-from cfpo.runs import RunRecord, RunState, StepRecord
+from cfpo.registry import RunRecord, RunState, StepRecord
 
 
 class SubmitRequest(RunSpec):

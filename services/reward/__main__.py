@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cfpo.settings_cli import parse_settings as settings_from_flags
-from cfpo.settings_cli import settings_parser
+from cfpo.entrypoint import parse_settings as settings_from_flags
+from cfpo.entrypoint import settings_parser
 from services.reward.settings import RewardSettings
 
 

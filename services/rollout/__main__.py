@@ -13,13 +13,13 @@ from pathlib import Path
 
 import typer
 
-from cfpo.generation_client import GenerationClient
+from cfpo.clients.generation import GenerationClient
 from cfpo.metrics import ROLLOUT_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
-from cfpo.reward_client import RewardClient
+from cfpo.clients.reward import RewardClient
 from cfpo.run_spec import RunSpec
-from cfpo.settings_cli import load_or_exit
-from cfpo.runs import RunNotFound, RunRegistry
+from cfpo.entrypoint import load_or_exit
+from cfpo.registry import RunNotFound, RunRegistry
 from services.rollout.worker import RolloutWorker
 
 log = logging.getLogger("cfpo.rollout")

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cfpo.advantages import group_advantages
-from cfpo.batch import Sample
-from cfpo.codec import RolloutGroup
-from cfpo.generation_client import GenerationClient, GenerationError, PolicyVersion
+from cfpo.sample import Sample
+from cfpo.rollout_group import RolloutGroup
+from cfpo.clients.generation import GenerationClient, GenerationError, PolicyVersion
 from cfpo.metrics import ROLLOUT_ERRORS, ROLLOUT_GROUPS, ROLLOUT_STAGE_SECONDS, ROLLOUT_ZERO_VARIANCE, PrometheusRecorder
 from cfpo.queue import RolloutQueue
-from cfpo.reward_client import RewardClient, RewardError, ScoreItem
+from cfpo.clients.reward import RewardClient, RewardError, ScoreItem
 from cfpo.run_spec import RunSpec
 from cfpo.staleness import may_generate, within_bound
 from cfpo.tasks import Problem, batches, load_task, render_prompt

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cfpo.runs import RunRegistry
+from cfpo.registry import RunRegistry
 from tests.redis_server import redis_url  # noqa: F401 -- the fixture, for this directory
 from tests.servers import free_port, python_module, running
 

@@ -6,7 +6,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from cfpo.cli import app
+from cfpo.cli.app import app
 from tests.control.conftest import TOKEN
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
 from cfpo.metrics import CONTROL_METRICS, PrometheusRecorder
-from cfpo.runs import RunRegistry
+from cfpo.registry import RunRegistry
 from services.control.app import create_app
 from services.control.settings import ControlSettings
 from tests.control.conftest import TOKEN

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from cfpo.runs import RunStateError
+from cfpo.registry import RunStateError
 from tests.control.conftest import HEARTBEAT_TIMEOUT_S, control_api, spec
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from cfpo.run_spec import RunSpec
-from cfpo.runs import RunNotFound, RunRegistry, RunStateError
+from cfpo.registry import RunNotFound, RunRegistry, RunStateError
 
 SPEC = RunSpec(model="/models/tiny", steps=5, learner={"loss": {"ratio_reference": "behaviour"}})
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from cfpo.cli import SERVICES
-from cfpo.stack import Stack, StackSettings
+from cfpo.cli.app import SERVICES
+from cfpo.cli.stack import Stack, StackSettings
 from services.control.settings import ControlSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The Grafana dashboards: the committed JSON is what cfpo/dashboards.py generates, every query names real metrics,
+"""The Grafana dashboards: the committed JSON is what cfpo/cli/dashboards.py generates, every query names real metrics,
 and every panel's PromQL returns data from a real Prometheus scraping the real services during a CFPO run and a
 GRPO run (Grafana itself cannot be installed on these machines; its variables are substituted as "All" would)."""
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cfpo import dashboards
-from cfpo.stack import Stack, StackSettings
+from cfpo.cli.stack import Stack, StackSettings
 from tests.deploy.test_prometheus import METRIC_NAME, defined_series_names, needs_prometheus
 from tests.servers import stack_port_offset
 

@@ -15,7 +15,7 @@ import pytest
 import typer
 import yaml
 
-from cfpo.cli import SERVICES
+from cfpo.cli.app import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm/cfpo"

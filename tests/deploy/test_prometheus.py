@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cfpo import metrics
-from cfpo.stack import Stack, StackSettings
+from cfpo.cli.stack import Stack, StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/rules.yml"

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from cfpo.generation_client import GenerationClient
+from cfpo.clients.generation import GenerationClient
 from tests.e2e.conftest import toy_spec_with
 from tests.e2e.generation_proxy import GenerationProxy
 from trainer.weight_sync.file import StagedWeights

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from cfpo.generation_client import GenerationClient
-from cfpo.reward_client import RewardClient
+from cfpo.clients.generation import GenerationClient
+from cfpo.clients.reward import RewardClient
 from tests.servers import free_port, python_module, running
 
 

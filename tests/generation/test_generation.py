@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from cfpo.batch import Sample
-from cfpo.generation_client import GenerationClient, PolicyVersion, WeightUpdateError
+from cfpo.sample import Sample
+from cfpo.clients.generation import GenerationClient, PolicyVersion, WeightUpdateError
 from cfpo.models import build_tiny_model
 from tests.servers import free_port, python_module, running
 from trainer.logprobs import completion_logprobs, pack

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available()
 def test_nccl_push_changes_outputs_and_matches_transformers(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cfpo.generation_client import GenerationClient
+    from cfpo.clients.generation import GenerationClient
     from cfpo.models import build_tiny_model
     from tests.servers import free_port, python_module, running
     from trainer.weight_sync.nccl import NcclWeightSync

@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from cfpo.batch import Sample
+from cfpo.sample import Sample
 from trainer.logprobs import completion_logprobs, pack
 
 

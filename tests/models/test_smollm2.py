@@ -9,7 +9,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from cfpo.cli import app
+from cfpo.cli.app import app
 from cfpo.models import PREPARED_MARKER, ModelSourceError, prepare_smollm2, smollm2_gguf
 from cfpo.tasks import render_prompt
 

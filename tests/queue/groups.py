@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from cfpo.batch import Sample
-from cfpo.codec import RolloutGroup
+from cfpo.sample import Sample
+from cfpo.rollout_group import RolloutGroup
 
 Fields = dict[bytes, bytes]
 

@@ -5,8 +5,8 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from cfpo.batch import Sample
-from cfpo.codec import SCHEMA_VERSION, MalformedEntry, RolloutGroup, decode_group, encode_group
+from cfpo.sample import Sample
+from cfpo.rollout_group import SCHEMA_VERSION, MalformedEntry, RolloutGroup, decode_group, encode_group
 from tests.queue.groups import MALFORMED, f32, make_group
 
 

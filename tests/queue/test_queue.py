@@ -6,7 +6,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from cfpo.codec import encode_group
+from cfpo.rollout_group import encode_group
 from cfpo.queue import CONSUMER_GROUP, QueueFull, QueueSettings, RolloutQueue, RunKeys
 from tests.queue.groups import MALFORMED, make_group
 

@@ -6,8 +6,8 @@ import struct
 import pytest
 from typer.testing import CliRunner
 
-from cfpo.cli import app
-from cfpo.report import load_run, summarise
+from cfpo.cli.app import app
+from cfpo.cli.report import load_run, summarise
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cfpo.config import ConfigError
-from cfpo.sweep import load_sweep
+from cfpo.cli.sweep.grid import load_sweep
 from tests.servers import interruptible, stack_port_offset, stop
 
 CFPO = str(Path(sys.executable).parent / "cfpo")

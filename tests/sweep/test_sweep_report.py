@@ -3,8 +3,8 @@
 import csv
 import json
 
-from cfpo.sweep import CellBook, CellRecord, SweepSpec
-from cfpo.sweep_report import HEADLINE_PNG, aggregate, collect, write
+from cfpo.cli.sweep.grid import CellBook, CellRecord, SweepSpec
+from cfpo.cli.sweep.report import HEADLINE_PNG, aggregate, collect, write
 
 
 def _spec(tmp_path) -> SweepSpec:

@@ -1,8 +1,8 @@
 import pytest
 
 from cfpo.advantages import group_advantages, is_zero_variance
-from cfpo.batch import Sample
-from cfpo.codec import RolloutGroup
+from cfpo.sample import Sample
+from cfpo.rollout_group import RolloutGroup
 
 
 def test_grpo_normalises_by_the_group_std():

@@ -1,6 +1,6 @@
 import pytest
 
-from cfpo.generation_client import GenerationError, PolicyVersion
+from cfpo.clients.generation import GenerationError, PolicyVersion
 
 
 @pytest.mark.parametrize("label, parsed", [

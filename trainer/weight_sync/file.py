@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from cfpo.generation_client import GenerationClient, WeightUpdate
+from cfpo.clients.generation import GenerationClient, WeightUpdate
 
 _HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, the JSON header, then the tensor bytes
 _DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}

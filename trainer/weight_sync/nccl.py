@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from cfpo.generation_client import GenerationClient, PolicyVersion, WeightUpdate
+from cfpo.clients.generation import GenerationClient, PolicyVersion, WeightUpdate
 
 
 class NcclWeightSync:

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 
 from cfpo.advantages import is_zero_variance
-from cfpo.batch import Sample
+from cfpo.sample import Sample
 from cfpo.config import StrictModel
 
 SCHEMA_VERSION = 1

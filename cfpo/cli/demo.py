@@ -12,18 +12,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from cfpo.cli_runs import Api, follow
+from cfpo.cli.runs import Api, follow
 from cfpo.evaluation import EvalResult, evaluate
-from cfpo.generation_client import GenerationClient
-from cfpo.models import build_tiny_model, prepare_smollm2
-from cfpo.report import print_report, write_report
-from cfpo.reward_client import RewardClient
+from cfpo.clients.generation import GenerationClient
+from cfpo.models import prepare_model
+from cfpo.cli.report import print_report, write_report
+from cfpo.clients.reward import RewardClient
 from cfpo.run_spec import RunSpec
-from cfpo.stack import Stack, StackSettings
+from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_sigterm
 from cfpo.tasks import load_task
 
 console = Console()
@@ -36,12 +37,6 @@ class DemoSettings:
     tiny: bool
     eval_problems: int
     port_offset: int = 0
-
-
-def prepare_model(tiny: bool, directory: Path) -> Path:
-    if tiny:
-        return directory if (directory / "config.json").exists() else build_tiny_model(directory)
-    return prepare_smollm2(directory)
 
 
 def stack_settings(model: Path, out: Path, port_offset: int) -> StackSettings:
@@ -99,3 +94,25 @@ def _summary(before: EvalResult, after: EvalResult, final: dict, run_dir: Path, 
     table.add_row("problems", str(before.n), str(after.n))
     console.print(table)
     console.print(f"run files: {run_dir}\nreport:    {report / 'report.md'}")
+
+
+def demo(
+    tiny: bool = typer.Option(False, help="the tiny test model and a few steps (a quick check of the pipeline)"),
+    spec: Path = typer.Option(None, help="run spec; default configs/demo.yaml (configs/demo-tiny.yaml with --tiny)"),
+    out: Path = typer.Option(Path("runs/demo"), help="where the stack, the run and the report write"),
+    eval_problems: int = typer.Option(40, min=1, help="held-out problems evaluated before and after"),
+    port_offset: int = typer.Option(0, help="add this to every default port"),
+) -> None:
+    """Prepare the model, start the stack, train a CFPO run submitted through the REST API, evaluate it before
+    and after, and write its report."""
+    spec = spec or Path("configs/demo-tiny.yaml" if tiny else "configs/demo.yaml")
+    stop_on_sigterm()  # so the demo's stack is stopped, not orphaned
+    try:
+        code = run(DemoSettings(spec, out, tiny, eval_problems, port_offset))
+    except StackError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; the stack is stopped")
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)

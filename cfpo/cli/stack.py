@@ -160,7 +160,7 @@ class Stack:
             f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
             for job, port in targets.items()
         )
-        rules = Path(__file__).resolve().parents[1] / "deploy/prometheus/rules.yml"
+        rules = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules.yml"
         quoted = str(rules).replace("'", "''")  # YAML single-quoted scalar
         rule_files = f"rule_files:\n  - '{quoted}'\n" if rules.is_file() else ""  # absent from an installed package
         self._prometheus_config_path.write_text(
@@ -249,3 +249,12 @@ def _binary(name: str) -> str:
     if path is None:
         raise StackError(f"{name} is not installed (scripts/setup.sh installs it; or pass REDIS_URL for Redis)")
     return path
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM behave as Ctrl-C, so a command that owns a stack stops it instead of orphaning it."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt

@@ -164,7 +164,7 @@ def pending_cells(spec: SweepSpec, book: CellBook) -> list[Cell]:
 
 
 class RunApi(Protocol):
-    """What the sweep needs of the control API: submit, read, list, cancel (``cfpo.cli_runs.Api`` fits)."""
+    """What the sweep needs of the control API: submit, read, list, cancel (``cfpo.cli.runs.Api`` fits)."""
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict: ...
 

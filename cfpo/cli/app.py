@@ -12,9 +12,10 @@ from pathlib import Path
 
 import typer
 
-from cfpo.cli_runs import run_app
-from cfpo.cli_stack import demo, up
-from cfpo.cli_sweep import sweep
+from cfpo.cli.runs import run_app
+from cfpo.cli.demo import demo
+from cfpo.cli.up import up
+from cfpo.cli.sweep.command import sweep
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CFPO: clipping-free RL post-training pipeline.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare local model directories (no downloads).")
@@ -66,7 +67,7 @@ def dashboards(
     out: list[Path] = typer.Option(DASHBOARD_DIRS, help="directory to write into (repeatable)"),
 ) -> None:
     """Write the Grafana dashboards' JSON: by default compose's provisioning folder and the Helm chart's copy."""
-    from cfpo.dashboards import write
+    from cfpo.cli.dashboards import write
 
     for directory in out:
         for path in write(directory):
@@ -114,7 +115,7 @@ def report(
     all_steps: bool = typer.Option(False, help="summarise every step; by default warm-up steps are left out"),
 ) -> None:
     """Compare runs side by side: plots of reward, clipping, KL, TV, entropy, staleness and a summary table."""
-    from cfpo.report import ReportError, print_report, write_report
+    from cfpo.cli.report import ReportError, print_report, write_report
 
     try:
         print_report(*write_report(run_dirs, out, all_steps), all_steps)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cfpo.cli.stack import stop_on_sigterm
 from cfpo.config import ConfigError
 
 console = Console()
@@ -32,7 +32,7 @@ def sweep(
 ) -> None:
     """Run every cell of a sweep (loss x anchor x staleness k x iterations x minibatches x seed) not yet done, one run per
     cell, and write results.csv, report.md and figures. Stopped, the same command resumes it."""
-    from cfpo.sweep import load_sweep
+    from cfpo.cli.sweep.grid import load_sweep
 
     try:
         spec = load_sweep(spec_file)
@@ -47,7 +47,7 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
     command = "cfpo sweep " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["sweep"] else shlex.join(sys.argv)
     model = _model(spec)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         if not report_only:
             _run_cells(spec, model, out, api, runs_dir, port_offset)
@@ -57,12 +57,8 @@ def sweep(
     _report(spec, out, runs_dir or out / "runs", command)
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _model(spec) -> Path:
-    from cfpo.demo import prepare_model
+    from cfpo.models import prepare_model
 
     model = spec.model.resolve()
     if spec.prepare != "none" and not (model / "config.json").exists():
@@ -72,9 +68,9 @@ def _model(spec) -> Path:
 
 
 def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path | None, port_offset: int) -> None:
-    from cfpo.cli_runs import Api
-    from cfpo.stack import Stack, StackError, StackSettings
-    from cfpo.sweep import CellBook, SweepRunner, pending_cells
+    from cfpo.cli.runs import Api
+    from cfpo.cli.stack import Stack, StackError, StackSettings
+    from cfpo.cli.sweep.grid import CellBook, SweepRunner, pending_cells
 
     pending, total = len(pending_cells(spec, CellBook(out))), len(spec.cells())
     console.print(f"sweep {spec.name}: {total - pending} of {total} cells done, {pending} to run")
@@ -117,9 +113,9 @@ def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path
 
 
 def _report(spec, out: Path, runs_dir: Path, command: str) -> None:
-    from cfpo.report import ReportError
-    from cfpo.sweep import CellBook
-    from cfpo.sweep_report import aggregate, collect, write
+    from cfpo.cli.report import ReportError
+    from cfpo.cli.sweep.grid import CellBook
+    from cfpo.cli.sweep.report import aggregate, collect, write
 
     try:
         results = collect(spec, CellBook(out), runs_dir)

@@ -1,8 +1,7 @@
-"""``cfpo up`` and ``cfpo demo``: the embedded stack and the one-command demo, from the command line."""
+"""``cfpo up``: the embedded stack on this machine, from the command line, until Ctrl-C."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -11,7 +10,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from cfpo.stack import Stack, StackError, StackSettings
+from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_sigterm
+from cfpo.models import prepare_model
 
 console = Console()
 TINY_MODEL_DIR = Path("models/tiny")
@@ -27,8 +27,6 @@ def up(
     """Start the whole stack on this machine (Redis, generation, reward, control API, learner, rollout worker,
     Prometheus), print its URLs, and stop everything cleanly on Ctrl-C."""
     if model is None:
-        from cfpo.demo import prepare_model
-
         model = prepare_model(tiny=True, directory=TINY_MODEL_DIR.resolve())
     try:
         settings = StackSettings(model=model.resolve(), runs_dir=runs_dir, state_dir=runs_dir / "stack",
@@ -38,7 +36,7 @@ def up(
             console.print(f"[red]error:[/] {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
         raise typer.Exit(2) from None
     stack = Stack(settings)
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    stop_on_sigterm()
     try:
         with console.status("starting") as status:
             stack.start(on_status=status.update)
@@ -56,10 +54,6 @@ def up(
         raise typer.Exit(1) from None
 
 
-def _stop_like_ctrl_c(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _print_urls(stack: Stack) -> None:
     table = Table(title=f"cfpo stack up, serving {stack.settings.model}")
     table.add_column("service")
@@ -68,27 +62,3 @@ def _print_urls(stack: Stack) -> None:
         table.add_row(service.name, service.url or "")
     console.print(table)
     console.print(f"logs: {stack.logs}\nsubmit a run: cfpo run submit configs/demo-tiny.yaml   (Ctrl-C stops everything)")
-
-
-def demo(
-    tiny: bool = typer.Option(False, help="the tiny test model and a few steps (a quick check of the pipeline)"),
-    spec: Path = typer.Option(None, help="run spec; default configs/demo.yaml (configs/demo-tiny.yaml with --tiny)"),
-    out: Path = typer.Option(Path("runs/demo"), help="where the stack, the run and the report write"),
-    eval_problems: int = typer.Option(40, min=1, help="held-out problems evaluated before and after"),
-    port_offset: int = typer.Option(0, help="add this to every default port"),
-) -> None:
-    """Prepare the model, start the stack, train a CFPO run submitted through the REST API, evaluate it before
-    and after, and write its report."""
-    from cfpo.demo import DemoSettings, run
-
-    spec = spec or Path("configs/demo-tiny.yaml" if tiny else "configs/demo.yaml")
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)  # so the demo's stack is stopped, not orphaned
-    try:
-        code = run(DemoSettings(spec, out, tiny, eval_problems, port_offset))
-    except StackError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print("interrupted; the stack is stopped")
-        raise typer.Exit(130) from None
-    raise typer.Exit(code)

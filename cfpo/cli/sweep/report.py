@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cfpo.metrics import ANCHORS, anchored
-from cfpo.report import FINAL_STEPS, ReportError, load_run, summarise
-from cfpo.sweep import Cell, CellBook, SweepSpec
+from cfpo.cli.report import FINAL_STEPS, ReportError, load_run, summarise
+from cfpo.cli.sweep.grid import Cell, CellBook, SweepSpec
 
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"

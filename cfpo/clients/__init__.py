@@ -1,0 +1,1 @@
+"""HTTP clients of the services, shared by the services, the learner and the operator's tools."""
