@@ -1,4 +1,4 @@
-# The two commands of the README. Each first runs the idempotent set-up (seconds when nothing is missing).
+# The two commands of the README, and the checks CONTRIBUTING.md describes. Each first runs the idempotent set-up (seconds when nothing is missing).
 VENV ?= .venv
 PYTEST_ARGS ?=
 

@@ -23,8 +23,8 @@ from benchmarks.placement import PlacementError
 from benchmarks.report import publish
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import BENCHMARKS, BenchSettings
-from cfpo.config import describe_validation_error
 from cfpo.cli.stack import StackError
+from cfpo.config import describe_validation_error
 
 MODULES = {"async_vs_sync": async_vs_sync, "overhead": overhead, "weight_sync": weight_sync, "peer_trl": peer_trl}
 FIELDS = BenchSettings.model_fields
@@ -42,9 +42,16 @@ def main(
     shape: list[str] = typer.Option(None, help=FIELDS["shapes"].description + " (default: both; repeatable)"),
 ) -> None:
     """Benchmarks of the pipeline: asynchronous vs synchronous, overhead, weight sync, and TRL as a peer."""
-    given = {"benchmarks": tuple(names) if names else None, "model": model, "smoke": smoke, "out": out,
-             "work": work, "models_dir": models_dir, "port_offset": port_offset,
-             "shapes": tuple(shape) if shape else None}
+    given = {
+        "benchmarks": tuple(names) if names else None,
+        "model": model,
+        "smoke": smoke,
+        "out": out,
+        "work": work,
+        "models_dir": models_dir,
+        "port_offset": port_offset,
+        "shapes": tuple(shape) if shape else None,
+    }
     try:
         settings = BenchSettings(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as error:
@@ -70,17 +77,25 @@ def _run_shape(settings: BenchSettings) -> None:
         return
     modules = [MODULES[name] for name in names]
     planned = set().union(*(m.planned_runs(settings.scale) for m in modules))
-    console.print(f"benchmarks {', '.join(names)} on {settings.label}, {settings.shape} shape"
-                  f"{' (smoke)' if settings.smoke else ''}: {len(planned)} pipeline runs of {settings.scale.steps} "
-                  f"steps; results in {settings.out_dir}")
+    console.print(
+        f"benchmarks {', '.join(names)} on {settings.label}, {settings.shape} shape"
+        f"{' (smoke)' if settings.smoke else ''}: {len(planned)} pipeline runs of {settings.scale.steps} "
+        f"steps; results in {settings.out_dir}"
+    )
     with Session(settings, console, len(planned)) as session:
         for name, module in zip(names, modules):
             load_before, started = os.getloadavg(), time.perf_counter()
             result, tables = module.run(session)
-            context = {"model": settings.label, "model_dir": str(session.model_dir), "smoke": settings.smoke,
-                       "shape": settings.shape, "scale": settings.scale.model_dump(mode="json"),
-                       "workload": settings.workload, "seconds": time.perf_counter() - started,
-                       "load_average": {"before": load_before, "after": os.getloadavg()}}
+            context = {
+                "model": settings.label,
+                "model_dir": str(session.model_dir),
+                "smoke": settings.smoke,
+                "shape": settings.shape,
+                "scale": settings.scale.model_dump(mode="json"),
+                "workload": settings.workload,
+                "seconds": time.perf_counter() - started,
+                "load_average": {"before": load_before, "after": os.getloadavg()},
+            }
             path = publish(console, settings.out_dir, settings.result_name(name), name, result, tables, context)
             console.print(f"wrote {path}")
 

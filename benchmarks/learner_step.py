@@ -11,9 +11,9 @@ from pathlib import Path
 from pydantic import Field
 
 from benchmarks.child import child_main
-from cfpo.sample import Sample
 from cfpo.config import StrictModel
 from cfpo.run_spec import RunSpec
+from cfpo.sample import Sample
 
 
 class LearnerStepConfig(StrictModel):

@@ -18,8 +18,8 @@ from benchmarks.pipeline import PipelineRun, pipeline_run, step_groups
 from benchmarks.report import Table
 from benchmarks.session import Session
 from benchmarks.settings import OVERHEAD_STALENESS, Placement, Scale
-from cfpo.rollout_group import encode_group
 from cfpo.queue import QueueSettings, RolloutQueue
+from cfpo.rollout_group import encode_group
 
 CONSUMER = "bench"
 
@@ -48,8 +48,14 @@ def run(session: Session) -> tuple[Overhead, list[Table]]:
     runs = [pipeline_run(session, m, "shared") for m in OVERHEAD_STALENESS]
     queue_read = session.measured("queue read", lambda: _measure_queue_read(session))
     read_decode = statistics.median(queue_read.seconds)
-    rows = [OverheadRow(run=r, read_decode_share=read_decode / r.step_seconds,
-                        weight_sync_share=r.weight_sync_seconds / r.step_seconds) for r in runs]
+    rows = [
+        OverheadRow(
+            run=r,
+            read_decode_share=read_decode / r.step_seconds,
+            weight_sync_share=r.weight_sync_seconds / r.step_seconds,
+        )
+        for r in runs
+    ]
     return Overhead(queue_read=queue_read, rows=rows), [_table(session, read_decode, queue_read, rows)]
 
 
@@ -60,7 +66,7 @@ def _measure_queue_read(session: Session) -> QueueRead:
     seconds = []
     with session.activity(f"reading one step's groups from the stream x{session.scale.repeats}"):
         try:
-            for repeat in range(session.scale.repeats + 1):  # the first untimed
+            for _ in range(session.scale.repeats + 1):  # the first untimed
                 for group in groups:
                     queue.append(group)
                 started = time.perf_counter()
@@ -79,16 +85,35 @@ def _measure_queue_read(session: Session) -> QueueRead:
 def _table(session: Session, read_decode: float, queue_read: QueueRead, rows: list[OverheadRow]) -> Table:
     table = Table(
         "Learner overhead: reading the queue and pushing weights",
-        ["max staleness", "learner s/step", "busy s", "wait s", "read + decode s", "weight push s",
-         "read + decode share", "weight push share"],
-        caption=(f"Steady-state means per step of the shared-placement runs (as in the async-vs-sync table). "
-                 f"read + decode: the product's RolloutQueue reading and decoding one step's groups "
-                 f"({queue_read.bytes_per_step / 1024:.1f} KiB on the stream) with nothing to wait for, median of "
-                 f"{len(queue_read.seconds)}; the learner's wait includes it. weight push: staging the weights "
-                 "(rewritten in place), then pause, load and resume in generation, as the learner recorded it. "
-                 "Shares are of the learner's wall time per step."))
+        [
+            "max staleness",
+            "learner s/step",
+            "busy s",
+            "wait s",
+            "read + decode s",
+            "weight push s",
+            "read + decode share",
+            "weight push share",
+        ],
+        caption=(
+            f"Steady-state means per step of the shared-placement runs (as in the async-vs-sync table). "
+            f"read + decode: the product's RolloutQueue reading and decoding one step's groups "
+            f"({queue_read.bytes_per_step / 1024:.1f} KiB on the stream) with nothing to wait for, median of "
+            f"{len(queue_read.seconds)}; the learner's wait includes it. weight push: staging the weights "
+            "(rewritten in place), then pause, load and resume in generation, as the learner recorded it. "
+            "Shares are of the learner's wall time per step."
+        ),
+    )
     for row in rows:
         r = row.run
-        table.add(r.max_staleness, r.step_seconds, r.learner_train_seconds, r.learner_wait_seconds, read_decode,
-                  r.weight_sync_seconds, f"{row.read_decode_share:.2%}", f"{row.weight_sync_share:.1%}")
+        table.add(
+            r.max_staleness,
+            r.step_seconds,
+            r.learner_train_seconds,
+            r.learner_wait_seconds,
+            read_decode,
+            r.weight_sync_seconds,
+            f"{row.read_decode_share:.2%}",
+            f"{row.weight_sync_share:.1%}",
+        )
     return table

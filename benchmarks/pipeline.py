@@ -3,7 +3,8 @@
 - ``pipeline_run``: a run submitted through the control API of the session's stack (the product path), its
   throughput and time breakdown read from the learner's ``metrics.jsonl`` and the rollout worker's ``/metrics``.
 - ``parts``: its two halves alone, in one placement: one step's rollout (what a rollout worker does: generate
-  and score ``prompts_per_step`` groups, all in flight at once) with the learner idle, and one learner step with generation idle.
+  and score ``prompts_per_step`` groups, all in flight at once) with the learner idle, and one learner step with
+  generation idle.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from benchmarks.learner_step import LearnerStepConfig
 from benchmarks.placement import LEARNER_CORES
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import Placement
-from cfpo.advantages import group_advantages
-from cfpo.sample import Sample
-from cfpo.rollout_group import RolloutGroup
+from cfpo.clients.control import ControlApiError, ControlClient
 from cfpo.clients.generation import GenerationClient
-from cfpo.clients.reward import RewardClient, ScoreItem
+from cfpo.clients.reward import RewardClient
+from cfpo.rollout_group import RolloutGroup
 from cfpo.run_spec import RunSpec
 from cfpo.tasks import batches, load_task, render_prompt
+from services.rollout.group import decoded, sample_completions, score_answers, weighed_samples
 
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 POLL_SECONDS = 0.5
 BENCH_RUN_ID = "bench"
 _prompt_index = itertools.count()  # each rollout step alone draws the next prompts
@@ -96,15 +96,18 @@ class Bounds(BaseModel):
     overlap: float
 
     @classmethod
-    def of(cls, synchronous: Parts, asynchronous: Parts) -> "Bounds":
+    def of(cls, synchronous: Parts, asynchronous: Parts) -> Bounds:
         """From halves measured alone: the sum of the synchronous placement's, the larger of the asynchronous's."""
-        return cls(sum_of_work=synchronous.generation + synchronous.learner,
-                   overlap=max(asynchronous.generation, asynchronous.learner))
+        return cls(
+            sum_of_work=synchronous.generation + synchronous.learner,
+            overlap=max(asynchronous.generation, asynchronous.learner),
+        )
 
 
 def pipeline_run(session: Session, max_staleness: int, placement: Placement) -> PipelineRun:
-    return session.measured(("pipeline", max_staleness, placement),
-                            lambda: _run_pipeline(session, max_staleness, placement))
+    return session.measured(
+        ("pipeline", max_staleness, placement), lambda: _run_pipeline(session, max_staleness, placement)
+    )
 
 
 def parts(session: Session, placement: Placement) -> Parts:
@@ -118,6 +121,7 @@ def step_groups(session: Session) -> list[RolloutGroup]:
 
 def learner_alone(session: Session, threads: int, cores: frozenset[int] | None) -> list[float]:
     """Seconds of ``repeats`` learner steps on ``step_groups``, in a child process on ``cores`` with ``threads``."""
+
     def measure() -> list[float]:
         samples = session.work / "children" / "step-samples.jsonl"
         samples.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +130,7 @@ def learner_alone(session: Session, threads: int, cores: frozenset[int] | None) 
         where = f"cores {sorted(cores)}" if cores else "any core"
         with session.activity(f"one learner step alone ({threads} thread(s), {where}) x{session.scale.repeats}"):
             return session.child("learner_step", config, cores=cores, threads=threads)["seconds"]
+
     return session.measured(("learner alone", threads, cores), measure)
 
 
@@ -137,23 +142,19 @@ def rollout_step(session: Session) -> tuple[float, list[RolloutGroup]]:
     first = next(_prompt_index) * spec.rollout.prompts_per_step
     drawn = next(batches(problems, spec.rollout.prompts_per_step, seed=spec.seed, start_index=first))
     prompts = [render_prompt(tokenizer, problem.prompt) for problem in drawn]
-    with closing(GenerationClient(session.stack.generation_url)) as generation, \
-            closing(RewardClient(session.stack.reward_url)) as rewards:
+    with (
+        closing(GenerationClient(session.stack.generation_url)) as generation,
+        closing(RewardClient(session.stack.reward_url)) as rewards,
+    ):
 
         def group(slot: int) -> RolloutGroup:
             problem, prompt = drawn[slot], prompts[slot]
-            completions = generation.generate(
-                prompt.token_ids, n=spec.rollout.group_size, temperature=spec.learner.temperature,
-                max_tokens=spec.rollout.max_tokens, seed=first + slot, stop_token_ids=[tokenizer.eos_token_id],
-                timeout=spec.rollout.request_timeout)
+            completions = sample_completions(
+                generation, spec, prompt.token_ids, seed=first + slot, eos_token_id=tokenizer.eos_token_id
+            )
             with decoding:
-                texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-            scores = rewards.score([ScoreItem(problem.prompt, text, problem.reference, problem.task,
-                                              dict(problem.metadata)) for text in texts], rewards=spec.rollout.rewards)
-            values = [score.reward for score in scores]
-            samples = [Sample(prompt_ids=prompt.token_ids, completion_ids=c.token_ids, behaviour_logprobs=c.logprobs,
-                              advantage=a, reward=r, min_version=c.min_version, max_version=c.max_version)
-                       for c, r, a in zip(completions, values, group_advantages(spec.rollout.advantage, values))]
+                texts = decoded(tokenizer, completions)
+            samples = weighed_samples(spec, prompt.token_ids, completions, score_answers(rewards, spec, problem, texts))
             return RolloutGroup(run_id=BENCH_RUN_ID, prompt_id=problem.id, slot=slot, samples=samples)
 
         decoding = threading.Lock()  # one tokenizer, as in the worker
@@ -173,6 +174,7 @@ def _task(session: Session, spec: RunSpec):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(spec.model), load_task(spec.task, "train")
+
     return session.measured("task", load)
 
 
@@ -185,53 +187,50 @@ def _measure_parts(session: Session, placement: Placement) -> Parts:
             rollout_step(session)  # untimed warm-up
             rollout_seconds = [rollout_step(session)[0] for _ in range(repeats)]
         learner_seconds = learner_alone(session, threads, cores)
-    return Parts(placement=placement, rollout_step_seconds=rollout_seconds, learner_step_seconds=learner_seconds,
-                 learner_threads=threads, learner_cores=sorted(cores or os.sched_getaffinity(0)))
+    return Parts(
+        placement=placement,
+        rollout_step_seconds=rollout_seconds,
+        learner_step_seconds=learner_seconds,
+        learner_threads=threads,
+        learner_cores=sorted(cores or os.sched_getaffinity(0)),
+    )
 
 
 def _run_pipeline(session: Session, max_staleness: int, placement: Placement) -> PipelineRun:
     spec = _spec(session, max_staleness)
     stack = session.stack
     name = f"bench-{placement}-m{max_staleness}"
-    with session.placed(placement), session.activity(f"{placement}: pipeline run, max_staleness {max_staleness}",
-                                                     total=spec.steps) as update:
-        run_id = _submit(stack.control_url, spec, name)
-        _follow(session, run_id, spec, update)
+    with (
+        session.placed(placement),
+        session.activity(f"{placement}: pipeline run, max_staleness {max_staleness}", total=spec.steps) as update,
+    ):
+        run_id = _run_to_its_end(session, spec, name, update)
     run_dir = stack.settings.runs_dir / run_id
     rows = _read_rows(run_dir / "metrics.jsonl")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a real model's is GBs; only the metrics are needed
-    generate_seconds = _mean_stage_seconds(f"http://127.0.0.1:{stack.settings.rollout_metrics_port}/metrics",
-                                           run_id, "generate")
+    generate_seconds = _mean_stage_seconds(
+        f"http://127.0.0.1:{stack.settings.rollout_metrics_port}/metrics", run_id, "generate"
+    )
     session.run_finished()
     return summarise(rows, spec, run_id, placement, session.scale.warmup_steps, generate_seconds)
 
 
-def _api_headers() -> dict[str, str]:
-    token = os.environ.get("CFPO_API_TOKEN")  # the stack's control API inherits this environment
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _submit(control_url: str, spec: RunSpec, name: str) -> str:
-    response = httpx.post(f"{control_url}/v1/runs", json={**spec.model_dump(mode="json"), "name": name},
-                          headers=_api_headers(), timeout=30)
-    if response.status_code != 201:
-        raise BenchError(f"POST /v1/runs: HTTP {response.status_code}: {response.text[:1000]}")
-    return response.json()["id"]
-
-
-def _follow(session: Session, run_id: str, spec: RunSpec, update) -> None:
+def _run_to_its_end(session: Session, spec: RunSpec, name: str, update) -> str:
+    """Submit a run to the stack's control API and follow it until it succeeds; returns its id."""
     deadline = time.monotonic() + 600 + 120 * spec.steps  # the learner fails a run whose data stops sooner
-    while True:
-        run = httpx.get(f"{session.stack.control_url}/v1/runs/{run_id}", headers=_api_headers(), timeout=30).json()
-        update(completed=run["steps_done"])
-        if run["state"] in FINAL_STATES:
-            break
-        session.stack.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"run {run_id}: {run['steps_done']} of {spec.steps} steps after the deadline")
-        time.sleep(POLL_SECONDS)
+    with closing(ControlClient(session.stack.control_url)) as api:  # the stack's API inherits this environment
+        try:
+            run_id = api.submit(spec.model_dump(mode="json"), name=name)["id"]
+            for run in api.follow(run_id, POLL_SECONDS):
+                update(completed=run["steps_done"])
+                session.stack.check_alive()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"run {run_id}: {run['steps_done']} of {spec.steps} steps after the deadline")
+        except ControlApiError as error:
+            raise BenchError(f"control API: {error}") from None
     if run["state"] != "succeeded":
         raise BenchError(f"run {run_id} {run['state']}: {run['reason']} (logs: {session.stack.logs})")
+    return run_id
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -251,8 +250,14 @@ def _mean_stage_seconds(metrics_url: str, run_id: str, stage: str) -> float:
     return totals["sum"] / totals["count"]
 
 
-def summarise(rows: list[dict], spec: RunSpec, run_id: str, placement: Placement, warmup_steps: int,
-              generate_seconds_per_group: float) -> PipelineRun:
+def summarise(
+    rows: list[dict],
+    spec: RunSpec,
+    run_id: str,
+    placement: Placement,
+    warmup_steps: int,
+    generate_seconds_per_group: float,
+) -> PipelineRun:
     """Throughput and time breakdown of the steady-state steps (see ``PipelineRun``)."""
     if spec.versions_per_step != 1:
         raise BenchError("the benchmarks read one metrics row per step: iterations x minibatches must be 1")
@@ -264,15 +269,24 @@ def summarise(rows: list[dict], spec: RunSpec, run_id: str, placement: Placement
     walls = [by_step[step]["time"] - by_step[step - 1]["time"] for step in range(first, last + 1)]
     seconds = sum(walls)
     batch = spec.learner.batch_size
-    train, wait, sync = (statistics.fmean(row[key] for row in window)
-                         for key in ("step_seconds", "data_wait_seconds", "weight_sync_seconds"))
+    train, wait, sync = (
+        statistics.fmean(row[key] for row in window)
+        for key in ("step_seconds", "data_wait_seconds", "weight_sync_seconds")
+    )
     return PipelineRun(
-        run_id=run_id, max_staleness=spec.staleness.max_staleness, placement=placement, first_step=first,
-        last_step=last, seconds=seconds, samples_per_second=len(window) * batch / seconds,
+        run_id=run_id,
+        max_staleness=spec.staleness.max_staleness,
+        placement=placement,
+        first_step=first,
+        last_step=last,
+        seconds=seconds,
+        samples_per_second=len(window) * batch / seconds,
         tokens_per_second=sum(row["response_length"] * batch for row in window) / seconds,
         step_seconds=seconds / len(window),
         generation_busy_seconds=generate_seconds_per_group * spec.rollout.prompts_per_step,
-        learner_train_seconds=train, learner_wait_seconds=wait, weight_sync_seconds=sync,
+        learner_train_seconds=train,
+        learner_wait_seconds=wait,
+        weight_sync_seconds=sync,
         learner_other_seconds=seconds / len(window) - train - wait - sync,
         staleness_mean=statistics.fmean(row["staleness_mean"] for row in window),
         staleness_max=max(row["staleness_max"] for row in window),

@@ -24,9 +24,11 @@ def check_pinnable() -> None:
     if shutil.which("taskset") is None:
         raise PlacementError("taskset is not installed (Debian package util-linux); the pinned placement needs it")
     usable = os.sched_getaffinity(0)
-    if not (GENERATION_CORES | LEARNER_CORES) <= usable:
-        raise PlacementError(f"the pinned placement needs cores {sorted(GENERATION_CORES | LEARNER_CORES)}; "
-                             f"this process may use {sorted(usable)}")
+    if not usable >= (GENERATION_CORES | LEARNER_CORES):
+        raise PlacementError(
+            f"the pinned placement needs cores {sorted(GENERATION_CORES | LEARNER_CORES)}; "
+            f"this process may use {sorted(usable)}"
+        )
 
 
 def cpu_list(cores: frozenset[int]) -> str:
@@ -73,8 +75,9 @@ def _affinity(pid: int) -> frozenset[int]:
 
 
 def _taskset(pid: int, cores: frozenset[int]) -> None:
-    done = subprocess.run(["taskset", "--all-tasks", "--cpu-list", "--pid", cpu_list(cores), str(pid)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["taskset", "--all-tasks", "--cpu-list", "--pid", cpu_list(cores), str(pid)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         if not Path(f"/proc/{pid}").exists():
             raise ProcessLookupError(pid)

@@ -35,8 +35,12 @@ class Table:
         return table
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|"]
+        lines = [
+            f"**{self.title}**",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines + ([f"\n{self.caption}"] if self.caption else []))
 
@@ -51,19 +55,30 @@ def fmt(value: object) -> str:
 
 
 def machine() -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
-def publish(console: Console, out: Path, stem: str, name: str, result: BaseModel, tables: list[Table],
-            context: dict) -> Path:
+def publish(
+    console: Console, out: Path, stem: str, name: str, result: BaseModel, tables: list[Table], context: dict
+) -> Path:
     """Print benchmark ``name``'s tables, write ``<out>/<stem>.json`` (context + result) and ``<out>/<stem>.md``;
     returns the JSON's path."""
     for table in tables:
         console.print(table.rich())
     out.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-              **context, "result": result.model_dump(mode="json")}
+    record = {
+        "benchmark": name,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        **context,
+        "result": result.model_dump(mode="json"),
+    }
     path = out / f"{stem}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     (out / f"{stem}.md").write_text("\n\n".join(t.markdown() for t in tables) + "\n")

@@ -18,8 +18,15 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from benchmarks.placement import GENERATION_CORES, LEARNER_CORES, check_pinnable, pinned, taskset_prefix
 from benchmarks.settings import BenchSettings, Placement
@@ -42,12 +49,21 @@ class Session:
         self._placement: Placement = "shared"
         self._measured: dict[Any, Any] = {}
         self._child_ids = itertools.count()
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
-        self._runs_task = self.progress.add_task(f"pipeline runs of {self.scale.steps} steps", total=planned_runs,
-                                                 visible=planned_runs > 0)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._runs_task = self.progress.add_task(
+            f"pipeline runs of {self.scale.steps} steps", total=planned_runs, visible=planned_runs > 0
+        )
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         self.progress.start()
         self.model_dir = self._prepare_model()
         return self
@@ -112,8 +128,16 @@ class Session:
             self._stack = None
         # pinned: vLLM binds its worker to one core itself (its own choice), the learner trains on one thread.
         where = {} if placement == "shared" else {"generation_cpu_cores": "vllm", "learner_threads": 1}
-        stack = Stack(StackSettings(model=self.model_dir, state_dir=self.work / "stack", runs_dir=self.work / "runs",
-                                    prometheus=False, **where, **StackSettings.offset_ports(self.settings.port_offset)))
+        stack = Stack(
+            StackSettings(
+                model=self.model_dir,
+                state_dir=self.work / "stack",
+                runs_dir=self.work / "runs",
+                prometheus=False,
+                **where,
+                **StackSettings.offset_ports(self.settings.port_offset),
+            )
+        )
         with self.activity(f"starting the {placement} stack") as update:
             stack.start(on_status=lambda message: update(description=f"starting the stack: {message}"))
         self._stack, self._placement = stack, placement
@@ -137,15 +161,18 @@ class Session:
         if placement == "shared":
             yield
             return
-        groups = {self.service("generation").process.pid: GENERATION_CORES,
-                  self.service("learner").process.pid: LEARNER_CORES}
+        groups = {
+            self.service("generation").process.pid: GENERATION_CORES,
+            self.service("learner").process.pid: LEARNER_CORES,
+        }
         with pinned(groups):
             yield
 
     # -- parts measured alone, in child processes ------------------------------------------------------------------
 
-    def child(self, module: str, config: BaseModel, *, cores: frozenset[int] | None = None,
-              threads: int | None = None) -> dict:
+    def child(
+        self, module: str, config: BaseModel, *, cores: frozenset[int] | None = None, threads: int | None = None
+    ) -> dict:
         """Run ``python -m benchmarks.<module> CONFIG RESULT`` (on ``cores``, with ``threads`` OpenMP threads) and
         return the JSON it wrote; its output goes to a log under the work directory."""
         directory = self.work / "children"
@@ -153,8 +180,14 @@ class Session:
         stem = directory / f"{module}-{next(self._child_ids)}"
         config_path, result_path, log_path = (stem.with_suffix(s) for s in (".config.json", ".result.json", ".log"))
         config_path.write_text(config.model_dump_json())
-        argv = [*taskset_prefix(cores), sys.executable, "-m", f"benchmarks.{module}", str(config_path),
-                str(result_path)]
+        argv = [
+            *taskset_prefix(cores),
+            sys.executable,
+            "-m",
+            f"benchmarks.{module}",
+            str(config_path),
+            str(result_path),
+        ]
         env = {**os.environ, "TQDM_DISABLE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         with log_path.open("wb") as log:
             code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode

@@ -30,16 +30,24 @@ PEER_STALENESS = (0, 1)
 # The toy workload of configs/demo-tiny.yaml: a random model learns a dense reward (the share of digits it writes).
 TINY_WORKLOAD: dict[str, Any] = {
     "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
-    "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 16, "rewards": {"digit_share": 1.0},
-                "drop_zero_variance": False},
+    "rollout": {
+        "group_size": 4,
+        "prompts_per_step": 4,
+        "max_tokens": 16,
+        "rewards": {"digit_share": 1.0},
+        "drop_zero_variance": False,
+    },
     "learner": {"loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"}, "optimizer": {"lr": 5.0e-3}},
 }
 # The demo workload of configs/demo.yaml: SmolLM2 learns arithmetic, rewarded by math answer equivalence.
 DEMO_WORKLOAD: dict[str, Any] = {
     "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
     "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 32, "drop_zero_variance": False},
-    "learner": {"loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"}, "optimizer": {"lr": 5.0e-6},
-                "micro_batch_size": 8},
+    "learner": {
+        "loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"},
+        "optimizer": {"lr": 5.0e-6},
+        "micro_batch_size": 8,
+    },
 }
 
 
@@ -73,12 +81,14 @@ class Scale(StrictModel):
     trl_steps: int = Field(ge=1, description="TRL steps timed, after one untimed")
 
     @model_validator(mode="after")
-    def _steps_leave_a_window(self) -> "Scale":
+    def _steps_leave_a_window(self) -> Scale:
         """Throughput is read between the warm-up and the last max_staleness steps (the queue draining)."""
         largest = max(self.staleness + OVERHEAD_STALENESS + PEER_STALENESS)
         if self.steps <= self.warmup_steps + largest:
-            raise ValueError(f"steps: {self.steps} leaves no measured step after {self.warmup_steps} warm-up steps "
-                             f"and {largest} draining steps")
+            raise ValueError(
+                f"steps: {self.steps} leaves no measured step after {self.warmup_steps} warm-up steps "
+                f"and {largest} draining steps"
+            )
         return self
 
 
@@ -96,14 +106,19 @@ class BenchSettings(StrictModel):
     benchmarks: tuple[BenchmarkName, ...] = Field(BENCHMARKS, min_length=1, description="which to run, in order")
     model: str = Field("tiny", description="tiny, smollm2, or a local Hugging Face model directory")
     smoke: bool = Field(False, description="smallest settings that run every code path (checks, not figures)")
-    out: Path | None = Field(None, description="tables and JSON; default benchmarks/results/<model> "
-                                               "(runs/bench/smoke with --smoke)")
+    out: Path | None = Field(
+        None, description="tables and JSON; default benchmarks/results/<model> (runs/bench/smoke with --smoke)"
+    )
     work: Path = Field(Path("runs/bench"), description="stack logs, run directories, scratch models")
     models_dir: Path = Field(Path("models"), description="where tiny and smollm2 are prepared (as cfpo up does)")
     port_offset: int = Field(1500, ge=0, le=50_000, description="added to every default port of the stack")
-    shapes: tuple[Shape, ...] = Field(SHAPES, min_length=1, description="workload shapes, each in a session of its "
-                                      "own: demo (the demo's run spec) runs every benchmark named, rollout_heavy "
-                                      "(16 prompts x 8 completions x 64 tokens) peer_trl only")
+    shapes: tuple[Shape, ...] = Field(
+        SHAPES,
+        min_length=1,
+        description="workload shapes, each in a session of its "
+        "own: demo (the demo's run spec) runs every benchmark named, rollout_heavy "
+        "(16 prompts x 8 completions x 64 tokens) peer_trl only",
+    )
     shape: Shape = Field("demo", description="the shape this session measures (set per session from shapes)")
 
     @field_validator("benchmarks", mode="before")
@@ -161,7 +176,14 @@ class BenchSettings(StrictModel):
         """The workload as a run of ``scale.steps`` steps at ``max_staleness`` (bounded), weights pushed every
         step, no held-out evaluation, one checkpoint at the end (after the last measured step)."""
         steps = self.scale.steps
-        return RunSpec.model_validate({
-            **self.workload, "model": str(model_dir), "steps": steps, "checkpoint_every": steps, "sync_every": 1,
-            "staleness": {"mode": "bounded", "max_staleness": max_staleness}, "evaluation": {"problems": 0},
-        })
+        return RunSpec.model_validate(
+            {
+                **self.workload,
+                "model": str(model_dir),
+                "steps": steps,
+                "checkpoint_every": steps,
+                "sync_every": 1,
+                "staleness": {"mode": "bounded", "max_staleness": max_staleness},
+                "evaluation": {"problems": 0},
+            }
+        )

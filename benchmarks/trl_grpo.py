@@ -31,8 +31,10 @@ class TrlConfig(StrictModel):
     prompts: list[PeerPrompt] = Field(description="in the order the pipeline draws them, prompts_per_step per step")
     prompts_per_step: int
     group_size: int
-    micro_batch_size: int = Field(description="completions per forward, as the pipeline's learner (the rest "
-                                  "accumulated): one forward of 128 completions needs more than 24 GB")
+    micro_batch_size: int = Field(
+        description="completions per forward, as the pipeline's learner (the rest "
+        "accumulated): one forward of 128 completions needs more than 24 GB"
+    )
     max_tokens: int
     learning_rate: float
     temperature: float
@@ -61,42 +63,74 @@ def measure(config: TrlConfig) -> dict:
             self.seconds.append(time.perf_counter() - self.started)
 
     args = GRPOConfig(
-        output_dir=str(config.output_dir), max_steps=config.steps + 1, seed=config.seed,
+        output_dir=str(config.output_dir),
+        max_steps=config.steps + 1,
+        seed=config.seed,
         per_device_train_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=config.prompts_per_step * config.group_size // config.micro_batch_size,
-        num_generations=config.group_size, max_completion_length=config.max_tokens,
-        temperature=config.temperature, top_p=1.0, top_k=0, use_vllm=False,
-        learning_rate=config.learning_rate, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
-        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
-        loss_type="grpo", epsilon=config.epsilon, beta=0.0, num_iterations=1, scale_rewards="group",
+        num_generations=config.group_size,
+        max_completion_length=config.max_tokens,
+        temperature=config.temperature,
+        top_p=1.0,
+        top_k=0,
+        use_vllm=False,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        max_grad_norm=1.0,
+        loss_type="grpo",
+        epsilon=config.epsilon,
+        beta=0.0,
+        num_iterations=1,
+        scale_rewards="group",
         # as the pipeline's learner: fp32, no activation recomputation
-        bf16=False, gradient_checkpointing=False, use_cpu=True,
-        shuffle_dataset=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        log_completions=False, dataloader_num_workers=0,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        shuffle_dataset=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        log_completions=False,
+        dataloader_num_workers=0,
     )
-    dataset = Dataset.from_list([{**p.model_dump(exclude={"metadata"}), "metadata": json.dumps(p.metadata)}
-                                 for p in config.prompts])
+    dataset = Dataset.from_list(
+        [{**p.model_dump(exclude={"metadata"}), "metadata": json.dumps(p.metadata)} for p in config.prompts]
+    )
     clock = StepClock()
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32),
-        processing_class=AutoTokenizer.from_pretrained(config.model), reward_funcs=_reward(config.reward_weights),
-        args=args, train_dataset=dataset, callbacks=[clock],
+        processing_class=AutoTokenizer.from_pretrained(config.model),
+        reward_funcs=_reward(config.reward_weights),
+        args=args,
+        train_dataset=dataset,
+        callbacks=[clock],
     )
     generation_seconds = _time_generation(trainer)
     trainer.train()
-    lengths = [row["completions/mean_length"] for row in trainer.state.log_history
-               if "completions/mean_length" in row]
-    return {"step_seconds": clock.seconds[1:], "generation_seconds": generation_seconds[1:],
-            "completion_tokens": lengths[1:], "train_step_seconds": _train_step_alone(trainer, config.repeats),
-            "threads": torch.get_num_threads()}
+    lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
+    return {
+        "step_seconds": clock.seconds[1:],
+        "generation_seconds": generation_seconds[1:],
+        "completion_tokens": lengths[1:],
+        "train_step_seconds": _train_step_alone(trainer, config.repeats),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _reward(weights: dict[str, float]):
     from services.reward.functions import ScoreInput, call
 
     def reward(prompts, completions, question, reference, metadata, **_) -> list[float]:
-        return [_weighted(call, ScoreInput(q, c, r, json.loads(m)), weights)
-                for q, c, r, m in zip(question, completions, reference, metadata)]
+        return [
+            _weighted(call, ScoreInput(q, c, r, json.loads(m)), weights)
+            for q, c, r, m in zip(question, completions, reference, metadata)
+        ]
 
     return reward
 
@@ -105,7 +139,7 @@ def _weighted(call, item, weights: dict[str, float]) -> float:
     """The reward service's combination: the weighted sum, 0 if any function fails."""
     try:
         return sum(weight * call(name, item)[0] for name, weight in weights.items())
-    except Exception:  # noqa: BLE001 -- as the service: a failing function scores the item 0
+    except Exception:
         return 0.0
 
 

@@ -1,6 +1,7 @@
 """Weight sync against model size: the learner's push (``trainer.weight_sync.file``: stage the weights, rewritten in
-place where the stack's learner stages them, then pause generation, load in place, relabel, resume) in seconds and bytes per second, beside copying the same tensors
-in memory in the same process (the floor any transport is measured against).
+place where the stack's learner stages them, then pause generation, load in place, relabel, resume) in seconds
+and bytes per second, beside copying the same tensors in memory in the same process (the floor any transport is
+measured against).
 
 Sizes: the benchmark model, on the stack's generation server, and random Llamas of the ladder's sizes (built by
 the tiny model's builder), each on a generation server of its own started for it.
@@ -22,8 +23,8 @@ from pydantic import BaseModel, computed_field
 from benchmarks.report import Table
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import LadderModel, Placement, Scale
-from cfpo.clients.generation import GenerationClient
 from cfpo.cli.stack import stop_process_group
+from cfpo.clients.generation import GenerationClient
 
 RUN_LABEL = "bench-weight-sync"
 SERVER_START_TIMEOUT = 600.0
@@ -84,14 +85,16 @@ def _measure(session: Session, name: str, model_dir: Path, generation_url: str) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.weight_sync.file import StagedWeights, push_weights
+    from trainer.weight_sync.file import FileWeightSync, StagedWeights
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     staged = StagedWeights(session.stack.weights_dir or session.work / "weight-sync", f"{RUN_LABEL}-{name}")
     export, update, copy = [], [], []
     tensors = {t.data_ptr(): t.detach() for t in model.state_dict().values()}.values()  # tied ones once
-    with session.activity(f"weight sync of {name} x{session.scale.repeats}"), \
-            contextlib.closing(GenerationClient(generation_url)) as client:
+    with (
+        session.activity(f"weight sync of {name} x{session.scale.repeats}"),
+        contextlib.closing(GenerationClient(generation_url)) as client,
+    ):
         # The copies first, while generation is idle: right after a push vLLM's threads still spin from the load
         # and a copy then measured a fifth of the idle machine's rate, which is no floor.
         for _ in range(session.scale.repeats + 1):  # the first untimed, as the pushes'
@@ -100,12 +103,18 @@ def _measure(session: Session, name: str, model_dir: Path, generation_url: str) 
             copy.append(time.perf_counter() - started)
             del copies
         for version in range(1, session.scale.repeats + 2):  # the first untimed (it writes the file anew)
-            pushed = push_weights(client, staged, model, version, run=RUN_LABEL)
+            pushed = FileWeightSync(client, model, staged).push(version, run=RUN_LABEL)
             export.append(pushed.staging_seconds)
             update.append(pushed.seconds)
     staged.remove()
-    return WeightSyncRow(model=name, parameters=sum(p.numel() for p in model.parameters()), bytes=pushed.bytes,
-                         export_seconds=export[1:], update_seconds=update[1:], copy_seconds=copy[1:])
+    return WeightSyncRow(
+        model=name,
+        parameters=sum(p.numel() for p in model.parameters()),
+        bytes=pushed.bytes,
+        export_seconds=export[1:],
+        update_seconds=update[1:],
+        copy_seconds=copy[1:],
+    )
 
 
 def _ladder_model(session: Session, size: LadderModel) -> Path:
@@ -127,8 +136,12 @@ def _generation_server(session: Session, model_dir: Path) -> Iterator[str]:
     log_path = session.work / "logs" / f"generation-{model_dir.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "services.generation", "--model", str(model_dir),
-                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.generation", "--model", str(model_dir), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         with session.activity(f"starting generation on {model_dir.name}"):
@@ -154,18 +167,39 @@ def _wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:
 
 def _table(session: Session, result: WeightSync) -> Table:
     staged_in = session.stack.weights_dir or "the benchmark's work folder"
-    table = Table("Weight sync: learner to generation, by model size",
-                  ["model", "parameters", "MB", "staging s", "load in generation s", "push s", "push MB/s",
-                   "memory copy MB/s", "push / copy time"],
-                  caption=(f"Medians of {session.scale.repeats}. push = staging (the staged safetensors file "
-                           f"rewritten in place, in {staged_in}) + load in generation (pause, load in place, relabel, "
-                           "reset prefix cache, resume; generation waits only here), as the learner pushes after "
-                           "every optimizer step. Staging and memory copy (torch clone of the same tensors, before "
-                           f"the pushes, generation idle) with the stack learner's {result.threads} thread(s). "
-                           "MB = 10^6 bytes; tied output heads are not sent."))
+    table = Table(
+        "Weight sync: learner to generation, by model size",
+        [
+            "model",
+            "parameters",
+            "MB",
+            "staging s",
+            "load in generation s",
+            "push s",
+            "push MB/s",
+            "memory copy MB/s",
+            "push / copy time",
+        ],
+        caption=(
+            f"Medians of {session.scale.repeats}. push = staging (the staged safetensors file "
+            f"rewritten in place, in {staged_in}) + load in generation (pause, load in place, relabel, "
+            "reset prefix cache, resume; generation waits only here), as the learner pushes after "
+            "every optimizer step. Staging and memory copy (torch clone of the same tensors, before "
+            f"the pushes, generation idle) with the stack learner's {result.threads} thread(s). "
+            "MB = 10^6 bytes; tied output heads are not sent."
+        ),
+    )
     for row in result.rows:
         copy = statistics.median(row.copy_seconds)
-        table.add(row.model, f"{row.parameters / 1e6:.2f}M", row.bytes / 1e6, statistics.median(row.export_seconds),
-                  statistics.median(row.update_seconds), row.push_seconds, row.push_bytes_per_second / 1e6,
-                  row.copy_bytes_per_second / 1e6, row.push_seconds / copy)
+        table.add(
+            row.model,
+            f"{row.parameters / 1e6:.2f}M",
+            row.bytes / 1e6,
+            statistics.median(row.export_seconds),
+            statistics.median(row.update_seconds),
+            row.push_seconds,
+            row.push_bytes_per_second / 1e6,
+            row.copy_bytes_per_second / 1e6,
+            row.push_seconds / copy,
+        )
     return table

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 AdvantageName = Literal["grpo", "rloo", "drgrpo"]
 STD_FLOOR = 1e-6
@@ -52,4 +53,3 @@ def group_advantages(name: str, rewards: list[float]) -> list[float]:
     if not rewards:
         raise ValueError("rewards: a group needs at least one reward")
     return ESTIMATORS[name](rewards)
-

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,7 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "reinforce"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+DAPO_DEFAULT_EPS_HIGH = 0.28
 Anchor = Literal["behaviour", "proximal"]  # what the trust region's ratio is taken against (LossConfig.ratio_reference)
+
+
+def environment(name: str, default: str | None = None) -> Callable[[], str | None]:
+    """A default factory reading ``$name`` (empty counts as unset, as compose's ``${X:-}`` gives)."""
+    return lambda: os.environ.get(name) or default
 
 
 class StrictModel(BaseModel):
@@ -25,10 +35,19 @@ class LossConfig(StrictModel):
     agg: Aggregation = "seq-mean-token-mean"
     beta: float = Field(0.0, ge=0, description="weight of the reference-KL term")
     kl_estimator: Literal["k1", "k3"] = "k3"
-    norm_length: int | None = Field(None, gt=0, description="Dr.GRPO's constant (seq-mean-token-sum-norm divides "
-                                    "each response's token sum by it); a run spec defaults it to rollout.max_tokens")
-    cispo_eps_low: float | None = Field(None, gt=0, lt=1, description="cispo: clip the importance weight below at "
-                                        "1 - this too; default none, as in its paper (above: 1 + eps_high)")
+    norm_length: int | None = Field(
+        None,
+        gt=0,
+        description="Dr.GRPO's constant (seq-mean-token-sum-norm divides "
+        "each response's token sum by it); a run spec defaults it to rollout.max_tokens",
+    )
+    cispo_eps_low: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="cispo: clip the importance weight below at "
+        "1 - this too; default none, as in its paper (above: 1 + eps_high)",
+    )
     ratio_reference: Anchor = Field(
         "behaviour",
         description="the trust region's anchor. behaviour: the ratio is against the sampling policy's log-probs "
@@ -38,17 +57,27 @@ class LossConfig(StrictModel):
     )
     is_cap: float = Field(2.0, gt=0, description="truncation of the proximal/behaviour importance weight")
 
+    @property
+    def trust_region(self) -> tuple[float, float]:
+        """(eps_low, eps_high): the region is [1 - eps_low, 1 + eps_high]; eps_high defaults to eps (0.28 for
+        dapo, as in its paper)."""
+        if self.eps_high is not None:
+            return self.eps, self.eps_high
+        return self.eps, DAPO_DEFAULT_EPS_HIGH if self.name == "dapo" else self.eps
+
     @model_validator(mode="after")
-    def _grpo_is_symmetric(self) -> "LossConfig":
+    def _grpo_is_symmetric(self) -> LossConfig:
         if self.name == "grpo" and self.eps_high is not None and self.eps_high != self.eps:
             raise ValueError("eps_high: grpo clips symmetrically; use loss 'dapo' for a separate upper bound")
         return self
 
     @model_validator(mode="after")
-    def _dr_grpo_has_its_constant(self) -> "LossConfig":
+    def _dr_grpo_has_its_constant(self) -> LossConfig:
         if self.agg == "seq-mean-token-sum-norm" and self.norm_length is None:
-            raise ValueError("norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant); a run spec "
-                             "sets it to rollout.max_tokens")
+            raise ValueError(
+                "norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant); a run spec "
+                "sets it to rollout.max_tokens"
+            )
         return self
 
 
@@ -82,7 +111,7 @@ class LearnerConfig(StrictModel):
         return self.minibatch_size // (self.micro_batch_size or self.minibatch_size)
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> "LearnerConfig":
+    def _batch_divides(self) -> LearnerConfig:
         if self.batch_size % self.minibatches:
             raise ValueError(
                 f"minibatches: {self.minibatches} does not divide batch_size {self.batch_size}; pick a divisor"
@@ -99,17 +128,25 @@ class ConfigError(ValueError):
     """A settings file that cannot be used; the message names the file, the field and the problem."""
 
 
-def load_config(model: type[StrictModel], path: str | Path, **overrides: Any) -> StrictModel:
-    """Read a YAML settings file into ``model``, with ``overrides`` on top (a mapping of top-level fields)."""
+Model = typing.TypeVar("Model", bound=StrictModel)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty file: none), or ``ConfigError`` naming the file and the problem."""
     import yaml
 
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: cannot read it: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_config(model: type[Model], path: str | Path, **overrides: Any) -> Model:
+    """Read a YAML settings file into ``model``, with ``overrides`` on top (a mapping of top-level fields)."""
+    data = read_yaml_mapping(path)
     try:
         return model.model_validate({**data, **overrides})
     except ValidationError as error:
@@ -118,6 +155,7 @@ def load_config(model: type[StrictModel], path: str | Path, **overrides: Any) ->
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line: ``field.path: message`` per problem, or the message alone where it names its fields itself."""
+
     def problem(e: dict) -> str:
         where, message = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")
         return f"{where}: {message}" if where else message

@@ -66,9 +66,10 @@ def evaluate(
     results: list[ProblemResult] = []
     with ThreadPoolExecutor(max_workers=chunk_size) as pool:
         for start in range(0, len(chosen), chunk_size):
-            chunk = chosen[start:start + chunk_size]
-            completions = list(pool.map(
-                lambda problem: _greedy(generation, tokenizer, problem, max_tokens, seed), chunk))
+            chunk = chosen[start : start + chunk_size]
+            completions = list(
+                pool.map(lambda problem: _greedy(generation, tokenizer, problem, max_tokens, seed), chunk)
+            )
             results += _scored(rewards, tokenizer, chunk, completions)
     return EvalResult(
         accuracy=sum(r.solved for r in results) / len(results),
@@ -80,18 +81,31 @@ def evaluate(
 
 def _greedy(generation: GenerationClient, tokenizer: Any, problem: Problem, max_tokens: int, seed: int) -> Completion:
     prompt = render_prompt(tokenizer, problem.prompt)
-    [completion] = generation.generate(prompt.token_ids, n=1, temperature=0.0, max_tokens=max_tokens, seed=seed,
-                                       stop_token_ids=[tokenizer.eos_token_id])
+    [completion] = generation.generate(
+        prompt.token_ids,
+        n=1,
+        temperature=0.0,
+        max_tokens=max_tokens,
+        seed=seed,
+        stop_token_ids=[tokenizer.eos_token_id],
+    )
     return completion
 
 
-def _scored(rewards: RewardClient, tokenizer: Any, problems: list[Problem],
-            completions: list[Completion]) -> list[ProblemResult]:
+def _scored(
+    rewards: RewardClient, tokenizer: Any, problems: list[Problem], completions: list[Completion]
+) -> list[ProblemResult]:
     texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    scores = rewards.score([ScoreItem(p.prompt, text, p.reference, p.task, dict(p.metadata))
-                            for p, text in zip(problems, texts)])
+    scores = rewards.score([ScoreItem.answer(p, text) for p, text in zip(problems, texts)])
     return [
-        ProblemResult(problem_id=p.id, completion=text, reward=s.reward, solved=s.reward >= SOLVED_REWARD,
-                      completion_tokens=len(c.token_ids), finish_reason=c.finish_reason, details=s.details)
+        ProblemResult(
+            problem_id=p.id,
+            completion=text,
+            reward=s.reward,
+            solved=s.reward >= SOLVED_REWARD,
+            completion_tokens=len(c.token_ids),
+            finish_reason=c.finish_reason,
+            details=s.details,
+        )
         for p, text, c, s in zip(problems, texts, completions, scores)
     ]

@@ -142,27 +142,40 @@ class RayRecorder:
 # Rollout workers (services/rollout)
 ROLLOUT_GROUPS = Metric("cfpo_rollout_groups", "counter", "Groups appended to the run's stream.", ("run",))
 ROLLOUT_ZERO_VARIANCE = Metric(
-    "cfpo_rollout_zero_variance_groups", "counter", "Groups whose rewards were all equal, by what happened to them.",
+    "cfpo_rollout_zero_variance_groups",
+    "counter",
+    "Groups whose rewards were all equal, by what happened to them.",
     ("run", "action"),
 )
 ROLLOUT_ERRORS = Metric(
-    "cfpo_rollout_errors", "counter", "Failed calls (retried) and groups made again, by stage: generate, reward, "
+    "cfpo_rollout_errors",
+    "counter",
+    "Failed calls (retried) and groups made again, by stage: generate, reward, "
     "foreign_weights (another run's weights made them), staleness_bound (versions outside the run's bound).",
     ("run", "stage"),
 )
 ROLLOUT_STAGE_SECONDS = Metric(
-    "cfpo_rollout_stage_seconds", "histogram", "Seconds per group spent in each stage.", ("run", "stage"),
+    "cfpo_rollout_stage_seconds",
+    "histogram",
+    "Seconds per group spent in each stage.",
+    ("run", "stage"),
 )
 ROLLOUT_METRICS = (ROLLOUT_GROUPS, ROLLOUT_ZERO_VARIANCE, ROLLOUT_ERRORS, ROLLOUT_STAGE_SECONDS)
 
-# Learner (trainer/service.py): one gauge per step metric, labelled by run and loss.
+# Learner (trainer/training.py): one gauge per step metric, labelled by run and loss.
 # The trust region's anchor: the policy a ratio is taken against. The loss uses one (LossConfig.ratio_reference);
 # every step logs these metrics against both, as ``<anchor>_<metric>``, so rows of runs that differ in the anchor
 # compare like with like.
-ANCHORS = dict(zip(get_args(Anchor), (
-    "the sampling policy (vLLM's log-probs of the generated tokens)",
-    "the learner's policy before its first update on the batch",
-), strict=True))
+ANCHORS = dict(
+    zip(
+        get_args(Anchor),
+        (
+            "the sampling policy (vLLM's log-probs of the generated tokens)",
+            "the learner's policy before its first update on the batch",
+        ),
+        strict=True,
+    )
+)
 TRUST_REGION_VALUES = {
     "clip_frac": "Share of tokens outside the trust region on the side the advantage favours (for CFPO: would clip).",
     "clip_frac_low": "Share of tokens with r < 1 - eps and A < 0.",
@@ -182,8 +195,11 @@ def anchored(anchor: str, key: str) -> str:
 
 
 LEARNER_STEP_VALUES = {
-    **{anchored(anchor, key): f"{text[:-1]}, against {where}." for anchor, where in ANCHORS.items()
-       for key, text in TRUST_REGION_VALUES.items()},
+    **{
+        anchored(anchor, key): f"{text[:-1]}, against {where}."
+        for anchor, where in ANCHORS.items()
+        for key, text in TRUST_REGION_VALUES.items()
+    },
     "entropy": "Mean token entropy of the current policy.",
     "adv_mean": "Mean advantage.",
     "adv_std": "Standard deviation of the advantages.",
@@ -195,13 +211,13 @@ LEARNER_STEP_VALUES = {
     "response_length": "Mean completion length in tokens.",
     "step_seconds": "Seconds of the optimizer step.",
     "data_wait_seconds": "Seconds the learner spent getting the step's rollout groups: waiting for rollout workers, "
-                         "then reading and decoding the groups from the stream.",
+    "then reading and decoding the groups from the stream.",
     "tokens_per_second": "Completion tokens trained per second of optimizer step.",
     "staleness_mean": "Mean staleness of the step's samples (learner version at consumption - generating version).",
     "policy_lag": "Policy lag of the optimizer step: the version it updates - the oldest version that generated its "
-                  "data (staleness at the step's first update, then one more per update on the same batch).",
+    "data (staleness at the step's first update, then one more per update on the same batch).",
     "bound_violations": "Groups of the step made by policy versions its staleness bound does not allow for their "
-                        "slot (rollout workers make such groups again, so this stays 0).",
+    "slot (rollout workers make such groups again, so this stays 0).",
     "policy_version": "Learner policy version (optimizer steps).",
     "queue_unread": "Groups in the stream not yet read by the learner.",
     "queue_pending": "Groups read but not yet acknowledged (applied, awaiting a checkpoint).",
@@ -211,47 +227,84 @@ LEARNER_GAUGES = {
     key: Metric(f"cfpo_learner_{key}", "gauge", text, ("run", "loss")) for key, text in LEARNER_STEP_VALUES.items()
 }
 # the step metrics also logged per bucket of staleness and of policy lag, as ``<metric>/<age>_<bucket>``
-BUCKETED_STEP_VALUES = (*(anchored(anchor, key) for anchor in ANCHORS for key in ("clip_frac", "kl_k3", "tv",
-                                                                                "ratio_min", "ratio_max")), "entropy")
+BUCKETED_STEP_VALUES = (
+    *(anchored(anchor, key) for anchor in ANCHORS for key in ("clip_frac", "kl_k3", "tv", "ratio_min", "ratio_max")),
+    "entropy",
+)
 LEARNER_BUCKET_GAUGES = {
-    key: Metric(f"cfpo_learner_{key}_by_staleness", "gauge", f"{LEARNER_STEP_VALUES[key]} By staleness bucket.",
-                ("run", "loss", "staleness_bucket"))
+    key: Metric(
+        f"cfpo_learner_{key}_by_staleness",
+        "gauge",
+        f"{LEARNER_STEP_VALUES[key]} By staleness bucket.",
+        ("run", "loss", "staleness_bucket"),
+    )
     for key in BUCKETED_STEP_VALUES
 }
 LEARNER_LAG_BUCKET_GAUGES = {
-    key: Metric(f"cfpo_learner_{key}_by_lag", "gauge", f"{LEARNER_STEP_VALUES[key]} By policy-lag bucket.",
-                ("run", "loss", "lag_bucket"))
+    key: Metric(
+        f"cfpo_learner_{key}_by_lag",
+        "gauge",
+        f"{LEARNER_STEP_VALUES[key]} By policy-lag bucket.",
+        ("run", "loss", "lag_bucket"),
+    )
     for key in LEARNER_BUCKET_GAUGES
 }
 LEARNER_STEPS = Metric("cfpo_learner_optimizer_steps", "counter", "Optimizer steps taken.", ("run", "loss"))
 LEARNER_STALENESS = Metric(
-    "cfpo_learner_staleness", "histogram", "Staleness of consumed samples, in policy versions.", ("run", "loss"),
+    "cfpo_learner_staleness",
+    "histogram",
+    "Staleness of consumed samples, in policy versions.",
+    ("run", "loss"),
     buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
 )
 LEARNER_WEIGHT_SYNC_SECONDS = Metric(
-    "cfpo_learner_weight_sync_seconds", "histogram", "Seconds to push weights to generation.", ("run",),
+    "cfpo_learner_weight_sync_seconds",
+    "histogram",
+    "Seconds to push weights to generation.",
+    ("run",),
 )
 LEARNER_EVAL_ACCURACY = Metric(
-    "cfpo_learner_eval_accuracy", "gauge", "Held-out accuracy of the latest evaluation (share solved, greedy).",
+    "cfpo_learner_eval_accuracy",
+    "gauge",
+    "Held-out accuracy of the latest evaluation (share solved, greedy).",
     ("run", "loss"),
 )
 LEARNER_EVAL_MEAN_REWARD = Metric(
-    "cfpo_learner_eval_mean_reward", "gauge", "Held-out mean reward of the latest evaluation.", ("run", "loss"),
+    "cfpo_learner_eval_mean_reward",
+    "gauge",
+    "Held-out mean reward of the latest evaluation.",
+    ("run", "loss"),
 )
-LEARNER_METRICS = (*LEARNER_GAUGES.values(), *LEARNER_BUCKET_GAUGES.values(), *LEARNER_LAG_BUCKET_GAUGES.values(),
-                   LEARNER_STEPS, LEARNER_STALENESS,
-                   LEARNER_WEIGHT_SYNC_SECONDS, LEARNER_EVAL_ACCURACY, LEARNER_EVAL_MEAN_REWARD)
+LEARNER_METRICS = (
+    *LEARNER_GAUGES.values(),
+    *LEARNER_BUCKET_GAUGES.values(),
+    *LEARNER_LAG_BUCKET_GAUGES.values(),
+    LEARNER_STEPS,
+    LEARNER_STALENESS,
+    LEARNER_WEIGHT_SYNC_SECONDS,
+    LEARNER_EVAL_ACCURACY,
+    LEARNER_EVAL_MEAN_REWARD,
+)
 
 # Control API (services/control)
 CONTROL_REQUESTS = Metric(
-    "cfpo_control_requests", "counter", "API requests answered, by method, route template and HTTP status.",
+    "cfpo_control_requests",
+    "counter",
+    "API requests answered, by method, route template and HTTP status.",
     ("method", "route", "status"),
 )
 CONTROL_RUNS_SUBMITTED = Metric("cfpo_control_runs_submitted", "counter", "Runs validated and queued.")
 CONTROL_RUNS_REAPED = Metric(
-    "cfpo_control_runs_reaped", "counter", "Running runs ended because their worker stopped heartbeating.",
+    "cfpo_control_runs_reaped",
+    "counter",
+    "Running runs ended because their worker stopped heartbeating.",
 )
 CONTROL_RUNS_QUEUED = Metric("cfpo_control_runs_queued", "gauge", "Runs waiting for a worker, at the last scrape.")
 CONTROL_RUNS_RUNNING = Metric("cfpo_control_runs_running", "gauge", "Runs held by a worker, at the last scrape.")
-CONTROL_METRICS = (CONTROL_REQUESTS, CONTROL_RUNS_SUBMITTED, CONTROL_RUNS_REAPED, CONTROL_RUNS_QUEUED,
-                   CONTROL_RUNS_RUNNING)
+CONTROL_METRICS = (
+    CONTROL_REQUESTS,
+    CONTROL_RUNS_SUBMITTED,
+    CONTROL_RUNS_REAPED,
+    CONTROL_RUNS_QUEUED,
+    CONTROL_RUNS_RUNNING,
+)

@@ -27,7 +27,7 @@ def _arithmetic_corpus(seed: int, lines: int = 2000) -> list[str]:
     for _ in range(lines):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
         op = rng.choice("+-*")
-        result = eval(f"{a}{op}{b}")  # noqa: S307 -- two integers and one operator built just above
+        result = eval(f"{a}{op}{b}")
         corpus.append(f"Question: what is {a} {op} {b}? Answer: {result}. The answer is \\boxed{{{result}}}.")
     return corpus
 

@@ -1,6 +1,6 @@
 """The rollout queue of one run: rollout workers append groups to a Redis stream, the learner reads them.
 
-Why it is built this way (DESIGN.md, "Queue = Redis Streams with a consumer group"):
+Why it is built this way (docs/architecture.md, "Decisions": the queue):
 
 - The learner reads through the consumer group ``learner``: an entry stays pending until the learner acknowledges
   it *after applying it*, so a learner that dies mid-batch loses nothing; the next one takes its pending entries
@@ -20,7 +20,6 @@ Every key is under ``run:<id>:``. Any Redis >= 6.2 (XAUTOCLAIM) works.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -30,8 +29,8 @@ from typing import TypeVar
 import redis
 from pydantic import Field
 
+from cfpo.config import StrictModel, environment
 from cfpo.rollout_group import MalformedEntry, RolloutGroup, decode_group, encode_group
-from cfpo.config import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 
 class QueueSettings(StrictModel):
     redis_url: str = Field(
-        default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        default_factory=environment("REDIS_URL", DEFAULT_REDIS_URL),
         description="default: the REDIS_URL environment variable, else a local Redis",
     )
     max_depth: int = Field(64, ge=1, description="groups unread + pending beyond which append waits")
@@ -168,9 +167,7 @@ class RolloutQueue:
         ``block_ms``: wait that long for a first entry (None: do not wait; 0: wait forever). Malformed entries are
         dead-lettered on the way, so fewer than ``count`` may come back even when more were waiting.
         """
-        reply = self.redis.xreadgroup(
-            CONSUMER_GROUP, consumer, {self.keys.rollouts: ">"}, count=count, block=block_ms
-        )
+        reply = self.redis.xreadgroup(CONSUMER_GROUP, consumer, {self.keys.rollouts: ">"}, count=count, block=block_ms)
         return self._decode_valid(reply[0][1] if reply else [])
 
     def ack(self, ids: list[str]) -> int:
@@ -239,9 +236,7 @@ class RolloutQueue:
         log.warning("dead-lettered %s %s: %s", self.keys.rollouts, entry_id.decode(), reason)
         letter = {**fields, b"dead_letter_reason": reason.encode(), b"dead_letter_source_id": entry_id}
         with self.redis.pipeline() as transaction:
-            transaction.xadd(
-                self.keys.dead_letter, letter, maxlen=self.settings.dead_letter_max_len, approximate=True
-            )
+            transaction.xadd(self.keys.dead_letter, letter, maxlen=self.settings.dead_letter_max_len, approximate=True)
             transaction.incr(self.keys.dead_letter_count)
             transaction.xack(self.keys.rollouts, CONSUMER_GROUP, entry_id)
             transaction.xdel(self.keys.rollouts, entry_id)
@@ -293,7 +288,7 @@ class RolloutQueue:
     def close(self) -> None:
         self.redis.close()
 
-    def __enter__(self) -> "RolloutQueue":
+    def __enter__(self) -> RolloutQueue:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -1,6 +1,6 @@
 """The run registry: runs as work items in Redis, written by the control API and taken by long-running workers.
 
-Why it is built this way (DESIGN.md, "Runs are work items"):
+Why it is built this way (docs/architecture.md, "Decisions": runs are work items):
 
 - A run is a hash (``run:<id>:record``) plus a capped list of its per-step metrics (``run:<id>:steps``); the ids
   of queued runs wait in one list (``runs:queued``), and every run is in an index ordered by submission
@@ -69,15 +69,20 @@ local function record_of(id) return ARGV[1] .. id .. ARGV[2] end
 """
 
 # KEYS: record, index, queued. ARGV: prefix, suffix, id, field/value pairs of the new record.
-_SUBMIT = _PRELUDE + """
+_SUBMIT = (
+    _PRELUDE
+    + """
 redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', now, unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], now, ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[3])
 return now
 """
+)
 
 # KEYS: queued, active. ARGV: prefix, suffix, worker. Skips ids whose run is no longer queued.
-_CLAIM = _PRELUDE + """
+_CLAIM = (
+    _PRELUDE
+    + """
 while true do
   local id = redis.call('LPOP', KEYS[1])
   if not id then return false end
@@ -89,9 +94,12 @@ while true do
   end
 end
 """
+)
 
 # KEYS: record, active. ARGV: prefix, suffix, id, worker. Returns 'ok' or why not.
-_HEARTBEAT = _PRELUDE + """
+_HEARTBEAT = (
+    _PRELUDE
+    + """
 local state, worker = unpack(redis.call('HMGET', KEYS[1], 'state', 'worker'))
 if not state then return 'missing' end
 if state ~= 'running' then return state end
@@ -100,10 +108,13 @@ redis.call('HSET', KEYS[1], 'heartbeat_at', now)
 redis.call('ZADD', KEYS[2], now, ARGV[3])
 return 'ok'
 """
+)
 
 # KEYS: record, steps, active. ARGV: prefix, suffix, id, step, version, latest metrics, entry, history length.
 # A recorded step is also a heartbeat. The entry gets the time here: '{"time": now, ' .. the rest of ARGV[7].
-_RECORD_STEP = _PRELUDE + """
+_RECORD_STEP = (
+    _PRELUDE
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state ~= 'running' then return state end
@@ -114,10 +125,13 @@ redis.call('HSET', KEYS[1], 'steps_done', tonumber(ARGV[4]) + 1, 'version', ARGV
 redis.call('ZADD', KEYS[3], now, ARGV[3])
 return 'ok'
 """
+)
 
 # KEYS: record, active. ARGV: prefix, suffix, id, final state, reason ('' for none). Only a running run finishes;
 # a cancelled one keeps the reason given with the cancel unless the worker names another.
-_FINISH = _PRELUDE + """
+_FINISH = (
+    _PRELUDE
+    + """
 local state, cancel_reason = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel_reason'))
 if not state then return 'missing' end
 if state ~= 'running' then return state end
@@ -128,10 +142,13 @@ if reason == '' then redis.call('HDEL', KEYS[1], 'reason') else redis.call('HSET
 redis.call('ZREM', KEYS[2], ARGV[3])
 return 'ok'
 """
+)
 
 # KEYS: record, queued. ARGV: prefix, suffix, id, reason. A queued run ends now; a running one gets the flag.
 # Returns the state the run had.
-_CANCEL = _PRELUDE + """
+_CANCEL = (
+    _PRELUDE
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state == 'queued' then
@@ -142,9 +159,12 @@ elseif state == 'running' and not redis.call('HGET', KEYS[1], 'cancel_reason') t
 end
 return state
 """
+)
 
 # KEYS: active. ARGV: prefix, suffix, timeout in seconds. Ends every running run whose last heartbeat is older.
-_REAP = _PRELUDE + """
+_REAP = (
+    _PRELUDE
+    + """
 local timeout = tonumber(ARGV[3])
 local reaped = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(now) - timeout))) do
@@ -166,6 +186,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumbe
 end
 return reaped
 """
+)
 
 
 class RunNotFound(LookupError):
@@ -230,11 +251,14 @@ class RunRecord(BaseModel):
     @property
     def staleness(self) -> Staleness:
         latest = self.metrics.get("staleness_mean")
-        return Staleness(mode=self.spec.staleness.mode, bound=self.spec.staleness.bound,
-                         latest_mean=latest if isinstance(latest, int | float) else None)
+        return Staleness(
+            mode=self.spec.staleness.mode,
+            bound=self.spec.staleness.bound,
+            latest_mean=latest if isinstance(latest, int | float) else None,
+        )
 
     @classmethod
-    def from_hash(cls, run_id: str, fields: dict[bytes, bytes]) -> "RunRecord":
+    def from_hash(cls, run_id: str, fields: dict[bytes, bytes]) -> RunRecord:
         data: dict[str, Any] = {key.decode(): value.decode() for key, value in fields.items()}
         data["spec"] = RunSpec.model_validate_json(data["spec"])
         data["metrics"] = json.loads(data.get("metrics", "{}"))
@@ -256,7 +280,7 @@ class Claim(NamedTuple):
 class Heartbeat:
     """Beats for a run from a daemon thread; ``lost`` is set once the run is no longer the worker's."""
 
-    def __init__(self, registry: "RunRegistry", run_id: str, worker: str, every_s: float):
+    def __init__(self, registry: RunRegistry, run_id: str, worker: str, every_s: float):
         self.registry, self.run_id, self.worker, self.every_s = registry, run_id, worker, every_s
         self.lost = threading.Event()
         self.reason: str | None = None
@@ -274,7 +298,7 @@ class Heartbeat:
             except redis.RedisError as error:  # transient: the next beat may get through before the timeout
                 log.warning("heartbeat of run %s failed: %s", self.run_id, error)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -290,9 +314,18 @@ class RunRegistry:
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
         self.redis = redis.Redis.from_url(redis_url or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
         self.history_length = history_length  # step entries kept per run; older ones are trimmed
-        self._scripts = {name: self.redis.register_script(source) for name, source in (
-            ("submit", _SUBMIT), ("claim", _CLAIM), ("heartbeat", _HEARTBEAT), ("record_step", _RECORD_STEP),
-            ("finish", _FINISH), ("cancel", _CANCEL), ("reap", _REAP))}
+        self._scripts = {
+            name: self.redis.register_script(source)
+            for name, source in (
+                ("submit", _SUBMIT),
+                ("claim", _CLAIM),
+                ("heartbeat", _HEARTBEAT),
+                ("record_step", _RECORD_STEP),
+                ("finish", _FINISH),
+                ("cancel", _CANCEL),
+                ("reap", _REAP),
+            )
+        }
 
     def _run(self, script: str, keys: list[str], *args: Any) -> Any:
         return self._scripts[script](keys=keys, args=[RECORD_PREFIX, RECORD_SUFFIX, *args])
@@ -304,8 +337,9 @@ class RunRegistry:
         run_id = uuid.uuid4().hex[:12]
         keys = RegistryKeys(run_id)
         fields = {"spec": spec.model_dump_json(), **({"name": name} if name is not None else {})}
-        self._run("submit", [keys.record, INDEX_KEY, QUEUED_KEY], run_id,
-                  *(part for pair in fields.items() for part in pair))
+        self._run(
+            "submit", [keys.record, INDEX_KEY, QUEUED_KEY], run_id, *(part for pair in fields.items() for part in pair)
+        )
         return self.get(run_id)
 
     def get(self, run_id: str) -> RunRecord:
@@ -402,8 +436,16 @@ class RunRegistry:
             raise TypeError(f"metrics: expected a mapping, got {type(metrics).__name__}")
         latest = json.dumps(safe)
         entry = json.dumps({"step": step, "version": version, "metrics": safe})
-        reply = self._run("record_step", [keys.record, keys.steps, ACTIVE_KEY], run_id, int(step), int(version),
-                          latest, entry, self.history_length)
+        reply = self._run(
+            "record_step",
+            [keys.record, keys.steps, ACTIVE_KEY],
+            run_id,
+            int(step),
+            int(version),
+            latest,
+            entry,
+            self.history_length,
+        )
         self._checked(run_id, reply)
 
     def finish(self, run_id: str, state: FinalState, reason: str | None = None) -> None:
@@ -433,7 +475,7 @@ class RunRegistry:
     def close(self) -> None:
         self.redis.close()
 
-    def __enter__(self) -> "RunRegistry":
+    def __enter__(self) -> RunRegistry:
         return self
 
     def __exit__(self, *exc_info) -> None:

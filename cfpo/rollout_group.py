@@ -28,8 +28,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 
 from cfpo.advantages import is_zero_variance
-from cfpo.sample import Sample
 from cfpo.config import StrictModel
+from cfpo.sample import Sample
 
 SCHEMA_VERSION = 1
 
@@ -62,7 +62,7 @@ class RolloutGroup(StrictModel):
     produced_at: float = Field(default_factory=time.time, description="unix time it was made, for queue latency")
 
     @model_validator(mode="after")
-    def _one_scored_prompt(self) -> "RolloutGroup":
+    def _one_scored_prompt(self) -> RolloutGroup:
         if any(s.prompt_ids != self.samples[0].prompt_ids for s in self.samples):
             raise ValueError("samples: the completions of one group must share their prompt_ids")
         if not all(math.isfinite(r) for r in self.rewards):

@@ -46,7 +46,9 @@ class RolloutConfig(StrictModel):
     rewards: dict[str, float] | None = Field(None, description="reward functions and weights; default: the task's")
     request_timeout: float = Field(120.0, gt=0, description="seconds for one generation or reward call")
     max_inflight_groups: int | None = Field(
-        None, ge=1, description="groups one rollout worker keeps in flight at once (generating, scoring, waiting for "
+        None,
+        ge=1,
+        description="groups one rollout worker keeps in flight at once (generating, scoring, waiting for "
         "admission); default: every group admission control can admit at once",
     )
 
@@ -132,7 +134,7 @@ class RunSpec(StrictModel):
         return (self.checkpoint_every + self.steps_admitted_at_once + 1) * self.rollout.prompts_per_step
 
     @model_validator(mode="after")
-    def _staleness_is_reachable(self) -> "RunSpec":
+    def _staleness_is_reachable(self) -> RunSpec:
         """Generation serves every sync_every-th version; a tighter bound would wait forever."""
         if self.staleness.mode == "fixed" and self.sync_every != 1:
             raise ValueError("sync_every: fixed staleness needs every version served (sync_every: 1)")
@@ -144,7 +146,7 @@ class RunSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _stale_runs_name_their_anchor(self) -> "RunSpec":
+    def _stale_runs_name_their_anchor(self) -> RunSpec:
         """Stale data makes the anchor the experiment: against the behaviour policy, the trust region pulls the
         policy back towards the stale sampler; against the proximal one, it does not. No default may choose."""
         if self.staleness.bound > 0 and "ratio_reference" not in self.learner.loss.model_fields_set:
@@ -152,6 +154,6 @@ class RunSpec(StrictModel):
                 f"learner.loss.ratio_reference: staleness can reach {self.staleness.bound} (staleness.mode "
                 f"{self.staleness.mode}), so name the trust region's anchor: 'behaviour' (the sampling policy) or "
                 "'proximal' (the learner before its first update on the batch, with a truncated importance weight); "
-                "see the README's Staleness and the anchor"
+                "see docs/architecture.md, Staleness and the anchor"
             )
         return self

@@ -25,7 +25,7 @@ class Sample(StrictModel):
     max_version: int = Field(ge=0, description="newest policy version (differs if weights changed mid-sample)")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Sample":
+    def _consistent(self) -> Sample:
         n = len(self.completion_ids)
         if len(self.behaviour_logprobs) != n:
             raise ValueError(f"behaviour_logprobs: {len(self.behaviour_logprobs)} values for {n} completion tokens")

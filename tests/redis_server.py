@@ -22,8 +22,21 @@ def redis_server(directory: Path, timeout: float = 10.0) -> Iterator[str]:
     if binary is None:
         raise RuntimeError("redis-server is not on PATH (scripts/setup.sh installs Debian's redis-server)")
     port, log = free_port(), directory / "redis.log"
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-            "--save", "", "--appendonly", "no", "--logfile", str(log)]
+    argv = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--logfile",
+        str(log),
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     try:

@@ -18,14 +18,18 @@ from rich.table import Table
 
 from cfpo.config import ConfigError, LearnerConfig, load_config
 from cfpo.models import build_tiny_model
-from trainer.learner import Learner, StepResult
+from trainer.learner import Learner
 from trainer.sampling import sample_batch
 
 LOSSES = ("cfpo", "grpo")
 PROMPTS = [f"Question: what is {a} + {b}? Answer:" for a, b in [(1, 2), (13, 4), (7, 7), (20, 5), (31, 9), (2, 48)]]
 # measured against the behaviour policy: the policy that sampled the batch every step reuses
-PLOTTED = {"ratio deviation max |r - 1|": "ratio_dev", "clip fraction": "behaviour_clip_frac",
-           "KL(behaviour || current), k3": "behaviour_kl_k3", "loss": "loss"}
+PLOTTED = {
+    "ratio deviation max |r - 1|": "ratio_dev",
+    "clip fraction": "behaviour_clip_frac",
+    "KL(behaviour || current), k3": "behaviour_kl_k3",
+    "loss": "loss",
+}
 
 console = Console()
 
@@ -42,21 +46,27 @@ def run_demo(out: Path, model: Path | None, base: LearnerConfig, group_size: int
     console.print(f"model: [bold]{model_dir}[/]  batch: {len(PROMPTS)} prompts x {group_size} samples")
     batch = sample_batch(model_dir, PROMPTS, group_size, max_new_tokens=16, seed=seed)
     history: dict[str, list[dict[str, float]]] = {loss: [] for loss in LOSSES}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, console=console) as progress:
         for loss in LOSSES:
             task = progress.add_task(f"{loss} x {iterations} iterations", total=iterations, status="")
-            config = base.model_copy(update={"loss": base.loss.model_copy(update={"name": loss}),
-                                             "batch_size": len(batch)})
-
-            def record(step: StepResult, loss=loss, task=task) -> None:
+            config = base.model_copy(
+                update={"loss": base.loss.model_copy(update={"name": loss}), "batch_size": len(batch)}
+            )
+            for step in Learner(model_dir, config).optimizer_steps(batch):
                 metrics = {"step": step.version, **step.metrics, "ratio_dev": _ratio_deviation(step.metrics)}
                 history[loss].append(metrics)
-                progress.update(task, advance=1, status=f"|r-1| {metrics['ratio_dev']:.3f}  "
-                                                                    f"clip {metrics['behaviour_clip_frac']:.3f}")
-
-            Learner(model_dir, config).train_on(batch, on_step=record)
+                progress.update(
+                    task,
+                    advance=1,
+                    status=f"|r-1| {metrics['ratio_dev']:.3f}  clip {metrics['behaviour_clip_frac']:.3f}",
+                )
     with (out / "metrics.jsonl").open("w") as f:
         for loss, rows in history.items():
             for row in rows:
@@ -102,7 +112,9 @@ def _plot(history: dict[str, list[dict[str, float]]], path: Path) -> None:
 
 
 def main(
-    config: Path = typer.Option(Path("configs/learner-demo.yaml"), help="learner settings (the loss name is set per run)"),
+    config: Path = typer.Option(
+        Path("configs/learner-demo.yaml"), help="learner settings (the loss name is set per run)"
+    ),
     out: Path = typer.Option(Path("runs/learner-demo"), help="where metrics.jsonl and the plot go"),
     model: Path = typer.Option(None, help="a local Hugging Face model directory; default: a tiny random model"),
     iterations: int = typer.Option(None, min=1, help="passes over the batch (the paper's mu); default from config"),

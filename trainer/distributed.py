@@ -25,8 +25,8 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
         return
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine asks for it even in a lone process
-    rendezvous = tempfile.NamedTemporaryFile(prefix="cfpo-rendezvous-", delete=False)
-    rendezvous.close()
+    with tempfile.NamedTemporaryFile(prefix="cfpo-rendezvous-", delete=False) as rendezvous:
+        pass
     os.unlink(rendezvous.name)  # the store creates it; a stale file would hang the rendezvous
     deepspeed.init_distributed(
         dist_backend=backend,

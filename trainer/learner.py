@@ -8,19 +8,19 @@ at the sampling temperature, the policy loss, and the bookkeeping that makes a r
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from cfpo.sample import Sample
 from cfpo.config import LearnerConfig
 from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored
+from cfpo.sample import Sample
 from trainer.distributed import init_distributed, quiet_deepspeed
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
 from trainer.losses import aggregation_normaliser, policy_loss, trust_region_metrics
-
 
 CLIENT_STATE_KEY = "cfpo"
 STALENESS_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
@@ -107,25 +107,35 @@ class Learner:
         reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.engine.module.dtype)
         return reference.to(self.engine.device).eval().requires_grad_(False)
 
-    def train_on(
-        self, samples: list[Sample], on_step: Callable[[StepResult], None] | None = None
-    ) -> list[StepResult]:
-        """Run ``iterations`` passes of ``minibatches`` optimizer steps over one batch; ``on_step`` sees each."""
+    def train_on(self, samples: list[Sample]) -> list[StepResult]:
+        """Every optimizer step on one batch at once, for callers that do nothing between them."""
+        return list(self.optimizer_steps(samples))
+
+    def optimizer_steps(self, samples: list[Sample]) -> Iterator[StepResult]:
+        """Run ``iterations`` passes of ``minibatches`` optimizer steps over one batch, yielding after each: the
+        caller pushes weights between them."""
         config = self.config
         if len(samples) != config.batch_size:
-            raise ValueError(f"samples: got {len(samples)} sequences, the learner is configured for {config.batch_size}")
+            raise ValueError(
+                f"samples: got {len(samples)} sequences, the learner is configured for {config.batch_size}"
+            )
         batch = pack(samples, self.pad_token_id).to(self.engine.device)
         proximal, fill_proximal = self._proximal_logprobs(batch)
         reference = self._frozen_logprobs(self.reference, batch) if self.reference is not None else None
         staleness = self.version - batch.min_versions  # fixed at consumption: the controlled variable
-        results = []
         for iteration in range(config.iterations):
             order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(config.seed + self.version))
             for minibatch, indices in enumerate(order.split(config.minibatch_size)):
                 started = time.perf_counter()
                 lag = self.version - batch.min_versions  # grows with every update on the batch
-                metrics = self._optimizer_step(batch, indices.to(self.engine.device), proximal, fill_proximal,
-                                               reference, {"staleness": staleness, "lag": lag})
+                metrics = self._optimizer_step(
+                    batch,
+                    indices.to(self.engine.device),
+                    proximal,
+                    fill_proximal,
+                    reference,
+                    {"staleness": staleness, "lag": lag},
+                )
                 fill_proximal = False
                 metrics["staleness_mean"] = float(staleness.float().mean())
                 metrics["staleness_max"] = float(staleness.max())
@@ -133,10 +143,7 @@ class Learner:
                 metrics["policy_lag_mean"] = float(lag.float().mean())
                 self.version += 1
                 metrics["step_seconds"] = time.perf_counter() - started
-                results.append(StepResult(self.version, iteration, minibatch, metrics))
-                if on_step is not None:
-                    on_step(results[-1])
-        return results
+                yield StepResult(self.version, iteration, minibatch, metrics)
 
     def _proximal_logprobs(self, batch: PackedBatch) -> tuple[torch.Tensor, bool]:
         """The learner's own log-probs before its first update on this batch (the proximal anchor), and whether
@@ -177,8 +184,9 @@ class Learner:
         micro_batches = self._micro_chunks(indices, batch)
         # The whole step's normaliser per micro-batch: DeepSpeed averages the accumulated micro-batch losses, so
         # each divides its sum by this and the step's gradient is the minibatch's, however its tokens are split.
-        normaliser = aggregation_normaliser(batch.completion_mask[indices], self.config.loss.agg,
-                                            self.config.loss.norm_length) / len(micro_batches)
+        normaliser = aggregation_normaliser(
+            batch.completion_mask[indices], self.config.loss.agg, self.config.loss.norm_length
+        ) / len(micro_batches)
         step_loss = 0.0
         for chunk in micro_batches:
             micro = batch.select(chunk)
@@ -186,8 +194,14 @@ class Learner:
             if fill_proximal:
                 proximal[chunk] = logprobs.detach()
             proximal_chunk = proximal[chunk]
-            loss, metrics = self._loss(logprobs, micro, proximal_chunk, reference[chunk] if reference is not None else None,
-                                       entropy.detach(), normaliser)
+            loss, metrics = self._loss(
+                logprobs,
+                micro,
+                proximal_chunk,
+                reference[chunk] if reference is not None else None,
+                entropy.detach(),
+                normaliser,
+            )
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary():
                 unclipped_norm = self._stage0_grad_norm()
@@ -198,13 +212,20 @@ class Learner:
                 for age, values in ages.items():
                     for bucket, rows in _staleness_buckets(values[chunk]).items():
                         mask = micro.completion_mask & rows[:, None]
-                        bucket_metrics = {**self._anchored_metrics(logprobs, micro, proximal_chunk, mask),
-                                          "entropy": float(entropy[mask].mean()) if mask.any() else 0.0}
+                        bucket_metrics = {
+                            **self._anchored_metrics(logprobs, micro, proximal_chunk, mask),
+                            "entropy": float(entropy[mask].mean()) if mask.any() else 0.0,
+                        }
                         bucket_parts.setdefault(f"{age}_{bucket}", []).append((bucket_metrics, float(mask.sum())))
         merged = {**merge_metrics(parts), "loss": step_loss}
         for bucket, bucket_metrics in bucket_parts.items():
-            merged.update({f"{key}/{bucket}": value for key, value in merge_metrics(bucket_metrics).items()
-                           if key in BUCKETED_STEP_VALUES})
+            merged.update(
+                {
+                    f"{key}/{bucket}": value
+                    for key, value in merge_metrics(bucket_metrics).items()
+                    if key in BUCKETED_STEP_VALUES
+                }
+            )
         grad_norm = self.engine.get_global_grad_norm()
         merged["grad_norm"] = float(grad_norm) if grad_norm is not None else unclipped_norm
         merged["lr"] = float(self.engine.get_lr()[0])
@@ -226,33 +247,28 @@ class Learner:
         loss_config = self.config.loss
         decoupled = loss_config.ratio_reference == "proximal"
         loss, metrics = policy_loss(
-            loss_config.name,
+            loss_config,
             logprobs,
             proximal if decoupled else micro.behaviour_logprobs,
             micro.advantages,
             micro.completion_mask,
-            eps=loss_config.eps,
-            eps_high=loss_config.eps_high,
-            agg=loss_config.agg,
-            ref_logprobs=reference,
-            beta=loss_config.beta if reference is not None else 0.0,
-            kl_estimator=loss_config.kl_estimator,
+            ref_logprobs=reference,  # loaded exactly when beta > 0
             behaviour_logprobs=micro.behaviour_logprobs if decoupled else None,
-            is_cap=loss_config.is_cap,
             entropy=entropy,
-            norm_length=loss_config.norm_length,
             normaliser=normaliser,
-            cispo_eps_low=loss_config.cispo_eps_low,
         )
         return loss, {**metrics, **self._anchored_metrics(logprobs, micro, proximal, micro.completion_mask)}
 
     def _anchored_metrics(self, logprobs, micro: PackedBatch, proximal, mask) -> dict[str, float]:
         """The trust-region metrics against each anchor, as ``<anchor>_<metric>``, whichever one the loss uses."""
-        loss_config = self.config.loss
         anchors = {"behaviour": micro.behaviour_logprobs, "proximal": proximal}
-        return {anchored(anchor, key): value for anchor in ANCHORS
-                for key, value in trust_region_metrics(loss_config.name, logprobs, anchors[anchor], micro.advantages,
-                                                       mask, eps=loss_config.eps, eps_high=loss_config.eps_high).items()}
+        return {
+            anchored(anchor, key): value
+            for anchor in ANCHORS
+            for key, value in trust_region_metrics(
+                self.config.loss, logprobs, anchors[anchor], micro.advantages, mask
+            ).items()
+        }
 
     def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:
         """Save engine, optimizer and version under a tag named by the version; returns the tag."""

@@ -26,10 +26,10 @@ class PackedBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, index: Tensor) -> "PackedBatch":
+    def select(self, index: Tensor) -> PackedBatch:
         return PackedBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def to(self, device: torch.device | str) -> "PackedBatch":
+    def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
@@ -76,13 +76,16 @@ def completion_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature:
     lengths = batch.attention_mask.sum(1)
     width = int(lengths.max())
     first = int(batch.prompt_lengths.min()) - 1  # the logit at position p predicts token p + 1
-    logits = model(input_ids=batch.input_ids[:, :width], attention_mask=batch.attention_mask[:, :width],
-                   logits_to_keep=width - first).logits  # positions first .. width - 1
+    logits = model(
+        input_ids=batch.input_ids[:, :width],
+        attention_mask=batch.attention_mask[:, :width],
+        logits_to_keep=width - first,
+    ).logits  # positions first .. width - 1
     T = batch.completion_ids.shape[1]
     completion_lengths = lengths - batch.prompt_lengths
     kept = int(completion_lengths.max())  # completion columns holding a token in some row
     # Completion token t of row i is predicted at position prompt_length_i - 1 + t, here shifted by ``first``.
-    positions = (batch.prompt_lengths[:, None] - 1 - first + torch.arange(kept, device=logits.device)[None, :])
+    positions = batch.prompt_lengths[:, None] - 1 - first + torch.arange(kept, device=logits.device)[None, :]
     positions = positions.clamp(max=logits.shape[1] - 1)
     completion_logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
     log_probs = torch.log_softmax(completion_logits / temperature, dim=-1)
@@ -90,5 +93,7 @@ def completion_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature:
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     real = torch.arange(kept, device=logits.device)[None, :] < completion_lengths[:, None]
     padding = (0, T - kept)
-    return (torch.nn.functional.pad(token_logprobs.where(real, 0.0), padding),
-            torch.nn.functional.pad(entropy.where(real, 0.0), padding))
+    return (
+        torch.nn.functional.pad(token_logprobs.where(real, 0.0), padding),
+        torch.nn.functional.pad(entropy.where(real, 0.0), padding),
+    )

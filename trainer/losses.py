@@ -14,16 +14,15 @@ Conventions (tensors are ``[B, T]`` over completion tokens, ``B`` responses of u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
+from cfpo.config import AGGREGATIONS, LossConfig
+
 LOG_RATIO_LIMIT = 20.0
-DAPO_DEFAULT_EPS_HIGH = 0.28
-AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k3")
 
 
 @dataclass(frozen=True)
@@ -106,93 +105,71 @@ LOSSES: dict[str, Callable[[LossInputs], TokenLoss]] = {
 
 
 def policy_loss(
-    name: str,
+    config: LossConfig,
     logprobs: Tensor,
     old_logprobs: Tensor,
     advantages: Tensor,
     mask: Tensor,
     *,
-    eps: float = 0.2,
-    eps_high: float | None = None,
-    agg: str = "seq-mean-token-mean",
     ref_logprobs: Tensor | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
     behaviour_logprobs: Tensor | None = None,
-    is_cap: float = 2.0,
     entropy: Tensor | None = None,
-    norm_length: int | None = None,
     normaliser: float | Tensor | None = None,
-    cispo_eps_low: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The named policy loss, aggregated, and the metrics every loss reports.
+    """The configured policy loss, aggregated, and the metrics every loss reports.
 
-    Options:
-      eps, eps_high -- trust region [1 - eps, 1 + eps_high]; eps_high defaults to eps (to 0.28 for ``dapo``);
-          ``grpo`` is symmetric and refuses eps_high. CFPO uses eps_high for positive advantages.
-      agg -- ``seq-mean-token-mean`` (paper Eq. 8), ``token-mean``, ``seq-mean-token-sum-norm`` (Dr.GRPO: token
-          sums divided by the constant ``norm_length``, then the mean over responses); ``normaliser`` overrides
-          what the sum is divided by (see ``aggregate``).
-      ref_logprobs, beta, kl_estimator -- adds beta * KL(pi || pi_ref) per token (``k1`` or ``k3``).
-      behaviour_logprobs, is_cap -- when the ratio is taken against a recomputed proximal policy
-          (``old_logprobs``), weights each token by the detached importance weight pi_prox / pi_behaviour,
-          truncated at ``is_cap``, correcting for data sampled by an older policy.
+    ``config`` (validated where it was read) names the loss, its trust region, the aggregation and the optional
+    terms. The tensors:
+      ref_logprobs -- the reference policy's, for the beta * KL(pi || pi_ref) term (required when beta > 0).
+      behaviour_logprobs -- when the ratio is taken against a recomputed proximal policy (``old_logprobs``),
+          weights each token by the detached importance weight pi_prox / pi_behaviour, truncated at ``is_cap``,
+          correcting for data sampled by an older policy.
       entropy -- token entropies [B, T] of the current policy, reported as the ``entropy`` metric.
-      cispo_eps_low -- CISPO's importance weight is clipped above at 1 + eps_high and, only when this is given,
-          below at 1 - cispo_eps_low (its paper sets no lower bound).
+      normaliser -- overrides what the aggregated sum is divided by (see ``aggregate``).
     """
-    inputs = _loss_inputs(name, logprobs, old_logprobs, advantages, mask, eps, eps_high, cispo_eps_low)
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"agg: unknown aggregation {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator: {kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
-    for field, tensor in (("ref_logprobs", ref_logprobs), ("behaviour_logprobs", behaviour_logprobs),
-                          ("entropy", entropy)):
+    inputs = _loss_inputs(config, logprobs, old_logprobs, advantages, mask)
+    for field, tensor in (
+        ("ref_logprobs", ref_logprobs),
+        ("behaviour_logprobs", behaviour_logprobs),
+        ("entropy", entropy),
+    ):
         _check_shape(field, tensor, logprobs)
-    if beta > 0 and ref_logprobs is None:
+    if config.beta > 0 and ref_logprobs is None:
         raise ValueError("ref_logprobs: required when beta > 0 (the reference-KL term needs them)")
-    mask, logprobs, old_logprobs = inputs.mask, inputs.logprobs, _zero_padding(old_logprobs, inputs.mask).detach()
-    terms = LOSSES[name](inputs)
-
-    token_loss = terms.loss
+    mask, logprobs = inputs.mask, inputs.logprobs
+    token_loss = LOSSES[config.name](inputs).loss
     extra: dict[str, float] = {}
     if behaviour_logprobs is not None:
+        proximal = _zero_padding(old_logprobs, mask).detach()
         behaviour = _zero_padding(behaviour_logprobs, mask).detach()
-        weight = torch.exp((old_logprobs - behaviour).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)).clamp(max=is_cap)
+        weight = torch.exp((proximal - behaviour).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)).clamp(max=config.is_cap)
         token_loss = token_loss * weight
         extra["is_weight_mean"] = _masked_mean(weight, mask)
-        extra["is_truncated_frac"] = _masked_mean((weight >= is_cap).float(), mask)
-    if ref_logprobs is not None and beta > 0:
-        ref_kl = _kl_to_reference(logprobs, _zero_padding(ref_logprobs, mask).detach(), kl_estimator)
-        token_loss = token_loss + beta * ref_kl
+        extra["is_truncated_frac"] = _masked_mean((weight >= config.is_cap).float(), mask)
+    if ref_logprobs is not None and config.beta > 0:
+        ref_kl = _kl_to_reference(logprobs, _zero_padding(ref_logprobs, mask).detach(), config.kl_estimator)
+        token_loss = token_loss + config.beta * ref_kl
         extra["ref_kl"] = _masked_mean(ref_kl, mask)
 
-    loss = aggregate(token_loss, mask, agg, norm_length=norm_length, normaliser=normaliser)
+    loss = aggregate(token_loss, mask, config.agg, norm_length=config.norm_length, normaliser=normaliser)
     metrics = _batch_metrics(advantages, mask, entropy)
     metrics.update(extra)
     return loss, metrics
 
 
 def trust_region_metrics(
-    name: str,
-    logprobs: Tensor,
-    anchor_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    eps: float = 0.2,
-    eps_high: float | None = None,
+    config: LossConfig, logprobs: Tensor, anchor_logprobs: Tensor, advantages: Tensor, mask: Tensor
 ) -> dict[str, float]:
     """How far the current policy is from an anchor policy (behaviour or proximal), token means over the batch.
 
     ratio_* and tv are of r = pi / pi_anchor; kl_k1/kl_k3 estimate KL(anchor || current) on the sampled tokens
-    (exact for the behaviour policy, which sampled them). clip_frac counts the tokens the named loss's trust region
-    clips (for losses that do not clip, those PPO *would* clip): its trust ratio above 1 + eps_high with A > 0, or
-    below 1 - eps_low with A < 0 (GSPO's trust ratio is its sequence ratio).
+    (exact for the behaviour policy, which sampled them). clip_frac counts the tokens the configured loss's trust
+    region clips (for losses that do not clip, those PPO *would* clip): its trust ratio above 1 + eps_high with
+    A > 0, or below 1 - eps_low with A < 0 (GSPO's trust ratio is its sequence ratio).
     """
     with torch.no_grad():
-        x = _loss_inputs(name, logprobs.detach(), anchor_logprobs, advantages, mask, eps, eps_high, None)
-        trust_ratio = LOSSES[name](x).trust_ratio
+        x = _loss_inputs(config, logprobs.detach(), anchor_logprobs, advantages, mask)
+        trust_ratio = LOSSES[config.name](x).trust_ratio
         ratio, adv, mask = x.ratio, x.advantages, x.mask
         high = (trust_ratio > 1 + x.eps_high) & (adv > 0)
         low = (trust_ratio < 1 - x.eps_low) & (adv < 0)
@@ -211,18 +188,17 @@ def trust_region_metrics(
         }
 
 
-def _loss_inputs(name: str, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, eps: float,
-                 eps_high: float | None, cispo_eps_low: float | None) -> LossInputs:
-    """Validated, masked inputs of loss ``name``, with the clamped log-ratio against ``old_logprobs``."""
-    if name not in LOSSES:
-        raise ValueError(f"loss: unknown name {name!r}; choose one of {', '.join(LOSSES)}")
-    eps_low, eps_high = _trust_region(name, eps, eps_high)
+def _loss_inputs(
+    config: LossConfig, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+) -> LossInputs:
+    """Masked inputs of the configured loss, with the clamped log-ratio against ``old_logprobs``."""
+    eps_low, eps_high = config.trust_region
     mask = _as_bool_mask(mask, logprobs.shape)
     _check_shape("old_logprobs", old_logprobs, logprobs)
     adv = _broadcast_advantages(advantages, logprobs)
     logprobs = _zero_padding(logprobs, mask)
     log_ratio = (logprobs - _zero_padding(old_logprobs, mask).detach()).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    return LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high, cispo_eps_low)
+    return LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high, config.cispo_eps_low)
 
 
 def _check_shape(field: str, tensor: Tensor | None, logprobs: Tensor) -> None:
@@ -230,8 +206,14 @@ def _check_shape(field: str, tensor: Tensor | None, logprobs: Tensor) -> None:
         raise ValueError(f"{field}: shape {tuple(tensor.shape)} differs from logprobs {tuple(logprobs.shape)}")
 
 
-def aggregate(token_values: Tensor, mask: Tensor, agg: str, *, norm_length: int | None = None,
-              normaliser: float | Tensor | None = None) -> Tensor:
+def aggregate(
+    token_values: Tensor,
+    mask: Tensor,
+    agg: str,
+    *,
+    norm_length: int | None = None,
+    normaliser: float | Tensor | None = None,
+) -> Tensor:
     """Reduce per-token values to a scalar; responses without tokens count for nothing.
 
     The sum is divided by ``normaliser``, by default ``aggregation_normaliser`` of this mask. A caller that splits
@@ -257,22 +239,12 @@ def aggregation_normaliser(mask: Tensor, agg: str, norm_length: int | None = Non
         return (mask.sum(-1) > 0).sum().clamp(min=1)
     if agg == "seq-mean-token-sum-norm":
         if norm_length is None:
-            raise ValueError("norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant; a run spec "
-                             "sets it to rollout.max_tokens)")
+            raise ValueError(
+                "norm_length: required for seq-mean-token-sum-norm (Dr.GRPO's constant; a run spec "
+                "sets it to rollout.max_tokens)"
+            )
         return mask.new_tensor(mask.shape[0] * norm_length, dtype=torch.float32)
     raise ValueError(f"agg: unknown aggregation {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
-
-
-def _trust_region(name: str, eps: float, eps_high: float | None) -> tuple[float, float]:
-    if eps <= 0:
-        raise ValueError(f"eps: must be > 0, got {eps}")
-    if name == "grpo" and eps_high is not None and eps_high != eps:
-        raise ValueError("eps_high: grpo clips symmetrically; use loss 'dapo' for a separate upper bound")
-    if eps_high is None:
-        eps_high = DAPO_DEFAULT_EPS_HIGH if name == "dapo" else eps
-    if eps_high <= 0:
-        raise ValueError(f"eps_high: must be > 0, got {eps_high}")
-    return eps, eps_high
 
 
 def _as_bool_mask(mask: Tensor, shape: torch.Size) -> Tensor:
@@ -290,9 +262,7 @@ def _broadcast_advantages(advantages: Tensor, logprobs: Tensor) -> Tensor:
         return advantages[:, None].expand_as(logprobs).to(logprobs.dtype)
     if advantages.shape == logprobs.shape:
         return advantages.to(logprobs.dtype)
-    raise ValueError(
-        f"advantages: shape {tuple(advantages.shape)} must be [B] or [B, T] = {tuple(logprobs.shape)}"
-    )
+    raise ValueError(f"advantages: shape {tuple(advantages.shape)} must be [B] or [B, T] = {tuple(logprobs.shape)}")
 
 
 def _zero_padding(values: Tensor, mask: Tensor) -> Tensor:

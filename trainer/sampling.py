@@ -6,8 +6,8 @@ given temperature (no top-k, no top-p) and records each token's log-prob under e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -21,7 +21,8 @@ RewardFn = Callable[[list[int]], float]
 def digit_reward(tokenizer) -> RewardFn:
     """A dense toy reward: the share of completion tokens that spell digits (teaches a random model quickly)."""
     digit_tokens = {
-        token_id for token_id in range(len(tokenizer))
+        token_id
+        for token_id in range(len(tokenizer))
         if (text := tokenizer.decode([token_id]).strip()) and text.isdigit()
     }
     return lambda completion: sum(t in digit_tokens for t in completion) / len(completion)
@@ -59,12 +60,19 @@ def sample_batch(
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        completions = [_until_eos(row[len(prompt_ids):].tolist(), tokenizer.eos_token_id) for row in output]
+        completions = [_until_eos(row[len(prompt_ids) :].tolist(), tokenizer.eos_token_id) for row in output]
         rewards = [score(c) for c in completions]
         advantages = group_advantages(advantage, rewards)
         group = [
-            Sample(prompt_ids=prompt_ids, completion_ids=c, behaviour_logprobs=[0.0] * len(c), advantage=a, reward=r,
-                   min_version=0, max_version=0)
+            Sample(
+                prompt_ids=prompt_ids,
+                completion_ids=c,
+                behaviour_logprobs=[0.0] * len(c),
+                advantage=a,
+                reward=r,
+                min_version=0,
+                max_version=0,
+            )
             for c, r, a in zip(completions, rewards, advantages)
         ]
         with torch.no_grad():

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import typer
 
-from cfpo.cli.runs import run_app
 from cfpo.cli.demo import demo
-from cfpo.cli.up import up
+from cfpo.cli.runs import run_app
 from cfpo.cli.sweep.command import sweep
+from cfpo.cli.up import up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CFPO: clipping-free RL post-training pipeline.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare local model directories (no downloads).")
@@ -46,8 +46,13 @@ def bench(ctx: typer.Context) -> None:
     _hand_over("benchmarks", ctx.args)
 
 
-SERVICES = {"generation": "services.generation", "reward": "services.reward", "rollout": "services.rollout",
-            "learner": "trainer", "control": "services.control"}
+SERVICES = {
+    "generation": "services.generation",
+    "reward": "services.reward",
+    "rollout": "services.rollout",
+    "learner": "trainer",
+    "control": "services.control",
+}
 
 
 @app.command(context_settings=FORWARD_ARGS)

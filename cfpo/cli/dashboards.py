@@ -17,9 +17,22 @@ from pathlib import Path
 from typing import Literal
 
 from cfpo.metrics import (
-    ANCHORS, LEARNER_BUCKET_GAUGES, LEARNER_EVAL_ACCURACY, LEARNER_GAUGES, LEARNER_LAG_BUCKET_GAUGES,
-    LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS, REWARD_FUNCTION_CALLS, REWARD_REQUEST_SECONDS,
-    REWARD_REQUESTS, ROLLOUT_ERRORS, ROLLOUT_GROUPS, ROLLOUT_STAGE_SECONDS, Metric, anchored,
+    ANCHORS,
+    LEARNER_BUCKET_GAUGES,
+    LEARNER_EVAL_ACCURACY,
+    LEARNER_GAUGES,
+    LEARNER_LAG_BUCKET_GAUGES,
+    LEARNER_STALENESS,
+    LEARNER_STEPS,
+    LEARNER_WEIGHT_SYNC_SECONDS,
+    REWARD_FUNCTION_CALLS,
+    REWARD_REQUEST_SECONDS,
+    REWARD_REQUESTS,
+    ROLLOUT_ERRORS,
+    ROLLOUT_GROUPS,
+    ROLLOUT_STAGE_SECONDS,
+    Metric,
+    anchored,
 )
 
 DATASOURCE_UID = "prometheus"
@@ -37,7 +50,7 @@ class Query:
 @dataclass(frozen=True)
 class Panel:
     title: str
-    description: str  # shown in Grafana's panel info and the README's dashboard guide
+    description: str  # shown in Grafana's panel info and docs/metrics.md's dashboard guide
     queries: tuple[Query, ...]
     unit: str = "short"
     kind: Literal["timeseries", "stat"] = "timeseries"
@@ -67,8 +80,12 @@ def _against_anchors(key: str, by: Literal["step", "staleness", "lag"] = "step",
     """Trust-region metric ``key`` against each anchor, per step or per bucket of staleness or policy lag."""
     gauges = {"step": LEARNER_GAUGES, "staleness": LEARNER_BUCKET_GAUGES, "lag": LEARNER_LAG_BUCKET_GAUGES}[by]
     bucket = "" if by == "step" else f" {by} {{{{{by}_bucket}}}}"
-    return tuple(Query(f"{gauges[anchored(anchor, key)].name}{{{RUN_LOSS}}}",
-                       f"{stat}{{{{loss}}}} vs {anchor}{bucket} {{{{run}}}}") for anchor in ANCHORS)
+    return tuple(
+        Query(
+            f"{gauges[anchored(anchor, key)].name}{{{RUN_LOSS}}}", f"{stat}{{{{loss}}}} vs {anchor}{bucket} {{{{run}}}}"
+        )
+        for anchor in ANCHORS
+    )
 
 
 def _series(metric: Metric) -> str:
@@ -93,30 +110,59 @@ RUN_OVERVIEW = Dashboard(
     title="cfpo / Run overview",
     description="Is the run learning, how fast, and is data flowing? One line per run and loss.",
     panels=(
-        Panel("Reward", "Mean reward of each step's samples (training data, after the staleness of its policy).",
-              (_gauge("reward_mean"),)),
-        Panel("Held-out accuracy",
-              "Share of held-out problems solved (greedy, full reward) at the run's evaluations: before training, "
-              "every evaluation.every steps, after the last step.",
-              (Query(f"{LEARNER_EVAL_ACCURACY.name}{{{RUN_LOSS}}}", "{{loss}} {{run}}"),), unit="percentunit"),
-        Panel("Optimizer steps per minute", "Policy versions the learner produces per minute.",
-              (Query(f"sum by (run, loss) (rate({_series(LEARNER_STEPS)}{{{RUN_LOSS}}}[{RATE}])) * 60",
-                     "{{loss}} {{run}}"),)),
-        Panel("Tokens per second",
-              "Completion tokens trained per second of optimizer step (learner), and tokens vLLM generates per "
-              "second (all runs).",
-              (_gauge("tokens_per_second", "trained {{loss}} {{run}}"),
-               Query(f"sum(rate(vllm:generation_tokens_total[{RATE}]))", "generated (vLLM)"))),
-        Panel("Policy version", "The learner's policy version (optimizer steps taken).",
-              (_gauge("policy_version"),), kind="stat"),
-        Panel("Queue depth",
-              "Groups in the run's stream not yet read by the learner, and read but not yet acknowledged (applied, "
-              "waiting for a checkpoint). Steady growth of unread: generation outpaces the learner.",
-              (_gauge("queue_unread", "unread {{loss}} {{run}}"), _gauge("queue_pending", "pending {{loss}} {{run}}"))),
-        Panel("Rollout groups per minute", "Groups the rollout workers append to each run's stream.",
-              (Query(f'sum by (run) (rate({_series(ROLLOUT_GROUPS)}{{run=~"$run"}}[{RATE}])) * 60', "{{run}}"),)),
-        Panel("Mean staleness", "Mean staleness (policy versions) of each step's samples when the learner used them.",
-              (_gauge("staleness_mean"),)),
+        Panel(
+            "Reward",
+            "Mean reward of each step's samples (training data, after the staleness of its policy).",
+            (_gauge("reward_mean"),),
+        ),
+        Panel(
+            "Held-out accuracy",
+            "Share of held-out problems solved (greedy, full reward) at the run's evaluations: before training, "
+            "every evaluation.every steps, after the last step.",
+            (Query(f"{LEARNER_EVAL_ACCURACY.name}{{{RUN_LOSS}}}", "{{loss}} {{run}}"),),
+            unit="percentunit",
+        ),
+        Panel(
+            "Optimizer steps per minute",
+            "Policy versions the learner produces per minute.",
+            (
+                Query(
+                    f"sum by (run, loss) (rate({_series(LEARNER_STEPS)}{{{RUN_LOSS}}}[{RATE}])) * 60",
+                    "{{loss}} {{run}}",
+                ),
+            ),
+        ),
+        Panel(
+            "Tokens per second",
+            "Completion tokens trained per second of optimizer step (learner), and tokens vLLM generates per "
+            "second (all runs).",
+            (
+                _gauge("tokens_per_second", "trained {{loss}} {{run}}"),
+                Query(f"sum(rate(vllm:generation_tokens_total[{RATE}]))", "generated (vLLM)"),
+            ),
+        ),
+        Panel(
+            "Policy version",
+            "The learner's policy version (optimizer steps taken).",
+            (_gauge("policy_version"),),
+            kind="stat",
+        ),
+        Panel(
+            "Queue depth",
+            "Groups in the run's stream not yet read by the learner, and read but not yet acknowledged (applied, "
+            "waiting for a checkpoint). Steady growth of unread: generation outpaces the learner.",
+            (_gauge("queue_unread", "unread {{loss}} {{run}}"), _gauge("queue_pending", "pending {{loss}} {{run}}")),
+        ),
+        Panel(
+            "Rollout groups per minute",
+            "Groups the rollout workers append to each run's stream.",
+            (Query(f'sum by (run) (rate({_series(ROLLOUT_GROUPS)}{{run=~"$run"}}[{RATE}])) * 60', "{{run}}"),),
+        ),
+        Panel(
+            "Mean staleness",
+            "Mean staleness (policy versions) of each step's samples when the learner used them.",
+            (_gauge("staleness_mean"),),
+        ),
     ),
 )
 
@@ -124,36 +170,65 @@ STALENESS_PROBE = Dashboard(
     uid="cfpo-staleness-probe",
     title="cfpo / Staleness probe",
     description="How the policy update behaves as data gets staler: per loss (CFPO and GRPO side by side) and per "
-                "staleness bucket (policy versions between generation and use).",
+    "staleness bucket (policy versions between generation and use).",
     panels=(
-        Panel("Clip fraction",
-              "Share of tokens outside the trust region on the side the advantage favours, against the behaviour "
-              "(sampling) and the proximal policy. For clipped losses the tokens outside the region of the loss's "
-              "own anchor get no gradient; CFPO keeps pulling them back instead.",
-              _against_anchors("clip_frac"), unit="percentunit"),
-        Panel("Clip fraction by staleness", "The same shares, per staleness bucket of the samples.",
-              _against_anchors("clip_frac", "staleness"), unit="percentunit"),
-        Panel("KL (k3)", "KL(anchor || current policy), k3 estimator: how far the update has moved from the "
-              "sampling policy (vs behaviour) and from the policy before this batch's first update (vs proximal).",
-              _against_anchors("kl_k3")),
+        Panel(
+            "Clip fraction",
+            "Share of tokens outside the trust region on the side the advantage favours, against the behaviour "
+            "(sampling) and the proximal policy. For clipped losses the tokens outside the region of the loss's "
+            "own anchor get no gradient; CFPO keeps pulling them back instead.",
+            _against_anchors("clip_frac"),
+            unit="percentunit",
+        ),
+        Panel(
+            "Clip fraction by staleness",
+            "The same shares, per staleness bucket of the samples.",
+            _against_anchors("clip_frac", "staleness"),
+            unit="percentunit",
+        ),
+        Panel(
+            "KL (k3)",
+            "KL(anchor || current policy), k3 estimator: how far the update has moved from the "
+            "sampling policy (vs behaviour) and from the policy before this batch's first update (vs proximal).",
+            _against_anchors("kl_k3"),
+        ),
         Panel("KL (k3) by staleness", "The same KLs per staleness bucket.", _against_anchors("kl_k3", "staleness")),
-        Panel("KL (k3) by policy lag",
-              "The same KLs per policy-lag bucket (the version updated - the one that generated the data).",
-              _against_anchors("kl_k3", "lag")),
+        Panel(
+            "KL (k3) by policy lag",
+            "The same KLs per policy-lag bucket (the version updated - the one that generated the data).",
+            _against_anchors("kl_k3", "lag"),
+        ),
         Panel("Total variation", "0.5 x mean |r - 1| over tokens, against each anchor.", _against_anchors("tv")),
         Panel("Total variation by staleness", "The same per staleness bucket.", _against_anchors("tv", "staleness")),
-        Panel("Entropy", "Mean token entropy of the current policy; a collapse shows as a fall to 0.",
-              (_gauge("entropy"),)),
+        Panel(
+            "Entropy",
+            "Mean token entropy of the current policy; a collapse shows as a fall to 0.",
+            (_gauge("entropy"),),
+        ),
         Panel("Entropy by staleness", "The same per staleness bucket.", (_by_staleness("entropy"),)),
-        Panel("Ratio range", "Smallest and largest ratio pi / pi_anchor of each step, against each anchor.",
-              (*_against_anchors("ratio_min", stat="min "), *_against_anchors("ratio_max", stat="max "))),
-        Panel("Ratio range by staleness", "Smallest and largest ratio per staleness bucket, against each anchor.",
-              (*_against_anchors("ratio_min", "staleness", "min "), *_against_anchors("ratio_max", "staleness", "max "))),
-        Panel("Staleness of consumed samples", "Median and p90 staleness of the samples the learner consumed.",
-              (Query(_quantile(0.5, LEARNER_STALENESS.name, "run, loss", RUN_LOSS), "p50 {{loss}} {{run}}"),
-               Query(_quantile(0.9, LEARNER_STALENESS.name, "run, loss", RUN_LOSS), "p90 {{loss}} {{run}}"))),
-        Panel("Policy loss and gradient norm", "The step's policy loss and global gradient norm before clipping.",
-              (_gauge("loss", "loss {{loss}} {{run}}"), _gauge("grad_norm", "grad norm {{loss}} {{run}}"))),
+        Panel(
+            "Ratio range",
+            "Smallest and largest ratio pi / pi_anchor of each step, against each anchor.",
+            (*_against_anchors("ratio_min", stat="min "), *_against_anchors("ratio_max", stat="max ")),
+        ),
+        Panel(
+            "Ratio range by staleness",
+            "Smallest and largest ratio per staleness bucket, against each anchor.",
+            (*_against_anchors("ratio_min", "staleness", "min "), *_against_anchors("ratio_max", "staleness", "max ")),
+        ),
+        Panel(
+            "Staleness of consumed samples",
+            "Median and p90 staleness of the samples the learner consumed.",
+            (
+                Query(_quantile(0.5, LEARNER_STALENESS.name, "run, loss", RUN_LOSS), "p50 {{loss}} {{run}}"),
+                Query(_quantile(0.9, LEARNER_STALENESS.name, "run, loss", RUN_LOSS), "p90 {{loss}} {{run}}"),
+            ),
+        ),
+        Panel(
+            "Policy loss and gradient norm",
+            "The step's policy loss and global gradient norm before clipping.",
+            (_gauge("loss", "loss {{loss}} {{run}}"), _gauge("grad_norm", "grad norm {{loss}} {{run}}")),
+        ),
     ),
 )
 
@@ -162,37 +237,97 @@ SERVICES = Dashboard(
     title="cfpo / Services",
     description="Generation (vLLM's own metrics), reward scoring, rollout stages and weight sync.",
     panels=(
-        Panel("Generation throughput", "Prompt and generated tokens per second in vLLM.",
-              (Query(f"sum(rate(vllm:prompt_tokens_total[{RATE}]))", "prompt"),
-               Query(f"sum(rate(vllm:generation_tokens_total[{RATE}]))", "generated"))),
-        Panel("Generation latency", "p50 and p90 seconds from a request's arrival to its last token (vLLM).",
-              (Query(_quantile(0.5, "vllm:e2e_request_latency_seconds"), "p50"),
-               Query(_quantile(0.9, "vllm:e2e_request_latency_seconds"), "p90")), unit="s"),
-        Panel("Generation requests in flight", "Requests vLLM is running and holding in its queue.",
-              (Query("sum(vllm:num_requests_running)", "running"), Query("sum(vllm:num_requests_waiting)", "waiting"))),
-        Panel("Reward latency", "p50 and p99 seconds to answer a score request.",
-              (Query(_reward(lambda p: _quantile(0.5, p + REWARD_REQUEST_SECONDS.name)), "p50"),
-               Query(_reward(lambda p: _quantile(0.99, p + REWARD_REQUEST_SECONDS.name)), "p99")), unit="s"),
-        Panel("Reward requests and function outcomes",
-              "Score requests per second by HTTP status, and reward function calls per second by outcome (ok, error, "
-              "timeout).",
-              (Query(_reward(lambda p: f"sum by (status) (rate({p}{_series(REWARD_REQUESTS)}[{RATE}]))"),
-                     "requests {{status}}"),
-               Query(_reward(lambda p: f"sum by (function, outcome) (rate({p}{_series(REWARD_FUNCTION_CALLS)}[{RATE}]))"),
-                     "{{function}} {{outcome}}")), unit="reqps"),
-        Panel("Reward error ratio", "Share of reward function calls that ended in error or timeout.",
-              (Query(_reward(lambda p: f'(sum(rate({p}{_series(REWARD_FUNCTION_CALLS)}{{outcome!="ok"}}[{RATE}])) '
-                                       f"or vector(0)) / sum(rate({p}{_series(REWARD_FUNCTION_CALLS)}[{RATE}]))"),
-                     "error ratio"),), unit="percentunit"),
-        Panel("Weight sync time", "p50 and max seconds to push the learner's weights to generation.",
-              (Query(_quantile(0.5, LEARNER_WEIGHT_SYNC_SECONDS.name, "run", 'run=~"$run"'), "p50 {{run}}"),
-               Query(_quantile(1.0, LEARNER_WEIGHT_SYNC_SECONDS.name, "run", 'run=~"$run"'), "max {{run}}")), unit="s"),
-        Panel("Rollout stage time", "p90 seconds per group in each rollout stage (generate, score, append).",
-              (Query(_quantile(0.9, ROLLOUT_STAGE_SECONDS.name, "run, stage", 'run=~"$run"'), "{{stage}} {{run}}"),),
-              unit="s"),
-        Panel("Rollout errors", "Failed (retried) generation and reward calls per second, by stage.",
-              (Query(f'sum by (run, stage) (rate({_series(ROLLOUT_ERRORS)}{{run=~"$run"}}[{RATE}])) or vector(0)',
-                     "{{stage}} {{run}}"),), unit="reqps"),
+        Panel(
+            "Generation throughput",
+            "Prompt and generated tokens per second in vLLM.",
+            (
+                Query(f"sum(rate(vllm:prompt_tokens_total[{RATE}]))", "prompt"),
+                Query(f"sum(rate(vllm:generation_tokens_total[{RATE}]))", "generated"),
+            ),
+        ),
+        Panel(
+            "Generation latency",
+            "p50 and p90 seconds from a request's arrival to its last token (vLLM).",
+            (
+                Query(_quantile(0.5, "vllm:e2e_request_latency_seconds"), "p50"),
+                Query(_quantile(0.9, "vllm:e2e_request_latency_seconds"), "p90"),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Generation requests in flight",
+            "Requests vLLM is running and holding in its queue.",
+            (Query("sum(vllm:num_requests_running)", "running"), Query("sum(vllm:num_requests_waiting)", "waiting")),
+        ),
+        Panel(
+            "Reward latency",
+            "p50 and p99 seconds to answer a score request.",
+            (
+                Query(_reward(lambda p: _quantile(0.5, p + REWARD_REQUEST_SECONDS.name)), "p50"),
+                Query(_reward(lambda p: _quantile(0.99, p + REWARD_REQUEST_SECONDS.name)), "p99"),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Reward requests and function outcomes",
+            "Score requests per second by HTTP status, and reward function calls per second by outcome (ok, error, "
+            "timeout).",
+            (
+                Query(
+                    _reward(lambda p: f"sum by (status) (rate({p}{_series(REWARD_REQUESTS)}[{RATE}]))"),
+                    "requests {{status}}",
+                ),
+                Query(
+                    _reward(
+                        lambda p: f"sum by (function, outcome) (rate({p}{_series(REWARD_FUNCTION_CALLS)}[{RATE}]))"
+                    ),
+                    "{{function}} {{outcome}}",
+                ),
+            ),
+            unit="reqps",
+        ),
+        Panel(
+            "Reward error ratio",
+            "Share of reward function calls that ended in error or timeout.",
+            (
+                Query(
+                    _reward(
+                        lambda p: (
+                            f'(sum(rate({p}{_series(REWARD_FUNCTION_CALLS)}{{outcome!="ok"}}[{RATE}])) '
+                            f"or vector(0)) / sum(rate({p}{_series(REWARD_FUNCTION_CALLS)}[{RATE}]))"
+                        )
+                    ),
+                    "error ratio",
+                ),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
+            "Weight sync time",
+            "p50 and max seconds to push the learner's weights to generation.",
+            (
+                Query(_quantile(0.5, LEARNER_WEIGHT_SYNC_SECONDS.name, "run", 'run=~"$run"'), "p50 {{run}}"),
+                Query(_quantile(1.0, LEARNER_WEIGHT_SYNC_SECONDS.name, "run", 'run=~"$run"'), "max {{run}}"),
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Rollout stage time",
+            "p90 seconds per group in each rollout stage (generate, score, append).",
+            (Query(_quantile(0.9, ROLLOUT_STAGE_SECONDS.name, "run, stage", 'run=~"$run"'), "{{stage}} {{run}}"),),
+            unit="s",
+        ),
+        Panel(
+            "Rollout errors",
+            "Failed (retried) generation and reward calls per second, by stage.",
+            (
+                Query(
+                    f'sum by (run, stage) (rate({_series(ROLLOUT_ERRORS)}{{run=~"$run"}}[{RATE}])) or vector(0)',
+                    "{{stage}} {{run}}",
+                ),
+            ),
+            unit="reqps",
+        ),
     ),
 )
 
@@ -209,19 +344,37 @@ def to_grafana(dashboard: Dashboard) -> dict:
     source = DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
 
     def variable(name: str, query: str) -> gd.QueryVariable:
-        return (gd.QueryVariable(name).label(name).datasource(source).query(query).multi(True).include_all(True)
-                .all_value(".*").current(VariableOption(text="All", value="$__all", selected=True)).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC))
+        return (
+            gd.QueryVariable(name)
+            .label(name)
+            .datasource(source)
+            .query(query)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .current(VariableOption(text="All", value="$__all", selected=True))
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+        )
 
-    built = (gd.Dashboard(dashboard.title).uid(dashboard.uid).description(dashboard.description)
-             .tags(["cfpo"]).time("now-1h", "now").refresh("10s").readonly()
-             .with_variable(variable("run", f"label_values({VARIABLE_SOURCE}, run)"))
-             .with_variable(variable("loss", f'label_values({VARIABLE_SOURCE}{{run=~"$run"}}, loss)')))
+    built = (
+        gd.Dashboard(dashboard.title)
+        .uid(dashboard.uid)
+        .description(dashboard.description)
+        .tags(["cfpo"])
+        .time("now-1h", "now")
+        .refresh("10s")
+        .readonly()
+        .with_variable(variable("run", f"label_values({VARIABLE_SOURCE}, run)"))
+        .with_variable(variable("loss", f'label_values({VARIABLE_SOURCE}{{run=~"$run"}}, loss)'))
+    )
     for panel in dashboard.panels:
         builder = (stat.Panel() if panel.kind == "stat" else timeseries.Panel()).title(panel.title)
         builder = builder.description(panel.description).datasource(source).unit(panel.unit).span(12).height(8)
         for ref, query in zip("ABCDEFGH", panel.queries):
-            builder = builder.with_target(prometheus.Dataquery().expr(query.expr).legend_format(query.legend)
-                                          .ref_id(ref).datasource(source))
+            builder = builder.with_target(
+                prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id(ref).datasource(source)
+            )
         built = built.with_panel(builder)
     return json.loads(json.dumps(built.build(), cls=JSONEncoder))
 

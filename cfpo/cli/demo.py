@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from cfpo.cli.runs import Api, follow
-from cfpo.evaluation import EvalResult, evaluate
-from cfpo.clients.generation import GenerationClient
-from cfpo.models import prepare_model
 from cfpo.cli.report import print_report, write_report
-from cfpo.clients.reward import RewardClient
-from cfpo.run_spec import RunSpec
+from cfpo.cli.runs import Api, follow
 from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_sigterm
+from cfpo.clients.generation import GenerationClient
+from cfpo.clients.reward import RewardClient
+from cfpo.config import ConfigError, read_yaml_mapping
+from cfpo.evaluation import EvalResult, evaluate
+from cfpo.models import prepare_model
+from cfpo.run_spec import RunSpec
 from cfpo.tasks import load_task
 
 console = Console()
@@ -40,14 +40,15 @@ class DemoSettings:
 
 
 def stack_settings(model: Path, out: Path, port_offset: int) -> StackSettings:
-    return StackSettings(model=model, state_dir=out / "stack", runs_dir=out / "runs",
-                         **StackSettings.offset_ports(port_offset))
+    return StackSettings(
+        model=model, state_dir=out / "stack", runs_dir=out / "runs", **StackSettings.offset_ports(port_offset)
+    )
 
 
 def run(settings: DemoSettings) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # conversion and loading bars would break the status lines
     started = time.perf_counter()
-    spec_data = yaml.safe_load(settings.spec_file.read_text())
+    spec_data = read_yaml_mapping(settings.spec_file)
     model_dir = Path(spec_data["model"]).resolve()
     with console.status(f"preparing the model in {model_dir}"):
         prepare_model(settings.tiny, model_dir)
@@ -59,7 +60,7 @@ def run(settings: DemoSettings) -> int:
         console.print(f"stack up: control API {stack.control_url}/docs, logs in {stack.logs}")
         before = _evaluate(stack, spec, settings.eval_problems, "before training")
         api = Api(stack.control_url)
-        created = api.call("POST", "/v1/runs", json={**spec.model_dump(mode="json"), "name": "demo"})
+        created = api.submit(spec.model_dump(mode="json"), name="demo")
         console.print(f"submitted run [bold]{created['id']}[/] through POST {stack.control_url}/v1/runs")
         final = follow(api, created["id"], interval=1.0)
         after = _evaluate(stack, spec, settings.eval_problems, "after training")
@@ -77,10 +78,17 @@ def _evaluate(stack: Stack, spec: RunSpec, limit: int, when: str) -> EvalResult:
 
     problems = load_task(spec.task, "eval")
     with console.status(f"evaluating {min(limit, len(problems))} held-out problems {when}"):
-        result = evaluate(GenerationClient(stack.generation_url), RewardClient(stack.reward_url),
-                          AutoTokenizer.from_pretrained(spec.model), problems, max_tokens=spec.rollout.max_tokens,
-                          limit=limit)
-    console.print(f"held-out accuracy {when}: {result.accuracy:.1%} of {result.n} (mean reward {result.mean_reward:.3f})")
+        result = evaluate(
+            GenerationClient(stack.generation_url),
+            RewardClient(stack.reward_url),
+            AutoTokenizer.from_pretrained(spec.model),
+            problems,
+            max_tokens=spec.rollout.max_tokens,
+            limit=limit,
+        )
+    console.print(
+        f"held-out accuracy {when}: {result.accuracy:.1%} of {result.n} (mean reward {result.mean_reward:.3f})"
+    )
     return result
 
 
@@ -109,6 +117,9 @@ def demo(
     stop_on_sigterm()  # so the demo's stack is stopped, not orphaned
     try:
         code = run(DemoSettings(spec, out, tiny, eval_problems, port_offset))
+    except ConfigError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        raise typer.Exit(2) from None
     except StackError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None

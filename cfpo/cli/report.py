@@ -36,12 +36,24 @@ PANELS = {  # title -> plotted keys; a second key is drawn dashed
     "entropy": ("entropy",),
     "staleness (solid: mean, dashed: max)": ("staleness_mean", "staleness_max"),
 }
-BUCKET_METRICS = {anchored(BEHAVIOUR, "clip_frac"): f"clip fraction vs {BEHAVIOUR}",
-                  anchored(BEHAVIOUR, "kl_k3"): f"KL k3 vs {BEHAVIOUR}"}  # staleness is the sampler's age
+BUCKET_METRICS = {
+    anchored(BEHAVIOUR, "clip_frac"): f"clip fraction vs {BEHAVIOUR}",
+    anchored(BEHAVIOUR, "kl_k3"): f"KL k3 vs {BEHAVIOUR}",
+}  # staleness is the sampler's age
 BUCKET_KEY = re.compile(rf"^({'|'.join(BUCKET_METRICS)})/staleness_(.+)$")
 BOTH = f"({BEHAVIOUR} / {PROXIMAL})"
-HEADERS = ("run", "anchor", "steps (+ warm-up left out)", f"reward, last {FINAL_STEPS}", f"clip frac max {BOTH}",
-           f"clip frac mean {BOTH}", f"KL k3 max {BOTH}", f"TV mean {BOTH}", "entropy first → last", "staleness max")
+HEADERS = (
+    "run",
+    "anchor",
+    "steps (+ warm-up left out)",
+    f"reward, last {FINAL_STEPS}",
+    f"clip frac max {BOTH}",
+    f"clip frac mean {BOTH}",
+    f"KL k3 max {BOTH}",
+    f"TV mean {BOTH}",
+    "entropy first → last",
+    "staleness max",
+)
 
 
 class ReportError(Exception):
@@ -57,11 +69,15 @@ class Run:
     warm_up_steps: frozenset[int] = frozenset()  # steps logged as warm-up
     anchor: str | None = None  # the loss's trust-region anchor (learner.loss.ratio_reference), when a spec names it
 
-    def steady_state(self) -> "Run":
+    def steady_state(self) -> Run:
         """The run without its warm-up steps, whose lower staleness would dilute every average of the run."""
         kept = [i for i, step in enumerate(self.steps) if step not in self.warm_up_steps]
-        return replace(self, steps=[self.steps[i] for i in kept], warm_up_steps=frozenset(),
-                       series={key: [values[i] for i in kept] for key, values in self.series.items()})
+        return replace(
+            self,
+            steps=[self.steps[i] for i in kept],
+            warm_up_steps=frozenset(),
+            series={key: [values[i] for i in kept] for key, values in self.series.items()},
+        )
 
     def points(self, key: str) -> tuple[list[int], list[float]]:
         """The steps that have a value of ``key``, and those values."""
@@ -115,8 +131,14 @@ def load_run(path: Path, name: str | None = None) -> Run:
     name = name or path.resolve().name
     loss = _loss_settings(path / "spec.yaml")
     label = f"{name} ({loss['name']})" if "name" in loss else name
-    return Run(path, label, steps, series, frozenset(row["step"] for row in rows if row.get("warm_up") is True),
-               loss.get("ratio_reference"))
+    return Run(
+        path,
+        label,
+        steps,
+        series,
+        frozenset(row["step"] for row in rows if row.get("warm_up") is True),
+        loss.get("ratio_reference"),
+    )
 
 
 def _read_rows(file: Path) -> list[dict]:
@@ -218,10 +240,21 @@ def table_rows(runs: list[Run], all_steps: bool = False) -> list[list[str]]:
     for run in runs:
         s = summarise(run, all_steps)
         steps = f"{s.steps} + {s.warm_up_left_out}" if s.warm_up_left_out else str(s.steps)
-        both = [" / ".join(_cell(getattr(s.against[anchor], field)) for anchor in ANCHORS)
-                for field in ("clip_frac_max", "clip_frac_mean", "kl_k3_max", "tv_mean")]
-        rows.append([run.label, run.anchor or "–", steps, _cell(s.final_reward), *both,
-                     f"{_cell(s.entropy_first)} → {_cell(s.entropy_last)}", _cell(s.staleness_max)])
+        both = [
+            " / ".join(_cell(getattr(s.against[anchor], field)) for anchor in ANCHORS)
+            for field in ("clip_frac_max", "clip_frac_mean", "kl_k3_max", "tv_mean")
+        ]
+        rows.append(
+            [
+                run.label,
+                run.anchor or "–",
+                steps,
+                _cell(s.final_reward),
+                *both,
+                f"{_cell(s.entropy_first)} → {_cell(s.entropy_last)}",
+                _cell(s.staleness_max),
+            ]
+        )
     return rows
 
 
@@ -255,19 +288,26 @@ def write_report(paths: list[Path], out: Path, all_steps: bool = False) -> tuple
 
 
 def _markdown(runs: list[Run], figures: dict[str, Path], all_steps: bool) -> str:
-    steps = ("every step, warm-up included" if all_steps else
-             "the steady state: warm-up steps (staleness still below its target) are left out, and counted")
+    steps = (
+        "every step, warm-up included"
+        if all_steps
+        else "the steady state: warm-up steps (staleness still below its target) are left out, and counted"
+    )
     lines = [
-        "# Run report", "",
-        *(f"- `{run.label}`: {run.path}" for run in runs), "",
+        "# Run report",
+        "",
+        *(f"- `{run.label}`: {run.path}" for run in runs),
+        "",
         "Each step (rollout batch) is the mean of its optimizer steps' rows (the max for `*_max` keys); the table "
         f"is read off those per-step values, over {steps}. Final reward: mean of the last {FINAL_STEPS} steps. "
         "The figures show every step. Trust-region figures are given against both anchors, behaviour (the "
         "sampling policy) / proximal (the learner before its first update on the batch); `anchor` is the one the "
-        "run's loss used.", "",
+        "run's loss used.",
+        "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
-        *("| " + " | ".join(cells) + " |" for cells in table_rows(runs, all_steps)), "",
+        *("| " + " | ".join(cells) + " |" for cells in table_rows(runs, all_steps)),
+        "",
         *(f"![{title}]({path.name})\n" for title, path in figures.items()),
     ]
     return "\n".join(lines)
@@ -300,8 +340,9 @@ def _figure(rows: int, cols: int, runs: list[Run], sharey: bool | str = False):
     from matplotlib.lines import Line2D
 
     width, height = PANEL_INCHES
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + LEGEND_INCHES), squeeze=False,
-                             sharex=True, sharey=sharey)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows + LEGEND_INCHES), squeeze=False, sharex=True, sharey=sharey
+    )
     handles = [Line2D([], [], color=f"C{i}", marker=".") for i in range(len(runs))]
     fig.legend(handles, [run.label for run in runs], loc="lower center", ncol=min(len(runs), 4), frameon=False)
     for ax in axes[-1]:

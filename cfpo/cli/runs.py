@@ -6,19 +6,18 @@ The API is found at $CFPO_API_URL (default http://127.0.0.1:8080) and its token 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-DEFAULT_API_URL = "http://127.0.0.1:8080"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+from cfpo.clients.control import ControlApiError, ControlClient
+from cfpo.config import ConfigError, read_yaml_mapping
+
 # label -> the learner's metric: distances from the sampler, whichever anchor the loss uses
 WATCHED = {"reward": "reward_mean", "KL vs behaviour": "behaviour_kl_k3", "clip vs behaviour": "behaviour_clip_frac"}
 
@@ -26,37 +25,14 @@ run_app = typer.Typer(no_args_is_help=True, help="Submit, list, show, cancel and
 console = Console()
 
 
-class Api:
-    """The control API (at $CFPO_API_URL unless given); every call returns the decoded body or exits with a
-    one-line error."""
-
-    def __init__(self, url: str | None = None) -> None:
-        self.url = (url or os.environ.get("CFPO_API_URL", DEFAULT_API_URL)).rstrip("/")
-        token = os.environ.get("CFPO_API_TOKEN")
-        self.http = httpx.Client(base_url=self.url, timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+class Api(ControlClient):
+    """The control API for a command line: every failure prints one line and exits with status 1."""
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict:
         try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as error:
-            _fail(f"cannot reach the control API at {self.url} ({error or type(error).__name__}); "
-                  "is it running? (set CFPO_API_URL)")
-        if response.status_code == 401:
-            _fail(f"{_message(response)} (set CFPO_API_TOKEN to the API's token)")
-        if response.status_code >= 400:
-            _fail(f"HTTP {response.status_code}: {_message(response)}")
-        return response.json()
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("detail") or body)
-    return str(body)
+            return super().call(method, path, **kwargs)
+        except ControlApiError as error:
+            _fail(str(error))
 
 
 def _fail(message: str) -> NoReturn:
@@ -67,58 +43,75 @@ def _fail(message: str) -> NoReturn:
 def _read_spec(path: Path) -> dict:
     """The YAML spec as sent; a relative ``model`` is made absolute here (from the current directory, as
     ``cfpo serve generation --model`` reads it), since the API compares it with what generation serves."""
-    import yaml
-
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        _fail(f"{path}: cannot read it: {error}")
-    if not isinstance(data, dict):
-        _fail(f"{path}: expected a mapping of run settings at the top level")
+        data = read_yaml_mapping(path)
+    except ConfigError as error:
+        _fail(str(error))
     if isinstance(data.get("model"), str) and not Path(data["model"]).is_absolute():
         data["model"] = str(Path(data["model"]).resolve())
     return data
 
 
 @run_app.command()
-def submit(spec: Path = typer.Argument(..., help="run spec (YAML), as for the learner and rollout workers"),
-           name: str = typer.Option(None, help="a label for people"),
-           model: str = typer.Option(None, help="the model directory as the stack sees it, instead of the spec's "
-                                                "(compose and Helm: /data/models/smollm2-135m-instruct)")) -> None:
+def submit(
+    spec: Path = typer.Argument(..., help="run spec (YAML), as for the learner and rollout workers"),
+    name: str = typer.Option(None, help="a label for people"),
+    model: str = typer.Option(
+        None,
+        help="the model directory as the stack sees it, instead of the spec's "
+        "(compose and Helm: /data/models/smollm2-135m-instruct)",
+    ),
+) -> None:
     """Validate and queue a run; prints its id."""
     body = _read_spec(spec) | ({"name": name} if name else {}) | ({"model": model} if model else {})
-    record = Api().call("POST", "/v1/runs", json=body)
+    record = Api().submit(body)
     console.print(f"submitted run [bold]{record['id']}[/bold] ({record['state']})", highlight=False)
 
 
 @run_app.command("list")
-def list_runs(state: str = typer.Option(None, help="only runs in this state"),
-              limit: int = typer.Option(20, min=1, max=1000)) -> None:
+def list_runs(
+    state: str = typer.Option(None, help="only runs in this state"), limit: int = typer.Option(20, min=1, max=1000)
+) -> None:
     """The newest runs, newest first."""
     params = {"limit": limit} | ({"state": state} if state else {})
     runs = Api().call("GET", "/v1/runs", params=params)["runs"]
     table = Table("id", "name", "state", "steps", "loss", "model", "created", "reason")
     for run in runs:
-        table.add_row(run["id"], run["name"] or "", _state(run), f"{run['steps_done']}/{run['steps']}",
-                      run["spec"]["learner"]["loss"]["name"], run["spec"]["model"], _when(run["created_at"]),
-                      run["reason"] or "")
+        table.add_row(
+            run["id"],
+            run["name"] or "",
+            _state(run),
+            f"{run['steps_done']}/{run['steps']}",
+            run["spec"]["learner"]["loss"]["name"],
+            run["spec"]["model"],
+            _when(run["created_at"]),
+            run["reason"] or "",
+        )
     console.print(table)
 
 
 @run_app.command()
 def show(run_id: str = typer.Argument(..., help="the run's id")) -> None:
     """A run's state, progress, staleness and latest metrics."""
-    run = Api().call("GET", f"/v1/runs/{run_id}")
+    run = Api().run(run_id)
     staleness = run["staleness"]
     table = Table(show_header=False, box=None)
     for label, value in (
-        ("id", run["id"]), ("name", run["name"]), ("state", _state(run)), ("reason", run["reason"]),
-        ("cancel asked", run["cancel_reason"]), ("model", run["spec"]["model"]),
-        ("loss", run["spec"]["learner"]["loss"]["name"]), ("steps", f"{run['steps_done']}/{run['steps']}"),
+        ("id", run["id"]),
+        ("name", run["name"]),
+        ("state", _state(run)),
+        ("reason", run["reason"]),
+        ("cancel asked", run["cancel_reason"]),
+        ("model", run["spec"]["model"]),
+        ("loss", run["spec"]["learner"]["loss"]["name"]),
+        ("steps", f"{run['steps_done']}/{run['steps']}"),
         ("version", run["version"]),
         ("staleness", f"{staleness['mode']}, bound {staleness['bound']}, latest mean {staleness['latest_mean']}"),
-        ("worker", run["worker"]), ("created", _when(run["created_at"])), ("started", _when(run["started_at"])),
-        ("finished", _when(run["finished_at"])), ("heartbeat", _when(run["heartbeat_at"])),
+        ("worker", run["worker"]),
+        ("created", _when(run["created_at"])),
+        ("started", _when(run["started_at"])),
+        ("finished", _when(run["finished_at"])),
+        ("heartbeat", _when(run["heartbeat_at"])),
     ):
         if value is not None:
             table.add_row(label, str(value))
@@ -131,16 +124,20 @@ def show(run_id: str = typer.Argument(..., help="the run's id")) -> None:
 
 
 @run_app.command()
-def cancel(run_id: str = typer.Argument(..., help="the run's id"),
-           reason: str = typer.Option("cancelled from the command line", help="recorded with the run")) -> None:
+def cancel(
+    run_id: str = typer.Argument(..., help="the run's id"),
+    reason: str = typer.Option("cancelled from the command line", help="recorded with the run"),
+) -> None:
     """Cancel a queued run, or ask a running one to stop at its next step."""
     run = Api().call("POST", f"/v1/runs/{run_id}/cancel", json={"reason": reason})
     console.print(f"run {run['id']}: {_state(run)}", highlight=False)
 
 
 @run_app.command()
-def watch(run_id: str = typer.Argument(..., help="the run's id"),
-          interval: float = typer.Option(2.0, min=0.1, help="seconds between polls")) -> None:
+def watch(
+    run_id: str = typer.Argument(..., help="the run's id"),
+    interval: float = typer.Option(2.0, min=0.1, help="seconds between polls"),
+) -> None:
     """Follow a run until it ends: steps done of steps, with reward, KL and clip fraction of the latest step.
 
     Exits 0 when the run succeeded, 1 when it failed or was cancelled."""
@@ -151,18 +148,23 @@ def watch(run_id: str = typer.Argument(..., help="the run's id"),
 
 def follow(api: Api, run_id: str, interval: float = 2.0) -> dict:
     """Show a run's progress until it ends; returns its final record."""
-    run = api.call("GET", f"/v1/runs/{run_id}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[latest]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(run_id, total=run["steps"], latest="")
-        while True:
-            progress.update(task, completed=run["steps_done"], description=f"{run_id} {_state(run)}",
-                            latest=_latest(run["metrics"]))
-            if run["state"] in FINAL_STATES:
-                break
-            time.sleep(interval)
-            run = api.call("GET", f"/v1/runs/{run_id}")
+        task = progress.add_task(run_id, total=None, latest="")
+        for run in api.follow(run_id, interval):
+            progress.update(
+                task,
+                total=run["steps"],
+                completed=run["steps_done"],
+                description=f"{run_id} {_state(run)}",
+                latest=_latest(run["metrics"]),
+            )
     console.print(f"run {run_id}: {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), highlight=False)
     return run
 

@@ -46,12 +46,16 @@ class StackSettings(StrictModel):
     prometheus: bool = Field(True, description="start Prometheus when its binary is installed")
     scrape_interval_s: int = Field(5, ge=1, description="Prometheus' scrape interval, seconds")
     generation_cpu_cores: Literal["all", "vllm"] = Field(
-        "all", description="CPU: vLLM's worker binds every core (all) or follows vLLM's own binding (vllm)")
+        "all", description="CPU: vLLM's worker binds every core (all) or follows vLLM's own binding (vllm)"
+    )
     learner_threads: int | None = Field(
-        None, ge=1, description="CPU threads of the learner; default every core (trainer/threads.py)")
+        None, ge=1, description="CPU threads of the learner; default every core (trainer/threads.py)"
+    )
     weights_dir: Path | None = Field(
-        None, description="where the learner stages weights for generation; default a folder in /dev/shm (memory, "
-        "the cheapest push) when the machine has one, else each run's directory")
+        None,
+        description="where the learner stages weights for generation; default a folder in /dev/shm (memory, "
+        "the cheapest push) when the machine has one, else each run's directory",
+    )
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
 
     @classmethod
@@ -76,6 +80,7 @@ def _http_ok(url: str) -> Callable[[], bool]:
             return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
     return ready
 
 
@@ -105,38 +110,113 @@ class Stack:
         services = []
         if s.redis_url is None:
             redis_dir = s.state_dir / "redis"
-            services.append(Service("redis", [
-                _binary("redis-server"), "--bind", "127.0.0.1", "--port", str(s.redis_port), "--dir", str(redis_dir),
-                "--appendonly", "yes", "--save", "",
-            ], self._redis_ready, self.redis_url))
+            services.append(
+                Service(
+                    "redis",
+                    [
+                        _binary("redis-server"),
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        str(s.redis_port),
+                        "--dir",
+                        str(redis_dir),
+                        "--appendonly",
+                        "yes",
+                        "--save",
+                        "",
+                    ],
+                    self._redis_ready,
+                    self.redis_url,
+                )
+            )
         services += [
-            Service("generation", _python("services.generation", "--model", str(s.model), "--port",
-                                          str(s.generation_port), "--cpu-cores", s.generation_cpu_cores),
-                    _http_ok(f"{self.generation_url}/health"), self.generation_url),
-            Service("reward", _python("services.reward", "--port", str(s.reward_port)),
-                    _http_ok(f"{self.reward_url}/health"), self.reward_url),
-            Service("control", _python("services.control", "--port", str(s.control_port), "--redis-url",
-                                       self.redis_url, "--generation-url", self.generation_url),
-                    _http_ok(f"{self.control_url}/health"), f"{self.control_url}/docs"),
-            Service("learner", _python("trainer", "--worker", "--runs-dir", str(s.runs_dir), "--metrics-port",
-                                       str(s.learner_metrics_port), "--generation-url", self.generation_url,
-                                       "--redis-url", self.redis_url,
-                                       *(["--threads", str(s.learner_threads)] if s.learner_threads else []),
-                                       *(["--weights-dir", str(self.weights_dir)] if self.weights_dir else [])),
-                    _http_ok(f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
-                    f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
-            Service("rollout", _python("services.rollout", "--worker", "--metrics-port", str(s.rollout_metrics_port),
-                                       "--generation-url", self.generation_url, "--reward-url", self.reward_url,
-                                       "--redis-url", self.redis_url),
-                    _http_ok(f"http://127.0.0.1:{s.rollout_metrics_port}/metrics"),
-                    f"http://127.0.0.1:{s.rollout_metrics_port}/metrics"),
+            Service(
+                "generation",
+                _python(
+                    "services.generation",
+                    "--model",
+                    str(s.model),
+                    "--port",
+                    str(s.generation_port),
+                    "--cpu-cores",
+                    s.generation_cpu_cores,
+                ),
+                _http_ok(f"{self.generation_url}/health"),
+                self.generation_url,
+            ),
+            Service(
+                "reward",
+                _python("services.reward", "--port", str(s.reward_port)),
+                _http_ok(f"{self.reward_url}/health"),
+                self.reward_url,
+            ),
+            Service(
+                "control",
+                _python(
+                    "services.control",
+                    "--port",
+                    str(s.control_port),
+                    "--redis-url",
+                    self.redis_url,
+                    "--generation-url",
+                    self.generation_url,
+                ),
+                _http_ok(f"{self.control_url}/health"),
+                f"{self.control_url}/docs",
+            ),
+            Service(
+                "learner",
+                _python(
+                    "trainer",
+                    "--worker",
+                    "--runs-dir",
+                    str(s.runs_dir),
+                    "--metrics-port",
+                    str(s.learner_metrics_port),
+                    "--generation-url",
+                    self.generation_url,
+                    "--redis-url",
+                    self.redis_url,
+                    *(["--threads", str(s.learner_threads)] if s.learner_threads else []),
+                    *(["--weights-dir", str(self.weights_dir)] if self.weights_dir else []),
+                ),
+                _http_ok(f"http://127.0.0.1:{s.learner_metrics_port}/metrics"),
+                f"http://127.0.0.1:{s.learner_metrics_port}/metrics",
+            ),
+            Service(
+                "rollout",
+                _python(
+                    "services.rollout",
+                    "--worker",
+                    "--metrics-port",
+                    str(s.rollout_metrics_port),
+                    "--generation-url",
+                    self.generation_url,
+                    "--reward-url",
+                    self.reward_url,
+                    "--redis-url",
+                    self.redis_url,
+                ),
+                _http_ok(f"http://127.0.0.1:{s.rollout_metrics_port}/metrics"),
+                f"http://127.0.0.1:{s.rollout_metrics_port}/metrics",
+            ),
         ]
         if s.prometheus and shutil.which("prometheus"):
             url = f"http://127.0.0.1:{s.prometheus_port}"
-            services.append(Service("prometheus", [
-                _binary("prometheus"), f"--config.file={self._prometheus_config_path}",
-                f"--storage.tsdb.path={s.state_dir / 'prometheus'}", f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
-            ], _http_ok(f"{url}/-/ready"), url))
+            services.append(
+                Service(
+                    "prometheus",
+                    [
+                        _binary("prometheus"),
+                        f"--config.file={self._prometheus_config_path}",
+                        f"--storage.tsdb.path={s.state_dir / 'prometheus'}",
+                        f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+                    ],
+                    _http_ok(f"{url}/-/ready"),
+                    url,
+                )
+            )
         return services
 
     def _redis_ready(self) -> bool:
@@ -154,8 +234,13 @@ class Stack:
 
     def _write_prometheus_config(self) -> None:
         s = self.settings
-        targets = {"generation": s.generation_port, "reward": s.reward_port, "control": s.control_port,
-                   "learner": s.learner_metrics_port, "rollout": s.rollout_metrics_port}
+        targets = {
+            "generation": s.generation_port,
+            "reward": s.reward_port,
+            "control": s.control_port,
+            "learner": s.learner_metrics_port,
+            "rollout": s.rollout_metrics_port,
+        }
         jobs = "".join(
             f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
             for job, port in targets.items()
@@ -164,7 +249,8 @@ class Stack:
         quoted = str(rules).replace("'", "''")  # YAML single-quoted scalar
         rule_files = f"rule_files:\n  - '{quoted}'\n" if rules.is_file() else ""  # absent from an installed package
         self._prometheus_config_path.write_text(
-            f"global:\n  scrape_interval: {s.scrape_interval_s}s\n{rule_files}scrape_configs:\n{jobs}")
+            f"global:\n  scrape_interval: {s.scrape_interval_s}s\n{rule_files}scrape_configs:\n{jobs}"
+        )
 
     def start(self, on_status: Callable[[str], None] = lambda message: None) -> None:
         """Start every service in order, each healthy before the next; on any failure stop what started."""
@@ -172,14 +258,23 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.settings.state_dir / "redis").mkdir(parents=True, exist_ok=True)
         self._write_prometheus_config()
-        env = {**os.environ, "REDIS_URL": self.redis_url, "CFPO_GENERATION_URL": self.generation_url,
-               "CFPO_REWARD_URL": self.reward_url}
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis_url,
+            "CFPO_GENERATION_URL": self.generation_url,
+            "CFPO_REWARD_URL": self.reward_url,
+        }
         try:
             for service in self.services:
                 on_status(f"starting {service.name}")
                 with (self.logs / f"{service.name}.log").open("ab") as log:
-                    service.process = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT,
-                                                       start_new_session=True, env={**env, **service.env})
+                    service.process = subprocess.Popen(
+                        service.argv,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        env={**env, **service.env},
+                    )
                 self._wait_healthy(service)
         except BaseException:
             self.stop()
@@ -207,8 +302,9 @@ class Stack:
             if service.process.poll() is not None:
                 raise StackError(f"{service.name} exited with {service.process.returncode}\n{self.log_tail(service)}")
             if time.monotonic() > deadline:
-                raise StackError(f"{service.name} not healthy after {self.settings.startup_timeout:.0f} s\n"
-                                 f"{self.log_tail(service)}")
+                raise StackError(
+                    f"{service.name} not healthy after {self.settings.startup_timeout:.0f} s\n{self.log_tail(service)}"
+                )
             time.sleep(0.5)
 
     def check_alive(self) -> None:

@@ -18,8 +18,11 @@ TINY_MODEL_DIR = Path("models/tiny")
 
 
 def up(
-    model: Path = typer.Option(None, envvar="CFPO_MODEL",
-                               help=f"model directory to serve and train; default: the tiny test model in {TINY_MODEL_DIR}"),
+    model: Path = typer.Option(
+        None,
+        envvar="CFPO_MODEL",
+        help=f"model directory to serve and train; default: the tiny test model in {TINY_MODEL_DIR}",
+    ),
     runs_dir: Path = typer.Option(Path("runs"), help="where runs write their files"),
     port_offset: int = typer.Option(0, help="add this to every default port"),
     prometheus: bool = typer.Option(True, help="start Prometheus when it is installed"),
@@ -29,8 +32,13 @@ def up(
     if model is None:
         model = prepare_model(tiny=True, directory=TINY_MODEL_DIR.resolve())
     try:
-        settings = StackSettings(model=model.resolve(), runs_dir=runs_dir, state_dir=runs_dir / "stack",
-                                 prometheus=prometheus, **StackSettings.offset_ports(port_offset))
+        settings = StackSettings(
+            model=model.resolve(),
+            runs_dir=runs_dir,
+            state_dir=runs_dir / "stack",
+            prometheus=prometheus,
+            **StackSettings.offset_ports(port_offset),
+        )
     except ValidationError as error:
         for problem in error.errors():
             console.print(f"[red]error:[/] {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
@@ -61,4 +69,6 @@ def _print_urls(stack: Stack) -> None:
     for service in stack.services:
         table.add_row(service.name, service.url or "")
     console.print(table)
-    console.print(f"logs: {stack.logs}\nsubmit a run: cfpo run submit configs/demo-tiny.yaml   (Ctrl-C stops everything)")
+    console.print(
+        f"logs: {stack.logs}\nsubmit a run: cfpo run submit configs/demo-tiny.yaml   (Ctrl-C stops everything)"
+    )

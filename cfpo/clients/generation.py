@@ -47,7 +47,7 @@ class PolicyVersion:
         return str(self.number) if self.run is None else f"{self.run}{RUN_SEPARATOR}{self.number}"
 
     @classmethod
-    def parse(cls, label: str) -> "PolicyVersion":
+    def parse(cls, label: str) -> PolicyVersion:
         if label == INITIAL_VERSION_LABEL:
             return cls(None, 0)
         run, _, number = label.rpartition(RUN_SEPARATOR)
@@ -84,8 +84,11 @@ class GenerationClient:
     def __init__(self, base_url: str, *, timeout: float = 300.0):
         self.base_url = base_url.rstrip("/")
         # No connection cap: a rollout worker's lanes each hold one request in flight.
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
-                                  limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -114,9 +117,17 @@ class GenerationClient:
     ) -> list[Completion]:
         """``n`` completions of one prompt, sampled from softmax(logits / temperature) over the whole vocabulary."""
         sampling = {
-            "n": n, "temperature": temperature, "max_tokens": max_tokens, "logprobs": 0,
-            "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
-            "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": seed,
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "logprobs": 0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "seed": seed,
             "stop_token_ids": stop_token_ids or [],
         }
         body = {"token_ids": prompt_ids, "sampling_params": sampling}
@@ -139,8 +150,9 @@ class GenerationClient:
     def version(self) -> PolicyVersion:
         return PolicyVersion.parse(self._get("/weight_info")["weight_version"])
 
-    def update_weights(self, path: str | Path, version: int, *, run: str | None = None,
-                       timeout: float = 120.0) -> WeightUpdate:
+    def update_weights(
+        self, path: str | Path, version: int, *, run: str | None = None, timeout: float = 120.0
+    ) -> WeightUpdate:
         """Load a safetensors file (every tensor of the model) as ``run``'s policy ``version``; blocks until served."""
         started = time.perf_counter()
         with self.paused(timeout=timeout):

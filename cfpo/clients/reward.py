@@ -1,49 +1,68 @@
-"""Client of the reward service (``POST /v1/score``), for the rollout workers."""
+"""Client of the reward service (``POST /v1/score``) and the shapes of what it scores and returns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, Field
+
+from cfpo.config import StrictModel
+from cfpo.tasks import Problem
 
 
 class RewardError(RuntimeError):
     """The reward service refused or failed a whole request; the message says why."""
 
 
-@dataclass(frozen=True)
-class ScoreItem:
+class ScoreItem(StrictModel):
+    """One completion to score, as ``POST /v1/score`` takes it (the service narrows ``task`` and ``rewards`` to
+    what it is configured with)."""
+
     prompt: str
     completion: str
-    reference: str
-    task: str
-    metadata: dict[str, Any] | None = None
+    reference: str = Field(description="the expected answer")
+    task: str = Field(description="picks the weighted reward functions (the service's tasks setting)")
+    metadata: dict[str, Any] = Field({}, description="free-form; some functions read keys of it")
+    rewards: dict[str, float] | None = Field(
+        None, min_length=1, description="{reward function: weight} used instead of the task's combination"
+    )
+
+    @classmethod
+    def answer(cls, problem: Problem, completion: str) -> ScoreItem:
+        """A completion of ``problem``, to be checked against its reference."""
+        return cls(
+            prompt=problem.prompt,
+            completion=completion,
+            reference=problem.reference,
+            task=problem.task,
+            metadata=dict(problem.metadata),
+        )
 
 
-@dataclass(frozen=True)
-class Score:
-    reward: float
-    details: dict[str, Any]
+class ItemReward(BaseModel):
+    reward: float = Field(description="weighted sum of the item's reward functions; 0 if any of them failed")
+    details: dict[str, Any] = Field(
+        description="task; per function its weight, value and what it found (e.g. answer); error if one failed"
+    )
 
 
 class RewardClient:
     def __init__(self, base_url: str, *, timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
         # No connection cap: a rollout worker's lanes each hold one request in flight.
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
-                                  limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
 
     def close(self) -> None:
         self._http.close()
 
-    def score(self, items: list[ScoreItem], *, rewards: dict[str, float] | None = None) -> list[Score]:
+    def score(self, items: list[ScoreItem], *, rewards: dict[str, float] | None = None) -> list[ItemReward]:
         """One score per item, in order; ``rewards`` overrides the tasks' reward functions and weights."""
-        body: dict[str, Any] = {"items": [
-            {"prompt": i.prompt, "completion": i.completion, "reference": i.reference, "task": i.task,
-             "metadata": i.metadata or {}}
-            for i in items
-        ]}
+        body: dict[str, Any] = {"items": [item.model_dump(exclude_none=True) for item in items]}
         if rewards:
             body["rewards"] = rewards
         try:
@@ -52,4 +71,4 @@ class RewardClient:
             raise RewardError(f"POST {self.base_url}/v1/score: {error!r}") from None
         if response.status_code != 200:
             raise RewardError(f"POST {self.base_url}/v1/score: HTTP {response.status_code}: {response.text[:1000]}")
-        return [Score(float(r["reward"]), r.get("details", {})) for r in response.json()["rewards"]]
+        return [ItemReward.model_validate(r) for r in response.json()["rewards"]]

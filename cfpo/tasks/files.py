@@ -119,7 +119,7 @@ class FileTask(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _one_eval_source(self) -> "FileTask":
+    def _one_eval_source(self) -> FileTask:
         if self.eval_path is not None and self.eval_fraction > 0:
             raise ValueError("eval_fraction: set either eval_path or eval_fraction, not both")
         return self

@@ -7,22 +7,14 @@ any user could read in the process list. Bad settings print one line naming the 
 
 from __future__ import annotations
 
-import argparse
 import sys
-import logging
 
-from cfpo.entrypoint import parse_settings as settings_from_flags
-from cfpo.entrypoint import settings_parser
+from cfpo.entrypoint import Entrypoint, log_to_stderr
 from services.control.settings import ControlSettings
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return settings_parser(ControlSettings, prog="cfpo serve control", description="Serve the control API for runs.",
-                           config_help="YAML file of settings; flags override it", not_flags=("token",))
-
-
-def parse_settings(argv: list[str]) -> ControlSettings:
-    return settings_from_flags(ControlSettings, build_parser(), argv)
+parse_settings = Entrypoint(
+    ControlSettings, prog="cfpo serve control", description="Serve the control API for runs.", not_flags=("token",)
+).parse
 
 
 def main(argv: list[str]) -> None:
@@ -34,10 +26,13 @@ def main(argv: list[str]) -> None:
     from services.control.app import create_app
     from services.control.served_models import generation_models
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     registry = RunRegistry(settings.redis_url, history_length=settings.history_length)
-    served = (None if settings.generation_url is None
-              else generation_models(settings.generation_url, settings.generation_timeout_s))
+    served = (
+        None
+        if settings.generation_url is None
+        else generation_models(settings.generation_url, settings.generation_timeout_s)
+    )
     app = create_app(settings, registry, PrometheusRecorder(CONTROL_METRICS), served)
     uvicorn.run(app, host=settings.host, port=settings.port)
 

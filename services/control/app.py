@@ -17,10 +17,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
 from cfpo.metrics import (
-    CONTROL_REQUESTS, CONTROL_RUNS_QUEUED, CONTROL_RUNS_RUNNING, CONTROL_RUNS_SUBMITTED, PrometheusRecorder,
+    CONTROL_REQUESTS,
+    CONTROL_RUNS_QUEUED,
+    CONTROL_RUNS_RUNNING,
+    CONTROL_RUNS_SUBMITTED,
+    PrometheusRecorder,
 )
-from cfpo.run_spec import RunSpec
 from cfpo.registry import RunRecord, RunRegistry
+from cfpo.run_spec import RunSpec
 from services.control import errors
 from services.control.auth import token_checker
 from services.control.reaper import reap_forever
@@ -41,10 +45,14 @@ With `CFPO_API_TOKEN` set on the server, every route but `/health`, `/metrics` a
 
 def _model_check_text(settings: ControlSettings) -> str:
     if settings.generation_url is None:
-        return ("No generation URL is configured: a run's `model` is **not** checked against the served model "
-                "(start with `--generation-url` to check it).")
-    return (f"A run whose `model` is not the model generation at {settings.generation_url} serves "
-            "(its `GET /v1/models`) is refused with 409.")
+        return (
+            "No generation URL is configured: a run's `model` is **not** checked against the served model "
+            "(start with `--generation-url` to check it)."
+        )
+    return (
+        f"A run whose `model` is not the model generation at {settings.generation_url} serves "
+        "(its `GET /v1/models`) is refused with 409."
+    )
 
 
 RESPONSES = {
@@ -60,8 +68,9 @@ def _responses(*codes: int) -> dict:
     return {code: {"description": RESPONSES[code]} for code in codes}
 
 
-def create_app(settings: ControlSettings, registry: RunRegistry, recorder: PrometheusRecorder,
-               served_models: ServedModels | None) -> FastAPI:
+def create_app(
+    settings: ControlSettings, registry: RunRegistry, recorder: PrometheusRecorder, served_models: ServedModels | None
+) -> FastAPI:
     """``served_models``: how to ask generation what it serves; None skips the model check."""
 
     @contextlib.asynccontextmanager
@@ -79,8 +88,11 @@ def create_app(settings: ControlSettings, registry: RunRegistry, recorder: Prome
                 await reaper
             registry.close()
 
-    app = FastAPI(title="CFPO control API", description=DESCRIPTION.format(model_check=_model_check_text(settings)),
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="CFPO control API",
+        description=DESCRIPTION.format(model_check=_model_check_text(settings)),
+        lifespan=lifespan,
+    )
     errors.install(app)
 
     @app.middleware("http")
@@ -92,11 +104,16 @@ def create_app(settings: ControlSettings, registry: RunRegistry, recorder: Prome
             return response
         finally:
             route = request.scope.get("route")
-            recorder.inc(CONTROL_REQUESTS, method=request.method, route=getattr(route, "path", "unmatched"),
-                         status=answered)
+            recorder.inc(
+                CONTROL_REQUESTS, method=request.method, route=getattr(route, "path", "unmatched"), status=answered
+            )
 
-    runs = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(token_checker(settings.token))],
-                     responses=_responses(401, 503))
+    runs = APIRouter(
+        prefix="/v1/runs",
+        tags=["runs"],
+        dependencies=[Depends(token_checker(settings.token))],
+        responses=_responses(401, 503),
+    )
 
     @runs.post("", status_code=status.HTTP_201_CREATED, response_model=RunRecord, responses=_responses(400, 409))
     def submit(body: SubmitRequest, response: Response) -> RunRecord:
@@ -160,6 +177,8 @@ def _storable(body: SubmitRequest) -> RunSpec:
         return RunSpec.model_validate_json(body.model_dump_json(exclude={"name"}))
     except ValidationError as error:
         raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"]), "msg": f"{e['msg']} (only finite numbers are stored)"}
-             for e in error.errors()]
+            [
+                {**e, "loc": ("body", *e["loc"]), "msg": f"{e['msg']} (only finite numbers are stored)"}
+                for e in error.errors()
+            ]
         ) from None

@@ -55,8 +55,11 @@ async def method_not_allowed(request: Request, error: Exception) -> JSONResponse
     for route in request.app.router.routes:
         if route.matches(request.scope)[0] is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
-    return JSONResponse({"detail": f"method {request.method} not allowed; use {', '.join(sorted(methods))}"},
-                        status_code=405, headers={"Allow": ", ".join(sorted(methods))})
+    return JSONResponse(
+        {"detail": f"method {request.method} not allowed; use {', '.join(sorted(methods))}"},
+        status_code=405,
+        headers={"Allow": ", ".join(sorted(methods))},
+    )
 
 
 def _body_model(request: Request) -> type[BaseModel] | None:
@@ -89,7 +92,7 @@ def _unknown_key_hint(root: type[BaseModel], loc: tuple) -> str | None:
         near = difflib.get_close_matches(str(key), list(here.model_fields), n=1, cutoff=0.8)
         if near:
             return ".".join(map(str, [*parents, near[0]]))
-    for scope in ([tuple(parents), ()] if parents else [()]):
+    for scope in [tuple(parents), ()] if parents else [()]:
         section = _model_at(root, scope)
         for path, submodel in _field_paths(section, scope) if section is not None else ():
             if path[-1] == key:

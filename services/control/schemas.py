@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cfpo.config import StrictModel
-from cfpo.run_spec import RolloutConfig, RunSpec
 from cfpo.registry import RunRecord, RunState, StepRecord
+from cfpo.run_spec import RolloutConfig, RunSpec
 
 
 class SubmitRequest(RunSpec):
@@ -35,8 +35,15 @@ class SubmitRequest(RunSpec):
 
 def _at(section: str, errors: list[dict]) -> ValidationError:
     """The same errors, located under ``section``."""
-    located = [{"type": e["type"], "loc": (section, *e["loc"]), "input": e["input"],
-                **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in errors]
+    located = [
+        {
+            "type": e["type"],
+            "loc": (section, *e["loc"]),
+            "input": e["input"],
+            **({"ctx": e["ctx"]} if "ctx" in e else {}),
+        }
+        for e in errors
+    ]
     return ValidationError.from_exception_data(SubmitRequest.__name__, located)
 
 

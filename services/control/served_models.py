@@ -54,5 +54,7 @@ def check_served(model: Path, served: list[ServedModel]) -> None:
     names = {os.path.normpath(name) for m in served for name in (m.id, m.root) if name}
     if os.path.normpath(model) not in names:
         listed = ", ".join(sorted(m.id for m in served)) or "no model"
-        raise ModelMismatch(f"model: {model} is not the model generation serves ({listed}); submit a run of that "
-                            f"model, or start generation with --model {model}")
+        raise ModelMismatch(
+            f"model: {model} is not the model generation serves ({listed}); submit a run of that "
+            f"model, or start generation with --model {model}"
+        )

@@ -7,7 +7,7 @@ import os
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from cfpo.config import StrictModel
+from cfpo.config import StrictModel, environment
 from cfpo.queue import DEFAULT_REDIS_URL
 
 LOOPBACK_NAMES = ("localhost",)
@@ -23,11 +23,11 @@ class ControlSettings(StrictModel):
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on (loopback by default)")
     port: int = Field(8080, ge=1, le=65535)
     redis_url: str = Field(
-        default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        default_factory=environment("REDIS_URL", DEFAULT_REDIS_URL),
         description="where runs are kept (default: $REDIS_URL, else a local Redis)",
     )
     generation_url: str | None = Field(
-        default_factory=lambda: os.environ.get("CFPO_GENERATION_URL") or None,
+        default_factory=environment("CFPO_GENERATION_URL"),
         description="generation service whose served model every run must use (default: $CFPO_GENERATION_URL); "
         "unset: the model check is skipped",
     )
@@ -51,7 +51,7 @@ class ControlSettings(StrictModel):
         return None if url is None else url.rstrip("/")
 
     @model_validator(mode="after")
-    def _no_open_door(self) -> "ControlSettings":
+    def _no_open_door(self) -> ControlSettings:
         """The API starts runs on the cluster: beyond loopback it must not answer without a token."""
         if self.token is None and not _is_loopback(self.host):
             raise ValueError(

@@ -23,8 +23,15 @@ def main(
 ) -> None:
     """Start vLLM's server with token log-probs, weight versions and in-place weight updates."""
     try:
-        settings = GenerationSettings(model=model, host=host, port=port, device=device,
-                                      kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, cpu_cores=cpu_cores)
+        settings = GenerationSettings(
+            model=model,
+            host=host,
+            port=port,
+            device=device,
+            kv_cache_gib=kv_cache_gib,
+            max_model_len=max_model_len,
+            cpu_cores=cpu_cores,
+        )
     except ValidationError as error:
         for problem in error.errors():
             typer.echo(f"error: {'.'.join(map(str, problem['loc']))}: {problem['msg']}", err=True)

@@ -18,7 +18,8 @@ class GenerationSettings(StrictModel):
     dtype: str = Field("auto", description="auto: float32 on CPU (exact log-probs), the model's dtype on GPU")
     kv_cache_gib: int = Field(1, ge=1, description="CPU only: KV-cache size in GiB")
     cpu_cores: Literal["all", "vllm"] = Field(
-        "all", description="CPU only: all: vLLM's worker binds a thread to every core this process may use; vllm: "
+        "all",
+        description="CPU only: all: vLLM's worker binds a thread to every core this process may use; vllm: "
         "vLLM's own choice (one core per physical core, less one it reserves for its scheduler process)",
     )
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="default 0.3 on CPU, 0.85 on GPU")

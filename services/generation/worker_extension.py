@@ -44,7 +44,7 @@ class WeightUpdateExtension:
             raise FileNotFoundError(f"weights: no file at {file}")
         try:
             with safe_open(str(file), framework="pt") as handle:
-                shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+                shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (not iterable)
             tensors = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as error:
             raise ValueError(f"weights: {file} is not a readable safetensors file ({error})") from None
@@ -66,7 +66,7 @@ class WeightUpdateExtension:
             shapes: dict[str, tuple[int, ...]] = {}
             for file in sorted(Path(self.model_runner.model_config.model).glob("*.safetensors")):
                 with safe_open(str(file), framework="pt") as handle:
-                    shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+                    shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})  # noqa: SIM118 (not iterable)
             self._cfpo_shapes = shapes
         return self._cfpo_shapes
 
@@ -84,4 +84,3 @@ def _check_against(got: dict[str, tuple[int, ...]], expected: dict[str, tuple[in
         problems.append("wrong shapes " + ", ".join(f"{n} {got[n]} != {expected[n]}" for n in wrong[:5]))
     if problems:
         raise ValueError(f"weights: {file} does not fit the served model: " + "; ".join(problems))
-

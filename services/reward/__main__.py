@@ -7,21 +7,17 @@ naming the field and exit with status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from cfpo.entrypoint import parse_settings as settings_from_flags
-from cfpo.entrypoint import settings_parser
+from cfpo.entrypoint import Entrypoint
 from services.reward.settings import RewardSettings
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return settings_parser(RewardSettings, prog="cfpo serve reward", description="Serve the reward service.",
-                           config_help="YAML file of settings (the only place for tasks); flags override it")
-
-
-def parse_settings(argv: list[str]) -> RewardSettings:
-    return settings_from_flags(RewardSettings, build_parser(), argv)
+parse_settings = Entrypoint(
+    RewardSettings,
+    prog="cfpo serve reward",
+    description="Serve the reward service.",
+    config_help="YAML file of settings (the only place for tasks); flags override it",
+).parse
 
 
 def main(argv: list[str]) -> None:

@@ -15,12 +15,12 @@ import threading
 # Read by the Ray processes started below: all their ports but the replicas' gRPC one listen on loopback only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import ray  # noqa: E402  (after the variable above)
-from ray import serve  # noqa: E402
+import ray
+from ray import serve
 
-from cfpo.metrics import REWARD_METRICS, RayRecorder  # noqa: E402
-from services.reward.app import create_app  # noqa: E402
-from services.reward.settings import RewardSettings  # noqa: E402
+from cfpo.metrics import REWARD_METRICS, RayRecorder
+from services.reward.app import create_app
+from services.reward.settings import RewardSettings
 
 APP_NAME = "reward"
 
@@ -59,8 +59,10 @@ def serve_with_ray(settings: RewardSettings) -> None:
             num_replicas=settings.replicas, ray_actor_options={"num_cpus": settings.pool_size}
         )
         serve.run(replicas.bind(settings), name=APP_NAME, route_prefix="/")
-        print(f"reward service: {settings.replicas} Ray Serve replica(s) at http://{settings.host}:{settings.port}",
-              flush=True)
+        print(
+            f"reward service: {settings.replicas} Ray Serve replica(s) at http://{settings.host}:{settings.port}",
+            flush=True,
+        )
         stop.wait()
     finally:
         serve.delete(APP_NAME)

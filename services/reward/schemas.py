@@ -4,20 +4,15 @@ The request model is built from the settings, so the OpenAPI schema lists the co
 reward functions, and a wrong name is refused with a 422 that names the field before any work starts.
 """
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cfpo.clients.reward import ItemReward
+from cfpo.clients.reward import ScoreItem as AnyScoreItem
 from cfpo.config import StrictModel
 from services.reward.functions import REGISTRY
 from services.reward.settings import RewardSettings, Weight
-
-
-class ItemReward(BaseModel):
-    reward: float = Field(description="weighted sum of the item's reward functions; 0 if any of them failed")
-    details: dict[str, Any] = Field(
-        description="task; per function its weight, value and what it found (e.g. answer); error if one failed"
-    )
 
 
 class ScoreResponse(BaseModel):
@@ -30,12 +25,9 @@ def score_request_model(settings: RewardSettings) -> type[StrictModel]:
     override = dict[function_name, Weight] | None
     override_help = "{reward function: weight} used instead of the task's combination"
 
-    class ScoreItem(StrictModel):
-        prompt: str
+    class ScoreItem(AnyScoreItem):
         completion: str = Field(max_length=settings.max_completion_chars)
-        reference: str = Field(description="the expected answer")
         task: task_name = Field(description="picks the weighted reward functions (the service's tasks setting)")
-        metadata: dict[str, Any] = Field({}, description="free-form; some functions read keys of it")
         rewards: override = Field(None, min_length=1, description=override_help + " for this item")
 
     class ScoreRequest(StrictModel):

@@ -6,18 +6,17 @@ import asyncio
 import math
 from typing import Any
 
+from cfpo.clients.reward import ItemReward
 from cfpo.metrics import REWARD_FUNCTION_CALLS, REWARD_ITEMS, Recorder
 from services.reward.functions import ScoreInput
 from services.reward.pool import VerifierPool
-from services.reward.schemas import ItemReward
 
 
 async def score_items(request: Any, tasks: dict[str, dict[str, float]], pool: VerifierPool, recorder: Recorder):
     """One reward per item, in order. Weights: the item's override, else the request's, else its task's."""
     recorder.inc(REWARD_ITEMS, len(request.items))
     scored = (
-        _score_item(item, item.rewards or request.rewards or tasks[item.task], pool, recorder)
-        for item in request.items
+        _score_item(item, item.rewards or request.rewards or tasks[item.task], pool, recorder) for item in request.items
     )
     return list(await asyncio.gather(*scored))
 

@@ -44,7 +44,7 @@ class RewardSettings(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RewardSettings":
+    def _consistent(self) -> RewardSettings:
         if not self.ray and (self.replicas > 1 or self.ray_address):
             raise ValueError("replicas/ray_address: only apply under Ray; add --ray (ray: true)")
         for module in self.plugins:

@@ -1,4 +1,4 @@
-"""``cfpo serve rollout``: a rollout worker.
+"""``cfpo serve rollout`` = ``python -m services.rollout``: a rollout worker, from its settings.
 
 ``--spec SPEC.yaml --run-id ID`` serves one run started by hand until it has all its groups; ``--worker`` serves
 whichever runs the control API's registry shows running, one after another, until stopped.
@@ -8,53 +8,56 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
-from pathlib import Path
-
-import typer
 
 from cfpo.clients.generation import GenerationClient
+from cfpo.clients.reward import RewardClient
+from cfpo.entrypoint import Entrypoint, load_or_exit, log_to_stderr
 from cfpo.metrics import ROLLOUT_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
-from cfpo.clients.reward import RewardClient
-from cfpo.run_spec import RunSpec
-from cfpo.entrypoint import load_or_exit
 from cfpo.registry import RunNotFound, RunRegistry
+from cfpo.run_spec import RunSpec
+from services.rollout.settings import RolloutSettings
 from services.rollout.worker import RolloutWorker
 
 log = logging.getLogger("cfpo.rollout")
 
 
-def main(
-    spec: Path = typer.Option(None, help="run spec (YAML), for one run started by hand"),
-    run_id: str = typer.Option(None, help="the run's id (its Redis keys are run:<id>:...)"),
-    worker: bool = typer.Option(False, help="serve the runs the control API's registry shows running"),
-    generation_url: str = typer.Option("http://127.0.0.1:8000", envvar="CFPO_GENERATION_URL"),
-    reward_url: str = typer.Option("http://127.0.0.1:8011", envvar="CFPO_REWARD_URL"),
-    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", envvar="REDIS_URL"),
-    metrics_port: int = typer.Option(0, help="serve /metrics on this port (0: off)"),
-    metrics_host: str = typer.Option("127.0.0.1", help="address /metrics listens on (containers: 0.0.0.0)"),
-) -> None:
-    """Generate, score and queue groups while staleness admission control allows."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+parse_settings = Entrypoint(
+    RolloutSettings,
+    prog="cfpo serve rollout",
+    description="Generate, score and queue groups while staleness admission control allows.",
+).parse
+
+
+def main(argv: list[str]) -> None:
+    settings = parse_settings(argv)
+    log_to_stderr()
     recorder = PrometheusRecorder(ROLLOUT_METRICS)
-    if metrics_port:
-        recorder.serve(metrics_port, metrics_host)
-    clients = (GenerationClient(generation_url), RewardClient(reward_url))
+    if settings.metrics_port:
+        recorder.serve(settings.metrics_port, settings.metrics_host)
+    clients = (GenerationClient(settings.generation_url), RewardClient(settings.reward_url))
     stopping = threading.Event()
-    if worker:
-        _serve_running_runs(redis_url, clients, recorder, stopping)
+    if settings.worker:
+        _serve_running_runs(settings.redis_url, clients, recorder, stopping)
         return
-    if spec is None or run_id is None:
-        typer.echo("error: --spec and --run-id are needed for one run (or use --worker)", err=True)
-        raise typer.Exit(2)
-    run_spec = load_or_exit(RunSpec, spec)
-    made = _serve(run_spec, run_id, redis_url, clients, recorder, stopping)
+    assert settings.spec is not None and settings.run_id is not None  # the settings' own rule
+    made = _serve(
+        load_or_exit(RunSpec, settings.spec), settings.run_id, settings.redis_url, clients, recorder, stopping
+    )
     log.info("done: %d groups", made)
 
 
-def _serve(spec: RunSpec, run_id: str, redis_url: str, clients, recorder: PrometheusRecorder,
-           stopping: threading.Event, still_wanted=lambda: True) -> int:
+def _serve(
+    spec: RunSpec,
+    run_id: str,
+    redis_url: str,
+    clients,
+    recorder: PrometheusRecorder,
+    stopping: threading.Event,
+    still_wanted=lambda: True,
+) -> int:
     with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
         worker = RolloutWorker(spec, run_id, queue, *clients, recorder, still_wanted=still_wanted)
         # SIGTERM ends this run's work and the process; a run that ends elsewhere ends only the former.
@@ -62,8 +65,9 @@ def _serve(spec: RunSpec, run_id: str, redis_url: str, clients, recorder: Promet
         return worker.run()
 
 
-def _serve_running_runs(redis_url: str, clients, recorder: PrometheusRecorder, stopping: threading.Event,
-                        poll_seconds: float = 1.0) -> None:
+def _serve_running_runs(
+    redis_url: str, clients, recorder: PrometheusRecorder, stopping: threading.Event, poll_seconds: float = 1.0
+) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     finished: set[str] = set()  # runs whose slots this worker saw exhausted
     with RunRegistry(redis_url) as registry:
@@ -87,4 +91,4 @@ def _serve_running_runs(redis_url: str, clients, recorder: PrometheusRecorder, s
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main(sys.argv[1:])

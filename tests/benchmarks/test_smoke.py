@@ -15,8 +15,14 @@ from tests.servers import stack_port_offset
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CFPO = str(Path(sys.executable).parent / "cfpo")
-TITLES = ("Pipeline halves alone", "Asynchronous vs synchronous", "Learner overhead", "Weight sync",
-          "The pipeline beside TRL GRPOTrainer", "One training step alone")
+TITLES = (
+    "Pipeline halves alone",
+    "Asynchronous vs synchronous",
+    "Learner overhead",
+    "Weight sync",
+    "The pipeline beside TRL GRPOTrainer",
+    "One training step alone",
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +31,14 @@ def smoke(tmp_path_factory):
     directory = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("REDIS_URL", None)
-    done = subprocess.run([CFPO, "bench", "--smoke", "--out", "out", "--port-offset",
-                           str(stack_port_offset())],
-                          cwd=directory, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [CFPO, "bench", "--smoke", "--out", "out", "--port-offset", str(stack_port_offset())],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     return done.stdout, directory / "out"
 
@@ -71,10 +82,17 @@ def test_async_vs_sync_has_both_bounds_and_every_mode(smoke):
     result = _result(smoke[1], "async_vs_sync")
     assert _positive(result["bounds"]["sum_of_work"], result["bounds"]["overlap"])
     assert {(r["placement"], r["max_staleness"]) for r in result["runs"]} == {
-        (p, m) for p in ("shared", "pinned") for m in (0, 1)}
+        (p, m) for p in ("shared", "pinned") for m in (0, 1)
+    }
     for run in result["runs"]:
-        assert _positive(run["samples_per_second"], run["tokens_per_second"], run["step_seconds"],
-                         run["generation_busy_seconds"], run["learner_train_seconds"], run["weight_sync_seconds"])
+        assert _positive(
+            run["samples_per_second"],
+            run["tokens_per_second"],
+            run["step_seconds"],
+            run["generation_busy_seconds"],
+            run["learner_train_seconds"],
+            run["weight_sync_seconds"],
+        )
         assert run["measured_steps"] >= 1
     assert len(result["step_over_sum_of_work"]) == len(result["step_over_overlap"]) == len(result["runs"])
     assert _positive(*result["step_over_sum_of_work"], *result["step_over_overlap"])
@@ -94,14 +112,17 @@ def test_weight_sync_has_push_and_copy_rates(smoke):
     result = _result(smoke[1], "weight_sync")
     assert result["rows"]
     for row in result["rows"]:
-        assert _positive(row["bytes"], row["push_seconds"], row["push_bytes_per_second"],
-                         row["copy_bytes_per_second"])
+        assert _positive(row["bytes"], row["push_seconds"], row["push_bytes_per_second"], row["copy_bytes_per_second"])
 
 
 def _check_peer(result: dict) -> None:
     assert [run["max_staleness"] for run in result["pipeline"]] == [0, 1]
-    assert _positive(*result["trl"]["step_seconds"], *result["trl"]["generation_seconds"],
-                     *result["trl"]["train_step_seconds"], *result["learner_step_seconds"])
+    assert _positive(
+        *result["trl"]["step_seconds"],
+        *result["trl"]["generation_seconds"],
+        *result["trl"]["train_step_seconds"],
+        *result["learner_step_seconds"],
+    )
     halves, bounds = result["parts"], result["bounds"]
     assert bounds["sum_of_work"] == pytest.approx(halves["generation"] + halves["learner"])
     assert bounds["overlap"] == pytest.approx(max(halves["generation"], halves["learner"]))
@@ -116,7 +137,10 @@ def test_the_rollout_heavy_shape_runs_the_peer_comparison_alone(smoke):
     record = _record(out, "peer_trl-rollout-heavy", "peer_trl")
     assert record["shape"] == "rollout_heavy"
     assert {k: record["workload"]["rollout"][k] for k in ("group_size", "prompts_per_step", "max_tokens")} == {
-        "group_size": 8, "prompts_per_step": 16, "max_tokens": 64}
+        "group_size": 8,
+        "prompts_per_step": 16,
+        "max_tokens": 64,
+    }
     assert record["result"]["completions_per_step"] == 128
     _check_peer(record["result"])
     assert sorted(p.stem for p in out.glob("*-rollout-heavy.json")) == ["peer_trl-rollout-heavy"]

@@ -4,8 +4,13 @@ import pytest
 
 from tests.control.conftest import control_api, spec
 
-RUN_ROUTES = [("GET", "/v1/runs"), ("POST", "/v1/runs"), ("GET", "/v1/runs/abc"), ("POST", "/v1/runs/abc/cancel"),
-              ("GET", "/v1/runs/abc/metrics")]
+RUN_ROUTES = [
+    ("GET", "/v1/runs"),
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs/abc"),
+    ("POST", "/v1/runs/abc/cancel"),
+    ("GET", "/v1/runs/abc/metrics"),
+]
 
 
 @pytest.mark.parametrize("method, path", RUN_ROUTES)

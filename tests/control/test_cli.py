@@ -68,8 +68,9 @@ def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
         assert registry.claim_next(worker).run_id == run_id
         for step in range(3):
             time.sleep(0.2)
-            registry.record_step(run_id, step, step + 1, {"reward_mean": 0.5, "behaviour_kl_k3": 0.0125,
-                                                        "behaviour_clip_frac": 0.25})
+            registry.record_step(
+                run_id, step, step + 1, {"reward_mean": 0.5, "behaviour_kl_k3": 0.0125, "behaviour_clip_frac": 0.25}
+            )
         registry.finish(run_id, "succeeded")
 
     thread = threading.Thread(target=work)
@@ -88,13 +89,16 @@ def test_watch_exits_1_for_a_run_that_did_not_succeed(cfpo, spec_file):
     assert watched.exit_code == 1 and f"run {run_id}: cancelled (cancelled from the command line)" in watched.output
 
 
-@pytest.mark.parametrize("args, token, url, message", [
-    (["list"], None, None, "error: missing bearer token"),
-    (["list"], "wrong", None, "error: wrong bearer token (set CFPO_API_TOKEN to the API's token)"),
-    (["list"], TOKEN, "http://127.0.0.1:9", "error: cannot reach the control API at http://127.0.0.1:9"),
-    (["show", "0123456789ab"], TOKEN, None, "error: HTTP 404: run '0123456789ab': no such run"),
-    (["submit", "missing.yaml"], TOKEN, None, "error: missing.yaml: cannot read it"),
-])
+@pytest.mark.parametrize(
+    "args, token, url, message",
+    [
+        (["list"], None, None, "error: missing bearer token"),
+        (["list"], "wrong", None, "error: wrong bearer token (set CFPO_API_TOKEN to the API's token)"),
+        (["list"], TOKEN, "http://127.0.0.1:9", "error: cannot reach the control API at http://127.0.0.1:9"),
+        (["show", "0123456789ab"], TOKEN, None, "error: HTTP 404: run '0123456789ab': no such run"),
+        (["submit", "missing.yaml"], TOKEN, None, "error: missing.yaml: cannot read it"),
+    ],
+)
 def test_failures_are_one_readable_line(cfpo, args, token, url, message):
     result = cfpo(*args, token=token, url=url)
     assert result.exit_code == 1

@@ -7,9 +7,9 @@ the schema allows may rightly get a 422; the validation tests cover those rules.
 
 import httpx
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
+from schemathesis.checks import positive_data_acceptance
 
 from cfpo.metrics import CONTROL_METRICS, PrometheusRecorder
 from cfpo.registry import RunRegistry
@@ -35,5 +35,6 @@ def test_fuzz_schema_is_the_served_one(api):
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_fuzzed_requests_get_no_server_error(case, api):
-    case.call_and_validate(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"},
-                           excluded_checks=[positive_data_acceptance])
+    case.call_and_validate(
+        base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}, excluded_checks=[positive_data_acceptance]
+    )

@@ -37,8 +37,12 @@ def test_a_run_goes_queued_running_succeeded_with_its_metrics(client, registry, 
         time.sleep(HEARTBEAT_TIMEOUT_S * 1.5)  # longer than the reaper's timeout: the heartbeats keep it running
         assert client.get(f"/v1/runs/{run_id}").json()["state"] == "running" and not beat.lost.is_set()
         for step in range(3):
-            registry.record_step(run_id, step, version=step + 1,
-                                 metrics={"reward_mean": 0.1 * step, "kl_k3": 0.01, "staleness_mean": 0.5})
+            registry.record_step(
+                run_id,
+                step,
+                version=step + 1,
+                metrics={"reward_mean": 0.1 * step, "kl_k3": 0.01, "staleness_mean": 0.5},
+            )
         registry.finish(run_id, "succeeded")
 
     done = client.get(f"/v1/runs/{run_id}").json()
@@ -83,8 +87,9 @@ def test_a_finished_run_cannot_be_cancelled(client, registry, worker):
     assert client.get(f"/v1/runs/{run['id']}").json()["reason"] == "out of memory"
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/runs/{id}"), ("POST", "/v1/runs/{id}/cancel"),
-                                          ("GET", "/v1/runs/{id}/metrics")])
+@pytest.mark.parametrize(
+    "method, path", [("GET", "/v1/runs/{id}"), ("POST", "/v1/runs/{id}/cancel"), ("GET", "/v1/runs/{id}/metrics")]
+)
 @pytest.mark.parametrize("run_id", ["0123456789ab", "not:a:key", "%20"])
 def test_unknown_runs_are_404(client, method, path, run_id):
     response = client.request(method, path.format(id=run_id))

@@ -28,8 +28,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/v1/models":
             self.send_error(404)
             return
-        data = [{"object": "model", "created": 0, "owned_by": "vllm", "parent": None, "max_model_len": 2048,
-                 "permission": [], **model} for model in self.server.models]
+        data = [
+            {
+                "object": "model",
+                "created": 0,
+                "owned_by": "vllm",
+                "parent": None,
+                "max_model_len": 2048,
+                "permission": [],
+                **model,
+            }
+            for model in self.server.models
+        ]
         body = json.dumps({"object": "list", "data": data}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -89,8 +99,12 @@ def test_the_spec_is_validated_before_generation_is_asked(checked_api):
 
 
 def test_unreachable_generation_is_503_not_a_queued_run(redis_url, tmp_path):
-    with control_api(redis_url, tmp_path / "api.log", "--generation-url", "http://127.0.0.1:9",
-                     "--generation-timeout-s", "1") as api, api.client() as http:
+    with (
+        control_api(
+            redis_url, tmp_path / "api.log", "--generation-url", "http://127.0.0.1:9", "--generation-timeout-s", "1"
+        ) as api,
+        api.client() as http,
+    ):
         response = http.post("/v1/runs", json=spec())
         assert response.status_code == 503
         assert "cannot ask generation at http://127.0.0.1:9 which model it serves" in response.json()["detail"]

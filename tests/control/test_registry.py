@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from cfpo.run_spec import RunSpec
 from cfpo.registry import RunNotFound, RunRegistry, RunStateError
+from cfpo.run_spec import RunSpec
 
 SPEC = RunSpec(model="/models/tiny", steps=5, learner={"loss": {"ratio_reference": "behaviour"}})
 
@@ -52,10 +52,25 @@ def test_metrics_json_cannot_hold_are_kept_readable(registry, worker):
 
     run_id = registry.submit(SPEC).id
     registry.claim_next(worker)
-    registry.record_step(run_id, 0, 1, {"loss": float("nan"), "ratio_max": float("inf"), "lr": Scalar(),
-                                        "by_bucket": {0: -float("inf")}, "warm_up": True})
-    assert registry.get(run_id).metrics == {"loss": "nan", "ratio_max": "inf", "lr": 0.25,
-                                            "by_bucket": {"0": "-inf"}, "warm_up": True}
+    registry.record_step(
+        run_id,
+        0,
+        1,
+        {
+            "loss": float("nan"),
+            "ratio_max": float("inf"),
+            "lr": Scalar(),
+            "by_bucket": {0: -float("inf")},
+            "warm_up": True,
+        },
+    )
+    assert registry.get(run_id).metrics == {
+        "loss": "nan",
+        "ratio_max": "inf",
+        "lr": 0.25,
+        "by_bucket": {"0": "-inf"},
+        "warm_up": True,
+    }
 
 
 def test_a_heartbeat_thread_notices_when_the_run_is_no_longer_its_own(registry, worker):
@@ -82,7 +97,11 @@ def test_only_the_claiming_worker_heartbeats_and_only_running_runs_finish(regist
 
 
 def test_unknown_runs_raise_not_found(registry):
-    for call in (lambda: registry.get("nope"), lambda: registry.is_cancelled("nope"),
-                 lambda: registry.heartbeat("bad:id", "w"), lambda: registry.history("nope")):
+    for call in (
+        lambda: registry.get("nope"),
+        lambda: registry.is_cancelled("nope"),
+        lambda: registry.heartbeat("bad:id", "w"),
+        lambda: registry.history("nope"),
+    ):
         with pytest.raises(RunNotFound):
             call()

@@ -5,49 +5,63 @@ import pytest
 from tests.control.conftest import spec
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"loss": "no-such-loss"}, "loss: unknown field (did you mean learner.loss.name?)"),
-    ({"loss": "no-such-loss"}, "model: Field required"),
-    (spec(learner={"loss": {"name": "no-such-loss"}}), "learner.loss.name: Input should be 'cfpo', 'grpo'"),
-    (spec(stepz=3), "stepz: unknown field (did you mean steps?)"),
-    (spec(learner={"los": {"name": "grpo"}}), "learner.los: unknown field (did you mean learner.loss?)"),
-    (spec(lr=1e-5), "lr: unknown field (did you mean learner.optimizer.lr?)"),
-    (spec(learner={"name": "grpo"}), "learner.name: unknown field (did you mean learner.loss.name?)"),
-    (spec(seed="x"), "seed: Input should be a valid integer"),
-    (spec(rollout={"group_size": 1}), "rollout.group_size: Input should be greater than or equal to 2"),
-    (spec(rollout="big"), "rollout: Input should be a valid dictionary"),
-    (spec(learner=[1]), "learner: Input should be a valid dictionary"),
-    (spec(learner={"batch_size": 3}), "learner.batch_size: 3 differs from prompts_per_step x group_size = 16"),
-    (spec(learner={"loss": {"name": "grpo", "eps_high": 0.3}}), "learner.loss: eps_high: grpo clips symmetrically"),
-    (spec(task={"kind": "chess"}), "task: Input tag 'chess' found using 'kind' does not match"),
-    (spec(sync_every=2, staleness={"mode": "fixed"}), "sync_every: fixed staleness needs every version served"),
-    (spec(name=""), "name: String should have at least 1 character"),
-    ({"model": "/m", "staleness": {"mode": "fixed", "k": 2}},
-     "learner.loss.ratio_reference: staleness can reach 2 (staleness.mode fixed), so name the trust region's anchor"),
-    ([1, 2], "body: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"loss": "no-such-loss"}, "loss: unknown field (did you mean learner.loss.name?)"),
+        ({"loss": "no-such-loss"}, "model: Field required"),
+        (spec(learner={"loss": {"name": "no-such-loss"}}), "learner.loss.name: Input should be 'cfpo', 'grpo'"),
+        (spec(stepz=3), "stepz: unknown field (did you mean steps?)"),
+        (spec(learner={"los": {"name": "grpo"}}), "learner.los: unknown field (did you mean learner.loss?)"),
+        (spec(lr=1e-5), "lr: unknown field (did you mean learner.optimizer.lr?)"),
+        (spec(learner={"name": "grpo"}), "learner.name: unknown field (did you mean learner.loss.name?)"),
+        (spec(seed="x"), "seed: Input should be a valid integer"),
+        (spec(rollout={"group_size": 1}), "rollout.group_size: Input should be greater than or equal to 2"),
+        (spec(rollout="big"), "rollout: Input should be a valid dictionary"),
+        (spec(learner=[1]), "learner: Input should be a valid dictionary"),
+        (spec(learner={"batch_size": 3}), "learner.batch_size: 3 differs from prompts_per_step x group_size = 16"),
+        (spec(learner={"loss": {"name": "grpo", "eps_high": 0.3}}), "learner.loss: eps_high: grpo clips symmetrically"),
+        (spec(task={"kind": "chess"}), "task: Input tag 'chess' found using 'kind' does not match"),
+        (spec(sync_every=2, staleness={"mode": "fixed"}), "sync_every: fixed staleness needs every version served"),
+        (spec(name=""), "name: String should have at least 1 character"),
+        (
+            {"model": "/m", "staleness": {"mode": "fixed", "k": 2}},
+            "learner.loss.ratio_reference: staleness can reach 2 (staleness.mode fixed), so name the trust region's "
+            "anchor",
+        ),
+        ([1, 2], "body: Input should be a valid dictionary"),
+    ],
+)
 def test_bad_specs_name_the_field(client, body, message):
     response = client.post("/v1/runs", json=body)
     assert response.status_code == 422, response.text
     assert message in response.json()["message"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"model": "/m", "learner": {"loss": {"eps": Infinity, "ratio_reference": "behaviour"}}}',
-     "learner.loss.eps: Input should be a valid number"),
-    (b'{"model": ', "body: not valid JSON"),
-    (b"", "body: Field required"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            b'{"model": "/m", "learner": {"loss": {"eps": Infinity, "ratio_reference": "behaviour"}}}',
+            "learner.loss.eps: Input should be a valid number",
+        ),
+        (b'{"model": ', "body: not valid JSON"),
+        (b"", "body: Field required"),
+    ],
+)
 def test_bodies_json_cannot_carry_are_refused(client, content, message):
     response = client.post("/v1/runs", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422 and message in response.json()["message"]
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"state": "sleeping"}, "state: Input should be 'queued'"),
-    ({"status": "queued"}, "status: unknown field"),
-    ({"limit": 0}, "limit: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"state": "sleeping"}, "state: Input should be 'queued'"),
+        ({"status": "queued"}, "status: unknown field"),
+        ({"limit": 0}, "limit: Input should be greater than or equal to 1"),
+    ],
+)
 def test_query_parameters_are_validated(client, params, message):
     response = client.get("/v1/runs", params=params)
     assert response.status_code == 422 and message in response.json()["message"]

@@ -44,8 +44,14 @@ def run_compose(*args: str, **env: str) -> subprocess.CompletedProcess:
     """`docker-compose -f docker-compose.yml ARGS` in the repository (so it reads .env), with none of the caller's
     COMPOSE_ or CFPO_ settings leaking in."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CFPO_", "GRAFANA_"))}
-    return subprocess.run(["docker-compose", "-f", str(COMPOSE), *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def resolved(*args: str, **env: str) -> dict:
@@ -70,8 +76,11 @@ def profile(request) -> tuple[str, dict[str, dict]]:
 
 
 def active(config: dict, profiles: set[str]) -> dict[str, dict]:
-    return {name: service for name, service in config["services"].items()
-            if not service.get("profiles") or profiles & set(service["profiles"])}
+    return {
+        name: service
+        for name, service in config["services"].items()
+        if not service.get("profiles") or profiles & set(service["profiles"])
+    }
 
 
 def volumes(service: dict) -> dict[str, tuple[str, bool]]:
@@ -114,6 +123,7 @@ def probe_url(service: dict) -> str:
 
 # --- Compose itself ---------------------------------------------------------------------------------------------
 
+
 @needs_compose
 @pytest.mark.parametrize("args, env", [case for cases in INVOCATIONS.values() for case in cases])
 def test_compose_config_accepts_the_file(args, env):
@@ -122,14 +132,19 @@ def test_compose_config_accepts_the_file(args, env):
 
 
 def test_compose_spec_schema_accepts_the_file():
-    check = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                            str(COMPOSE)], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_cpu_is_the_default_profile():
-    settings = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
-                    if line and not line.startswith("#"))
+    settings = dict(
+        line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if line and not line.startswith("#")
+    )
     assert settings["COMPOSE_PROFILES"] == "cpu"
 
 
@@ -149,6 +164,7 @@ def test_api_token_comes_from_the_environment(profile, monkeypatch):
 
 
 # --- What each profile runs and how it is wired -----------------------------------------------------------------
+
 
 @needs_compose
 def test_each_profile_runs_its_services(profile):
@@ -212,15 +228,23 @@ def test_redis_persists_append_only_on_a_named_volume(profile):
 @needs_compose
 def test_generation_and_learner_share_the_data_and_weights_volumes(profile):
     name, services = profile
-    mounts = {service: volumes(services[service]).get("/data")
-              for service in (f"generation-{name}", f"learner-{name}", "model", "rollout")}
+    mounts = {
+        service: volumes(services[service]).get("/data")
+        for service in (f"generation-{name}", f"learner-{name}", "model", "rollout")
+    }
     assert {source for source, _ in mounts.values()} == {"cfpo-data"}
     # The learner and model preparation write; generation (its dev routes run code) and rollout only read.
     assert {service: read_only for service, (_, read_only) in mounts.items()} == {
-        f"generation-{name}": True, f"learner-{name}": False, "model": False, "rollout": True}
+        f"generation-{name}": True,
+        f"learner-{name}": False,
+        "model": False,
+        "rollout": True,
+    }
     learner = services[f"learner-{name}"]["command"]
     assert PurePosixPath(learner[learner.index("--runs-dir") + 1]).is_relative_to("/data")
-    staged = {service: volumes(services[service]).get("/weights") for service in (f"generation-{name}", f"learner-{name}")}
+    staged = {
+        service: volumes(services[service]).get("/weights") for service in (f"generation-{name}", f"learner-{name}")
+    }
     assert staged == {f"generation-{name}": ("cfpo-weights", True), f"learner-{name}": ("cfpo-weights", False)}
     assert learner[learner.index("--weights-dir") + 1] == "/weights"
     model_dir = services["model"]["command"][-1]
@@ -256,8 +280,14 @@ def test_gpu_profile_reserves_nvidia_devices_for_generation_and_learner(profile)
 
 @cache
 def service_help(service: str) -> str:
-    return subprocess.run([sys.executable, "-m", SERVICES[service], "--help"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"}, cwd=ROOT).stdout
+    return subprocess.run(
+        [sys.executable, "-m", SERVICES[service], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        cwd=ROOT,
+    ).stdout
 
 
 @needs_compose
@@ -277,12 +307,17 @@ def test_service_commands_use_options_their_cli_has(profile):
 
 # --- Images -----------------------------------------------------------------------------------------------------
 
+
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order, continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
-                                           if not line.lstrip().startswith("#")))
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines()
-            if line.strip()]
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines() if line.strip()
+    ]
 
 
 def stages(dockerfile: Path) -> list[dict]:
@@ -308,8 +343,10 @@ def pinned(image: str) -> bool:
 
 def test_pin_check_catches_floating_images():
     assert pinned("python:3.11.13-slim-bookworm") and pinned("vllm/vllm-openai:v0.32.0")
-    assert not any(pinned(image) for image in ("python", "python:latest", "redis:alpine", "redis:7.4-alpine",
-                                               "registry.example/x/y:1.0.0"))
+    assert not any(
+        pinned(image)
+        for image in ("python", "python:latest", "redis:alpine", "redis:7.4-alpine", "registry.example/x/y:1.0.0")
+    )
 
 
 @pytest.mark.parametrize("kind", DOCKERFILES)
@@ -339,15 +376,20 @@ def test_gpu_image_installs_the_set_ups_pinned_requirements_over_vllms_image():
     assert builder["image"] == final["image"] and builder["image"].startswith("vllm/vllm-openai:v")
     runs = " ".join(args for instruction, args in builder["body"] if instruction == "RUN")
     assert "--system-site-packages" in runs  # vLLM and its CUDA torch come from the base image
-    for flags in ("--no-build-isolation -c requirements/constraints.txt -r requirements/main.txt",
-                  "--no-deps -r requirements/no-deps.txt"):
+    for flags in (
+        "--no-build-isolation -c requirements/constraints.txt -r requirements/main.txt",
+        "--no-deps -r requirements/no-deps.txt",
+    ):
         assert flags in runs
     assert ("ENTRYPOINT", "[]") in final["body"]  # not vLLM's `vllm serve`
 
 
 def dockerignored() -> set[str]:
-    return {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-            if line.strip() and not line.startswith("#")}
+    return {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
 
 
 @pytest.mark.parametrize("kind", DOCKERFILES)
@@ -376,10 +418,12 @@ def test_compose_builds_the_images_from_these_dockerfiles(profile):
 
 # --- Prometheus ---------------------------------------------------------------------------------------------------
 
+
 @needs_promtool
 def test_promtool_accepts_the_config_and_its_rules():
-    check = subprocess.run(["promtool", "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True,
-                           timeout=30)
+    check = subprocess.run(
+        ["promtool", "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=30
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "rules.yml" in check.stdout + check.stderr  # the rule file was found and checked too
 
@@ -419,8 +463,9 @@ def test_every_job_scrapes_a_service_of_the_profile_on_its_port(profile):
 def test_prometheus_reads_this_config_and_the_rules_beside_it(profile):
     _, services = profile
     prometheus = services["prometheus"]
-    config_file = PurePosixPath(next(a for a in prometheus["command"] if a.startswith("--config.file="))
-                                .split("=", 1)[1])
+    config_file = PurePosixPath(
+        next(a for a in prometheus["command"] if a.startswith("--config.file=")).split("=", 1)[1]
+    )
     mounts = {Path(source): PurePosixPath(target) for target, (source, _) in volumes(prometheus).items()}
     assert mounts[PROMETHEUS_DIR] == config_file.parent and config_file.name == PROMETHEUS_CONFIG.name
     rule_files = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]
@@ -428,6 +473,7 @@ def test_prometheus_reads_this_config_and_the_rules_beside_it(profile):
 
 
 # --- Grafana ------------------------------------------------------------------------------------------------------
+
 
 def datasource_uids(node) -> set[str]:
     """The uid of every datasource a dashboard's panels and queries name."""

@@ -36,19 +36,37 @@ def as_all_selected(expr: str) -> str:
 def test_committed_dashboards_are_generated_from_the_definitions(directory):
     for dashboard in dashboards.DASHBOARDS:
         path = directory / dashboard.file_name
-        assert path.exists() and path.read_text() == dashboards.render(dashboard), \
+        assert path.exists() and path.read_text() == dashboards.render(dashboard), (
             f"{path} is out of date: run `cfpo dashboards`"
+        )
     assert sorted(p.name for p in directory.glob("*.json")) == sorted(d.file_name for d in dashboards.DASHBOARDS)
 
 
 def test_dashboards_have_the_issue_panels_variables_and_datasource():
     titles = {d.uid: {p.title for p in d.panels} for d in dashboards.DASHBOARDS}
-    assert {"Reward", "Held-out accuracy", "Optimizer steps per minute", "Tokens per second", "Policy version",
-            "Queue depth"} <= titles["cfpo-run-overview"]
-    assert {"Clip fraction", "Clip fraction by staleness", "KL (k3)", "Total variation", "Entropy",
-            "Ratio range"} <= titles["cfpo-staleness-probe"]
-    assert {"Generation throughput", "Generation latency", "Reward latency", "Reward error ratio",
-            "Weight sync time"} <= titles["cfpo-services"]
+    assert {
+        "Reward",
+        "Held-out accuracy",
+        "Optimizer steps per minute",
+        "Tokens per second",
+        "Policy version",
+        "Queue depth",
+    } <= titles["cfpo-run-overview"]
+    assert {
+        "Clip fraction",
+        "Clip fraction by staleness",
+        "KL (k3)",
+        "Total variation",
+        "Entropy",
+        "Ratio range",
+    } <= titles["cfpo-staleness-probe"]
+    assert {
+        "Generation throughput",
+        "Generation latency",
+        "Reward latency",
+        "Reward error ratio",
+        "Weight sync time",
+    } <= titles["cfpo-services"]
     for dashboard in dashboards.DASHBOARDS:
         model = dashboards.to_grafana(dashboard)
         assert [v["name"] for v in model["templating"]["list"]] == ["run", "loss"]
@@ -77,7 +95,11 @@ def _run_spec(model: Path, loss: str) -> dict:
         "model": str(model),
         "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
         "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 16, "rewards": {"digit_share": 1.0}},
-        "learner": {"loss": {"name": loss, "ratio_reference": "proximal"}, "iterations": 2, "optimizer": {"lr": 5.0e-3}},
+        "learner": {
+            "loss": {"name": loss, "ratio_reference": "proximal"},
+            "iterations": 2,
+            "optimizer": {"lr": 5.0e-3},
+        },
         # fixed staleness 2 with 2 versions per step: samples of more than one staleness bucket
         "staleness": {"mode": "fixed", "k": 2},
         "evaluation": {"problems": 8},
@@ -93,9 +115,13 @@ def _run_spec(model: Path, loss: str) -> dict:
 def scraped_runs(tiny_model_dir, tmp_path_factory):
     """A stack with Prometheus, after a CFPO run and a GRPO run have finished; yields (stack, start time, runs)."""
     base = tmp_path_factory.mktemp("dashboards")
-    settings = StackSettings(model=tiny_model_dir, state_dir=base / "state", runs_dir=base / "runs",
-                             scrape_interval_s=SCRAPE_INTERVAL_S,
-                             **StackSettings.offset_ports(stack_port_offset()))
+    settings = StackSettings(
+        model=tiny_model_dir,
+        state_dir=base / "state",
+        runs_dir=base / "runs",
+        scrape_interval_s=SCRAPE_INTERVAL_S,
+        **StackSettings.offset_ports(stack_port_offset()),
+    )
     stack = Stack(settings)
     started = time.time()
     stack.start()
@@ -108,7 +134,10 @@ def scraped_runs(tiny_model_dir, tmp_path_factory):
         for loss, run_id in runs.items():
             deadline = time.monotonic() + 400
             while (run := httpx.get(f"{stack.control_url}/v1/runs/{run_id}", timeout=10).json())["state"] not in (
-                    "succeeded", "failed", "cancelled"):
+                "succeeded",
+                "failed",
+                "cancelled",
+            ):
                 stack.check_alive()
                 assert time.monotonic() < deadline, f"{loss} run did not finish"
                 time.sleep(2)
@@ -145,11 +174,14 @@ def test_variables_list_both_runs_and_losses(scraped_runs):
 
 @needs_prometheus
 @pytest.mark.slow
-@pytest.mark.parametrize("uid,title,expr", all_queries(), ids=[f"{u}/{t}/{i}" for i, (u, t, _) in
-                                                                enumerate(all_queries())])
+@pytest.mark.parametrize(
+    "uid,title,expr", all_queries(), ids=[f"{u}/{t}/{i}" for i, (u, t, _) in enumerate(all_queries())]
+)
 def test_panel_query_returns_data_over_the_runs(scraped_runs, uid, title, expr):
     stack, started, _ = scraped_runs
-    series = _prometheus(stack, "query_range", query=as_all_selected(expr), start=started, end=time.time(), step=f"{SCRAPE_INTERVAL_S}s")
+    series = _prometheus(
+        stack, "query_range", query=as_all_selected(expr), start=started, end=time.time(), step=f"{SCRAPE_INTERVAL_S}s"
+    )
     values = [float(v) for s in series for _, v in s["values"]]
     assert any(not math.isnan(v) for v in values), f"{uid} / {title}: no data for {as_all_selected(expr)}"
 

@@ -36,13 +36,21 @@ def render(values: dict | None = None, chart: Path = CHART) -> dict[str, str]:
 
 
 def objects(values: dict | None = None, chart: Path = CHART) -> list[dict]:
-    return [doc for path, text in render(values, chart).items() if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in render(values, chart).items()
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def of_kind(objs: list[dict], kind: str, component: str | None = None) -> list[dict]:
-    return [o for o in objs if o["kind"] == kind
-            and component in (None, o["metadata"]["labels"]["app.kubernetes.io/component"])]
+    return [
+        o
+        for o in objs
+        if o["kind"] == kind and component in (None, o["metadata"]["labels"]["app.kubernetes.io/component"])
+    ]
 
 
 def one(objs: list[dict], kind: str, component: str) -> dict:
@@ -85,6 +93,7 @@ def serve_args(main: dict, service: str) -> list[str]:
 
 # --- Helm and Kubernetes accept the chart ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_lint_is_clean(values):
     report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBERNETES_VERSIONS[0]}")
@@ -114,17 +123,22 @@ def test_validation_is_strict():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"generation": {"replicas": "two"}}, "/generation/replicas"),
-    ({"learner": {"gpu": 2}}, "'gpu' not allowed"),
-    ({"generation": {"gpus": 2}}, "/generation/gpus"),
-    ({"model": {"path": "/models/mine"}}, "/model/path"),
-    ({"control": {"apiToken": {"value": "short"}}}, "/control/apiToken/value"),
-    ({"generation": {"replicas": 2}}, "stale weights"),
-    ({"redis": {"enabled": False}}, "set externalRedis.url or externalRedis.existingSecret"),
-    ({"reward": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}},  # null: unset
-     "needs reward.resources.requests.cpu"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"generation": {"replicas": "two"}}, "/generation/replicas"),
+        ({"learner": {"gpu": 2}}, "'gpu' not allowed"),
+        ({"generation": {"gpus": 2}}, "/generation/gpus"),
+        ({"model": {"path": "/models/mine"}}, "/model/path"),
+        ({"control": {"apiToken": {"value": "short"}}}, "/control/apiToken/value"),
+        ({"generation": {"replicas": 2}}, "stale weights"),
+        ({"redis": {"enabled": False}}, "set externalRedis.url or externalRedis.existingSecret"),
+        (
+            {"reward": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}},  # null: unset
+            "needs reward.resources.requests.cpu",
+        ),
+    ],
+)
 def test_bad_values_fail_with_a_clear_error(values, message):
     with pytest.raises(helm.HelmError, match=message):
         render(values)
@@ -132,19 +146,24 @@ def test_bad_values_fail_with_a_clear_error(values, message):
 
 # --- the processes: command lines, GPUs, data volume ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     from services.control.__main__ import parse_settings as control_settings
     from services.generation.__main__ import main as generation_main
     from services.reward.__main__ import parse_settings as reward_settings
-    from services.rollout.__main__ import main as rollout_main
-    from trainer.__main__ import main as learner_main
+    from services.rollout.__main__ import parse_settings as rollout_settings
+    from trainer.__main__ import parse_settings as learner_settings
 
     objs = objects(values)
     ports = {c: container(objs, c)["ports"][0]["containerPort"] for c in PIPELINE}
 
     generation = typer_params(generation_main, serve_args(container(objs, "generation"), "generation"))
-    assert (generation["host"], generation["port"], str(generation["model"])) == ("0.0.0.0", ports["generation"], SMOLLM2)
+    assert (generation["host"], generation["port"], str(generation["model"])) == (
+        "0.0.0.0",
+        ports["generation"],
+        SMOLLM2,
+    )
     assert generation["device"] == ("cuda" if values.get("generation", {}).get("gpus") else "cpu")
 
     reward = reward_settings(serve_args(container(objs, "reward"), "reward"))
@@ -156,8 +175,8 @@ def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     control = control_settings(serve_args(container(objs, "control"), "control"))
     assert (control.host, control.port) == ("0.0.0.0", ports["control"])
 
-    rollout = typer_params(rollout_main, serve_args(container(objs, "rollout"), "rollout"))
-    assert (rollout["worker"], rollout["metrics_host"], rollout["metrics_port"]) == (True, "0.0.0.0", ports["rollout"])
+    rollout = rollout_settings(serve_args(container(objs, "rollout"), "rollout"))
+    assert (rollout.worker, rollout.metrics_host, rollout.metrics_port) == (True, "0.0.0.0", ports["rollout"])
 
     command = container(objs, "learner")["command"]
     if command[0] == "deepspeed":
@@ -168,9 +187,9 @@ def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
         learner_args = launcher.user_args
     else:
         learner_args = serve_args(container(objs, "learner"), "learner")
-    learner = typer_params(learner_main, learner_args)
-    assert (learner["worker"], learner["metrics_host"], learner["metrics_port"]) == (True, "0.0.0.0", ports["learner"])
-    assert str(learner["runs_dir"]).startswith(f"{DATA}/")
+    learner = learner_settings(learner_args)
+    assert (learner.worker, learner.metrics_host, learner.metrics_port) == (True, "0.0.0.0", ports["learner"])
+    assert str(learner.runs_dir).startswith(f"{DATA}/")
 
 
 def test_default_values_request_no_gpus():
@@ -188,13 +207,16 @@ def test_gpu_values_give_generation_and_learner_their_gpus():
     for component in ("rollout", "reward", "control", "redis"):
         assert gpus(container(objs, component)) == (None, None)
     assert {c: container(objs, c)["image"] for c in ("generation", "learner", "reward")} == {
-        "generation": "cfpo/cfpo-gpu:0.1.0", "learner": "cfpo/cfpo-gpu:0.1.0", "reward": "cfpo/cfpo:0.1.0"}
+        "generation": "cfpo/cfpo-gpu:0.1.0",
+        "learner": "cfpo/cfpo-gpu:0.1.0",
+        "reward": "cfpo/cfpo:0.1.0",
+    }
 
 
 @pytest.mark.parametrize(("count", "launcher"), [(1, ["cfpo", "serve", "learner"]), (4, ["deepspeed", "--num_gpus=4"])])
 def test_learner_launcher_follows_its_gpu_count(count, launcher):
     main = container(objects({"learner": {"gpus": count}}), "learner")
-    assert main["command"][:len(launcher)] == launcher
+    assert main["command"][: len(launcher)] == launcher
     assert gpus(main) == (count, count)
 
 
@@ -226,6 +248,7 @@ def test_smollm2_is_prepared_unless_a_model_is_given():
 
 # --- Redis ---------------------------------------------------------------------------------------------------
 
+
 def test_chart_redis_is_persistent_and_every_client_uses_it():
     objs = objects()
     redis = one(objs, "StatefulSet", "redis")
@@ -236,11 +259,16 @@ def test_chart_redis_is_persistent_and_every_client_uses_it():
         assert env(container(objs, component))["REDIS_URL"]["value"] == f"redis://{service}:6379/0"
 
 
-@pytest.mark.parametrize(("external", "expected"), [
-    ({"url": "redis://redis.example.internal:6379/2"}, {"value": "redis://redis.example.internal:6379/2"}),
-    ({"existingSecret": "redis-credentials"},
-     {"valueFrom": {"secretKeyRef": {"name": "redis-credentials", "key": "redis-url"}}}),
-])
+@pytest.mark.parametrize(
+    ("external", "expected"),
+    [
+        ({"url": "redis://redis.example.internal:6379/2"}, {"value": "redis://redis.example.internal:6379/2"}),
+        (
+            {"existingSecret": "redis-credentials"},
+            {"valueFrom": {"secretKeyRef": {"name": "redis-credentials", "key": "redis-url"}}},
+        ),
+    ],
+)
 def test_external_redis_replaces_the_chart_redis(external, expected):
     objs = objects({"redis": {"enabled": False}, "externalRedis": external})
     assert [o for o in objs if o["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"] == []
@@ -250,6 +278,7 @@ def test_external_redis_replaces_the_chart_redis(external, expected):
 
 
 # --- exposure: generation stays private, only the control API faces users ----------------------------------------
+
 
 def selects(peer: dict, component: str) -> bool:
     return peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == component
@@ -265,9 +294,14 @@ def test_generation_admits_only_the_pipeline_and_scrapers(values):
         assert selected == (component == "generation")
     assert policy["policyTypes"] == ["Ingress"]
     pipeline, scrapers = policy["ingress"]
-    assert [c for c in PIPELINE if any(selects(peer, c) for peer in pipeline["from"])] == ["learner", "rollout", "control"]
-    assert scrapers["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
-        "app.kubernetes.io/name": "prometheus"}}}]
+    assert [c for c in PIPELINE if any(selects(peer, c) for peer in pipeline["from"])] == [
+        "learner",
+        "rollout",
+        "control",
+    ]
+    assert scrapers["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]
     for rule in policy["ingress"]:
         assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
 
@@ -310,7 +344,9 @@ def test_api_token_comes_from_a_secret():
     objs = objects({"control": {"apiToken": {"existingSecret": "cfpo-api", "existingSecretKey": "bearer"}}})
     assert of_kind(objs, "Secret") == []
     assert env(container(objs, "control"))["CFPO_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "cfpo-api", "key": "bearer"}
+        "name": "cfpo-api",
+        "key": "bearer",
+    }
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -329,12 +365,16 @@ def test_pods_run_unprivileged_with_probes_and_resources(values):
 
 # --- scaling and monitoring ----------------------------------------------------------------------------------
 
+
 def test_reward_autoscaler_owns_the_replica_count():
     objs = objects({"reward": {"autoscaling": {"enabled": True, "maxReplicas": 5}}})
     [hpa] = of_kind(objs, "HorizontalPodAutoscaler")
     deployment = one(objs, "Deployment", "reward")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
     assert "replicas" not in deployment["spec"]
 
@@ -348,8 +388,11 @@ def test_without_service_monitors_pods_carry_scrape_annotations():
     assert of_kind(objs, "ServiceMonitor") == []
     for component in PIPELINE:
         annotations = pod(objs, component)["metadata"]["annotations"]
-        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
-                               "prometheus.io/port": str(container(objs, component)["ports"][0]["containerPort"])}
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/path": "/metrics",
+            "prometheus.io/port": str(container(objs, component)["ports"][0]["containerPort"]),
+        }
 
 
 def test_service_monitors_scrape_every_component_through_its_service():
@@ -368,6 +411,7 @@ def test_service_monitors_scrape_every_component_through_its_service():
 
 
 # --- Grafana dashboards ---------------------------------------------------------------------------------------
+
 
 def dashboards_configmap(objs: list[dict]) -> dict | None:
     found = of_kind(objs, "ConfigMap", "dashboards")
@@ -388,8 +432,9 @@ def test_dashboards_configmap_holds_each_dashboard_file(tmp_path):
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert {name: json.loads(text) for name, text in configmap["data"].items()} == dashboards
 
-    configmap = dashboards_configmap(objects({"grafanaDashboards": {"label": "dashboards", "labelValue": "cfpo"}},
-                                             chart=chart))
+    configmap = dashboards_configmap(
+        objects({"grafanaDashboards": {"label": "dashboards", "labelValue": "cfpo"}}, chart=chart)
+    )
     assert configmap["metadata"]["labels"]["dashboards"] == "cfpo"
     assert dashboards_configmap(objects({"grafanaDashboards": {"enabled": False}}, chart=chart)) is None
 
@@ -412,8 +457,18 @@ def test_notes_tell_how_to_reach_the_api_and_submit_a_run():
 
 def test_every_value_is_documented():
     """helm/README.md's table names every value of values.yaml (maps users fill freely count as one value)."""
-    free_form = {"resources", "nodeSelector", "tolerations", "affinity", "podSecurityContext", "securityContext",
-                 "annotations", "labels", "metricsScrapers", "tls"}
+    free_form = {
+        "resources",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "podSecurityContext",
+        "securityContext",
+        "annotations",
+        "labels",
+        "metricsScrapers",
+        "tls",
+    }
 
     def paths(values: dict, prefix: str = "") -> list[str]:
         found = []

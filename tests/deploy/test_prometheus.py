@@ -33,8 +33,11 @@ SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_c
 def defined_series_names() -> set[str]:
     """Every series name the definitions in cfpo/metrics.py export, with Prometheus' suffixes per type."""
     defined = [value for value in vars(metrics).values() if isinstance(value, metrics.Metric)]
-    defined += [*metrics.LEARNER_GAUGES.values(), *metrics.LEARNER_BUCKET_GAUGES.values(),
-                *metrics.LEARNER_LAG_BUCKET_GAUGES.values()]
+    defined += [
+        *metrics.LEARNER_GAUGES.values(),
+        *metrics.LEARNER_BUCKET_GAUGES.values(),
+        *metrics.LEARNER_LAG_BUCKET_GAUGES.values(),
+    ]
     return {m.name + suffix for m in defined for suffix in SUFFIXES[m.kind]}
 
 
@@ -44,8 +47,12 @@ def rules() -> list[dict]:
 
 def test_rules_use_only_defined_metrics():
     names = defined_series_names()
-    assert {"cfpo_learner_optimizer_steps_total", "cfpo_learner_queue_unread", "cfpo_learner_staleness_bucket",
-            "cfpo_control_runs_running"} <= names
+    assert {
+        "cfpo_learner_optimizer_steps_total",
+        "cfpo_learner_queue_unread",
+        "cfpo_learner_staleness_bucket",
+        "cfpo_control_runs_running",
+    } <= names
     used = {name for rule in rules() for name in METRIC_NAME.findall(rule["expr"])}
     assert "cfpo_learner_optimizer_steps_total" in used
     assert used - names == set(), "rules.yml names metrics cfpo/metrics.py does not define"
@@ -56,12 +63,15 @@ def test_rules_use_only_defined_metrics():
     # vLLM's own metrics (vllm:...) are the only other names allowed besides up
     for rule in rules():
         for word in re.findall(r"(?<![\w:\"'$.])[a-z_][\w:]*(?=\s*[{\[])", rule["expr"]):
-            assert word in names | recorded | {"up"} or word.startswith("vllm:") or word.removeprefix("ray_") in names, word
+            assert (
+                word in names | recorded | {"up"} or word.startswith("vllm:") or word.removeprefix("ray_") in names
+            ), word
 
 
 def test_name_check_catches_a_renamed_metric():
-    assert METRIC_NAME.findall('rate(cfpo_learner_optimizer_step_total[5m]) + x:cfpo_y:z') == [
-        "cfpo_learner_optimizer_step_total"]
+    assert METRIC_NAME.findall("rate(cfpo_learner_optimizer_step_total[5m]) + x:cfpo_y:z") == [
+        "cfpo_learner_optimizer_step_total"
+    ]
     assert "cfpo_learner_optimizer_step_total" not in defined_series_names()
     assert "cfpo_learner_optimizer_steps" not in defined_series_names()  # a counter without _total
 
@@ -70,8 +80,13 @@ def test_name_check_catches_a_renamed_metric():
 def test_promtool_checks_and_unit_tests_pass():
     check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run(["promtool", "test", "rules", str(RULES_TEST)], capture_output=True, text=True,
-                          timeout=60, cwd=RULES_TEST.parent)
+    unit = subprocess.run(
+        ["promtool", "test", "rules", str(RULES_TEST)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=RULES_TEST.parent,
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
@@ -81,10 +96,16 @@ def test_stack_config_loads_the_rules(tmp_path):
     stack._write_prometheus_config()
     config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
     assert config["rule_files"] == [str(RULES)]
-    assert {job["job_name"] for job in config["scrape_configs"]} == {"generation", "reward", "control", "learner",
-                                                                     "rollout"}
-    check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
-                           text=True, timeout=30)
+    assert {job["job_name"] for job in config["scrape_configs"]} == {
+        "generation",
+        "reward",
+        "control",
+        "learner",
+        "rollout",
+    }
+    check = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=30
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -98,12 +119,21 @@ def _free_port() -> int:
 @pytest.mark.timeout(60)
 def test_prometheus_loads_every_rule_group_healthy(tmp_path):
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({"global": {"evaluation_interval": "1s"}, "rule_files": [str(RULES)],
-                                      "scrape_configs": []}))
+    config.write_text(
+        yaml.safe_dump({"global": {"evaluation_interval": "1s"}, "rule_files": [str(RULES)], "scrape_configs": []})
+    )
     port = _free_port()
     log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                                f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

@@ -26,8 +26,11 @@ class Stack:
     model_dir: Path
 
     def env(self) -> dict[str, str]:
-        return {"REDIS_URL": self.redis_url, "CFPO_GENERATION_URL": self.generation_url,
-                "CFPO_REWARD_URL": self.reward_url}
+        return {
+            "REDIS_URL": self.redis_url,
+            "CFPO_GENERATION_URL": self.generation_url,
+            "CFPO_REWARD_URL": self.reward_url,
+        }
 
 
 @pytest.fixture(scope="package")
@@ -36,10 +39,11 @@ def stack(redis_url, tiny_model_dir, tmp_path_factory):  # noqa: F811
     generation_port, reward_port = free_port(), free_port()
     generation = python_module("services.generation", "--model", str(tiny_model_dir), "--port", str(generation_port))
     reward = python_module("services.reward", "--port", str(reward_port))
-    with running(reward, f"http://127.0.0.1:{reward_port}/health", log=logs / "reward.log"), \
-            running(generation, f"http://127.0.0.1:{generation_port}/health", log=logs / "generation.log"):
-        yield Stack(redis_url, f"http://127.0.0.1:{generation_port}", f"http://127.0.0.1:{reward_port}",
-                    tiny_model_dir)
+    with (
+        running(reward, f"http://127.0.0.1:{reward_port}/health", log=logs / "reward.log"),
+        running(generation, f"http://127.0.0.1:{generation_port}/health", log=logs / "generation.log"),
+    ):
+        yield Stack(redis_url, f"http://127.0.0.1:{generation_port}", f"http://127.0.0.1:{reward_port}", tiny_model_dir)
 
 
 @dataclass
@@ -54,11 +58,22 @@ class Run:
     learner: subprocess.Popen | None = None
 
     def start_learner(self, *extra: str) -> subprocess.Popen:
-        argv = python_module("trainer", "--spec", str(self.spec_path), "--run-id", self.run_id,
-                             "--run-dir", str(self.directory), "--data-timeout", "120", *extra)
+        argv = python_module(
+            "trainer",
+            "--spec",
+            str(self.spec_path),
+            "--run-id",
+            self.run_id,
+            "--run-dir",
+            str(self.directory),
+            "--data-timeout",
+            "120",
+            *extra,
+        )
         log = (self.directory.parent / f"{self.run_id}-learner.log").open("ab")
-        self.learner = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env=_env(self.stack))
+        self.learner = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env(self.stack)
+        )
         return self.learner
 
     def wait(self, timeout: float = 240) -> int:
@@ -136,10 +151,13 @@ def start_run(stack, tmp_path, request):
         spec_path = tmp_path / f"{run_id}.yaml"
         spec_path.write_text(yaml.safe_dump({"model": str(stack.model_dir), **spec}))
         processes = [
-            subprocess.Popen(python_module("services.rollout", "--spec", str(spec_path), "--run-id", run_id),
-                             stdout=(tmp_path / f"{run_id}-rollout-{i}.log").open("wb"), stderr=subprocess.STDOUT,
-                             start_new_session=True,
-                             env={**_env(stack), "CFPO_GENERATION_URL": generation_url or stack.generation_url})
+            subprocess.Popen(
+                python_module("services.rollout", "--spec", str(spec_path), "--run-id", run_id),
+                stdout=(tmp_path / f"{run_id}-rollout-{i}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**_env(stack), "CFPO_GENERATION_URL": generation_url or stack.generation_url},
+            )
             for i in range(workers)
         ]
         run = Run(stack, run_id, tmp_path / run_id, spec_path, processes)

@@ -43,8 +43,11 @@ class GenerationProxy:
 
     def start(self) -> str:
         proxy = self
-        client = httpx.Client(base_url=self.upstream, timeout=300,
-                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        client = httpx.Client(
+            base_url=self.upstream,
+            timeout=300,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -62,8 +65,12 @@ class GenerationProxy:
                 else:
                     around = proxy.around_generate(json.loads(body)) if call else contextlib.nullcontext()
                     with around:
-                        reply = client.request(self.command, self.path, content=body,
-                                               headers={"Content-Type": self.headers.get("Content-Type", "")})
+                        reply = client.request(
+                            self.command,
+                            self.path,
+                            content=body,
+                            headers={"Content-Type": self.headers.get("Content-Type", "")},
+                        )
                     status, content = reply.status_code, reply.content
                 if call is not None:
                     call.ended = time.monotonic()
@@ -93,8 +100,10 @@ class GenerationProxy:
 
     def max_in_flight(self) -> int:
         """The most generation requests open at the same moment."""
-        events = sorted([(c.started, 1) for c in self.calls] + [(c.ended, -1) for c in self.calls],
-                        key=lambda event: (event[0], event[1]))
+        events = sorted(
+            [(c.started, 1) for c in self.calls] + [(c.ended, -1) for c in self.calls],
+            key=lambda event: (event[0], event[1]),
+        )
         open_now = peak = 0
         for _, change in events:
             open_now += change

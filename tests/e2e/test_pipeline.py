@@ -23,9 +23,14 @@ def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
     run.wait_for_steps(3)
     exported = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     run.wait()
-    for name in ("cfpo_learner_behaviour_clip_frac", "cfpo_learner_proximal_kl_k3", "cfpo_learner_staleness_bucket",
-                 "cfpo_learner_weight_sync_seconds_count", "cfpo_learner_behaviour_clip_frac_by_staleness"):
-        assert f'{name}{{' in exported and f'loss="{loss}"' in exported, name
+    for name in (
+        "cfpo_learner_behaviour_clip_frac",
+        "cfpo_learner_proximal_kl_k3",
+        "cfpo_learner_staleness_bucket",
+        "cfpo_learner_weight_sync_seconds_count",
+        "cfpo_learner_behaviour_clip_frac_by_staleness",
+    ):
+        assert f"{name}{{" in exported and f'loss="{loss}"' in exported, name
     rows = run.metrics()
     assert [row["step"] for row in rows] == list(range(20))
     rewards = [row["reward_mean"] for row in rows]
@@ -33,8 +38,11 @@ def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
     every_step = {*LEARNER_STEP_VALUES, "staleness_max", "weight_sync_seconds", "step", "version"}
     for row in rows:
         assert not every_step - row.keys(), (row["step"], every_step - row.keys())
-        assert {f"{key}/staleness_{bucket}" for key in ("behaviour_clip_frac", "proximal_kl_k3", "behaviour_tv")
-                for bucket in ("0", "1")} & row.keys()
+        assert {
+            f"{key}/staleness_{bucket}"
+            for key in ("behaviour_clip_frac", "proximal_kl_k3", "behaviour_tv")
+            for bucket in ("0", "1")
+        } & row.keys()
     # Held-out evaluation (the spec's default: before and after training) on policies generation served.
     evaluations = run.evaluations()
     assert [(e["step"], e["version"], e["n"]) for e in evaluations] == [(0, 0, 32), (20, rows[-1]["version"], 32)]

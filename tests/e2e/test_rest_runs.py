@@ -20,14 +20,30 @@ def api(stack, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**_env(stack), "CFPO_API_TOKEN": TOKEN}
-    control = python_module("services.control", "--port", str(port), "--generation-url", stack.generation_url,
-                            "--heartbeat-timeout-s", "6", "--reap-interval-s", "1")
+    control = python_module(
+        "services.control",
+        "--port",
+        str(port),
+        "--generation-url",
+        stack.generation_url,
+        "--heartbeat-timeout-s",
+        "6",
+        "--reap-interval-s",
+        "1",
+    )
     with running(control, f"{url}/health", log=tmp_path / "control.log", env=env):
         workers = {
-            name: subprocess.Popen(argv, stdout=(tmp_path / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=env)
-            for name, argv in (("learner", python_module("trainer", "--worker", "--runs-dir", str(tmp_path / "runs"))),
-                               ("rollout", python_module("services.rollout", "--worker")))
+            name: subprocess.Popen(
+                argv,
+                stdout=(tmp_path / f"{name}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+            for name, argv in (
+                ("learner", python_module("trainer", "--worker", "--runs-dir", str(tmp_path / "runs"))),
+                ("rollout", python_module("services.rollout", "--worker")),
+            )
         }
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
             yield client, workers

@@ -38,13 +38,16 @@ def test_a_group_made_by_older_weights_than_its_slot_allows_is_made_again(start_
         try:
             yield
         finally:
-            generation.update_weights(run.directory / "weights" / f"{run.run_id}.safetensors", served.number,
-                                      run=served.run)
+            generation.update_weights(
+                run.directory / "weights" / f"{run.run_id}.safetensors", served.number, run=served.run
+            )
 
     proxy = GenerationProxy(stack.generation_url, around_generate=older_weights_during)
     try:
-        run = start_run(toy_spec_with(staleness={"mode": "bounded", "max_staleness": 0},
-                                      rollout__max_inflight_groups=1, steps=4), generation_url=proxy.start())
+        run = start_run(
+            toy_spec_with(staleness={"mode": "bounded", "max_staleness": 0}, rollout__max_inflight_groups=1, steps=4),
+            generation_url=proxy.start(),
+        )
         run.start_learner()
         run.wait()
     finally:

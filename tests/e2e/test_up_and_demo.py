@@ -28,8 +28,15 @@ def test_up_serves_a_submitted_run_and_stops_cleanly(tmp_path):
     env = {**os.environ, "CFPO_API_URL": control}
     env.pop("REDIS_URL", None)
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([CFPO, "up", "--port-offset", str(offset)], cwd=tmp_path, env=env, stdout=log,
-                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=interruptible)
+    up = subprocess.Popen(
+        [CFPO, "up", "--port-offset", str(offset)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=interruptible,
+    )
     try:
         deadline = time.monotonic() + 300
         while "Ctrl-C stops everything" not in (tmp_path / "up.log").read_text():
@@ -58,8 +65,21 @@ def test_up_serves_a_submitted_run_and_stops_cleanly(tmp_path):
 
 def test_tiny_demo_runs_end_to_end_through_the_rest_api(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    result = _cfpo("demo", "--tiny", "--spec", str(REPO / "configs/demo-tiny.yaml"), "--eval-problems", "8",
-                   "--port-offset", str(stack_port_offset()), "--out", "demo", cwd=tmp_path, env=env, timeout=600)
+    result = _cfpo(
+        "demo",
+        "--tiny",
+        "--spec",
+        str(REPO / "configs/demo-tiny.yaml"),
+        "--eval-problems",
+        "8",
+        "--port-offset",
+        str(stack_port_offset()),
+        "--out",
+        "demo",
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "held-out accuracy before training" in output and "held-out accuracy after training" in output

@@ -33,14 +33,17 @@ def tokenizer(tiny_model_dir):
 def _problems(task: str, count: int, references: list[str] | None = None) -> list[Problem]:
     """Held-out arithmetic prompts given to another task of the reward service (and other references)."""
     held_out = load_task(parse_task({"kind": "arithmetic", "difficulty": 2, "eval_size": count}), "eval")
-    return [p.model_copy(update={"task": task, "reference": ref or p.reference})
-            for p, ref in zip(held_out, references or [None] * count)]
+    return [
+        p.model_copy(update={"task": task, "reference": ref or p.reference})
+        for p, ref in zip(held_out, references or [None] * count)
+    ]
 
 
 def _greedy_text(generation, tokenizer, problem: Problem) -> str:
     prompt = render_prompt(tokenizer, problem.prompt)
-    [completion] = generation.generate(prompt.token_ids, temperature=0.0, max_tokens=MAX_TOKENS,
-                                       stop_token_ids=[tokenizer.eos_token_id])
+    [completion] = generation.generate(
+        prompt.token_ids, temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[tokenizer.eos_token_id]
+    )
     return tokenizer.decode(completion.token_ids, skip_special_tokens=True)
 
 
@@ -72,8 +75,7 @@ def test_accuracy_counts_problems_at_full_reward(generation, rewards, tokenizer)
     assert all(answer and clean(answer) == answer for answer in answers)  # usable as references as they are
     references = [answer if i % 2 == 0 else f"not {answer}" for i, answer in enumerate(answers)]
 
-    result = evaluate(generation, rewards, tokenizer, _problems("exact_match", 8, references),
-                      max_tokens=MAX_TOKENS)
+    result = evaluate(generation, rewards, tokenizer, _problems("exact_match", 8, references), max_tokens=MAX_TOKENS)
 
     assert [r.solved for r in result.problems] == [i % 2 == 0 for i in range(8)]
     assert [r.reward for r in result.problems] == [1.0, 0.0] * 4
@@ -87,9 +89,15 @@ def test_arithmetic_held_out_and_limit(generation, rewards, tokenizer):
     result = evaluate(generation, rewards, tokenizer, problems, max_tokens=MAX_TOKENS, limit=4)
 
     assert [r.problem_id for r in result.problems] == [p.id for p in problems[:4]]
-    scored = httpx.post(f"{rewards.base_url}/v1/score", json={"items": [
-        {"prompt": p.prompt, "completion": r.completion, "reference": p.reference, "task": "arithmetic"}
-        for p, r in zip(problems, result.problems)]}).json()["rewards"]
+    scored = httpx.post(
+        f"{rewards.base_url}/v1/score",
+        json={
+            "items": [
+                {"prompt": p.prompt, "completion": r.completion, "reference": p.reference, "task": "arithmetic"}
+                for p, r in zip(problems, result.problems)
+            ]
+        },
+    ).json()["rewards"]
     assert [r.reward for r in result.problems] == [s["reward"] for s in scored]
     assert result.accuracy == sum(r.solved for r in result.problems) / 4
 

@@ -33,8 +33,10 @@ def test_smollm2_solves_some_held_out_arithmetic(rewards, tmp_path_factory):
         result = evaluate(generation, rewards, tokenizer, problems, max_tokens=256)
         eval_seconds = time.perf_counter() - started
 
-    print(f"\nSmolLM2: vLLM ready in {start_seconds:.0f} s, 20 problems in {eval_seconds:.1f} s, "
-          f"accuracy {result.accuracy:.2f}, mean reward {result.mean_reward:.2f}")
+    print(
+        f"\nSmolLM2: vLLM ready in {start_seconds:.0f} s, 20 problems in {eval_seconds:.1f} s, "
+        f"accuracy {result.accuracy:.2f}, mean reward {result.mean_reward:.2f}"
+    )
     assert result.n == 20
     assert sum(r.finish_reason == "stop" for r in result.problems) >= 18  # it ends its answers with <|im_end|>
     assert result.accuracy >= 0.2

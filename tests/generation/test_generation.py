@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from cfpo.sample import Sample
 from cfpo.clients.generation import GenerationClient, PolicyVersion, WeightUpdateError
 from cfpo.models import build_tiny_model
+from cfpo.sample import Sample
 from tests.servers import free_port, python_module, running
 from trainer.logprobs import completion_logprobs, pack
-from trainer.weight_sync.file import StagedWeights, push_weights
+from trainer.weight_sync.file import FileWeightSync, StagedWeights
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +55,22 @@ def served(tmp_path_factory):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         client = GenerationClient(url)
-        yield Served(client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id,
-                     server.pid)
+        yield Served(
+            client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id, server.pid
+        )
         client.close()
 
 
 def _hf_greedy(model, prompt_ids, max_tokens, eos_token_id):
     with torch.no_grad():
-        output = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                                do_sample=False, max_new_tokens=max_tokens, pad_token_id=eos_token_id)
-    tokens = output[0, len(prompt_ids):].tolist()
+        output = model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=max_tokens,
+            pad_token_id=eos_token_id,
+        )
+    tokens = output[0, len(prompt_ids) :].tolist()
     return tokens[: tokens.index(eos_token_id) + 1] if eos_token_id in tokens else tokens
 
 
@@ -73,9 +79,16 @@ def _max_logprob_error(served, temperature, seed):
     samples = []
     for prompt_ids in served.prompt_ids:
         for c in served.client.generate(prompt_ids, n=4, temperature=temperature, max_tokens=12, seed=seed):
-            samples.append(Sample(prompt_ids=prompt_ids, completion_ids=c.token_ids,
-                                  behaviour_logprobs=c.logprobs, advantage=0.0, min_version=c.min_version,
-                                  max_version=c.max_version))
+            samples.append(
+                Sample(
+                    prompt_ids=prompt_ids,
+                    completion_ids=c.token_ids,
+                    behaviour_logprobs=c.logprobs,
+                    advantage=0.0,
+                    min_version=c.min_version,
+                    max_version=c.max_version,
+                )
+            )
     batch = pack(samples)
     with torch.no_grad():
         learner_logprobs, _ = completion_logprobs(served.model, batch, temperature)
@@ -97,8 +110,11 @@ def _cpu_seconds(pid: int) -> float:
 def _vllm_worker(session: int) -> int:
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "VLLM::Worker" and \
-                    os.getsid(int(entry.name)) == session:
+            if (
+                entry.name.isdigit()
+                and (entry / "comm").read_text().strip() == "VLLM::Worker"
+                and os.getsid(int(entry.name)) == session
+            ):
                 return int(entry.name)
         except (OSError, ProcessLookupError):
             continue
@@ -146,7 +162,7 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
     new_version = served.version + 5
 
     staged = StagedWeights(tmp_path, "run-a")
-    update = push_weights(served.client, staged, served.model, new_version, run="run-a", timeout=60)
+    update = FileWeightSync(served.client, served.model, staged).push(new_version, run="run-a", timeout=60)
     served.version = new_version
 
     tensors = {k: v for k, v in served.model.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
@@ -170,7 +186,7 @@ def _greedy(served):
 
 def test_restaging_reaches_generation_only_through_a_push(served, tmp_path):
     staged = StagedWeights(tmp_path, "run-b")
-    push_weights(served.client, staged, served.model, served.version + 1, run="run-b", timeout=60)
+    FileWeightSync(served.client, served.model, staged).push(served.version + 1, run="run-b", timeout=60)
     served.version += 1
     file_before, outputs_before = staged.path.stat().st_ino, _greedy(served)
     torch.manual_seed(8)
@@ -198,7 +214,10 @@ def _bad_weight_files(model, directory):
     wrong_shape["model.norm.weight"] = torch.ones(3)
     missing = {k: v for k, v in state.items() if k != "model.layers.0.mlp.up_proj.weight"}
     files = {"missing file": (directory / "absent.safetensors", "no file"), "corrupt": (corrupt, "not a readable")}
-    for name, tensors, reason in (("wrong shape", wrong_shape, "wrong shapes"), ("missing tensor", missing, "missing tensors")):
+    for name, tensors, reason in (
+        ("wrong shape", wrong_shape, "wrong shapes"),
+        ("missing tensor", missing, "missing tensors"),
+    ):
         path = directory / f"{name.replace(' ', '-')}.safetensors"
         save_file(tensors, str(path))
         files[name] = (path, reason)

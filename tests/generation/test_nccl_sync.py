@@ -32,8 +32,9 @@ def test_nccl_push_changes_outputs_and_matches_transformers(tmp_path):
         served_version = client.version().number
         after = client.generate(prompt, temperature=0.0, max_tokens=12)[0]
         with torch.no_grad():
-            expected = model.generate(torch.tensor([prompt]).cuda(), do_sample=False, max_new_tokens=12,
-                                      pad_token_id=0)[0, len(prompt):].tolist()
+            expected = model.generate(
+                torch.tensor([prompt]).cuda(), do_sample=False, max_new_tokens=12, pad_token_id=0
+            )[0, len(prompt) :].tolist()
         sync.close()
     assert update.version == served_version == 3
     assert after.token_ids != before

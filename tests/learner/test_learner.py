@@ -102,8 +102,9 @@ def test_both_anchor_families_are_logged_whichever_the_loss_uses(tiny_model_dir,
     # with one minibatch, by a separate forward with several. Here it is the policy that sampled the batch, so
     # against on-policy data both families agree at every step; with behaviour log-probs shifted by 0.3 (stale
     # data) every behaviour log-ratio is 0.3 larger, so KL k1 vs behaviour is KL k1 vs proximal - 0.3.
-    config = _config(loss=LossConfig(name="cfpo", ratio_reference=ratio_reference), iterations=2,
-                     minibatches=minibatches)
+    config = _config(
+        loss=LossConfig(name="cfpo", ratio_reference=ratio_reference), iterations=2, minibatches=minibatches
+    )
     stale = [s.model_copy(update={"behaviour_logprobs": [x - 0.3 for x in s.behaviour_logprobs]}) for s in batch]
     for samples, shift in ((batch, 0.0), (stale, 0.3)):
         results = Learner(tiny_model_dir, config).train_on(samples)
@@ -134,13 +135,19 @@ def test_metrics_merge_over_micro_batches_and_split_by_staleness(tiny_model_dir,
     learner.version = 3
     result = learner.train_on(stamped)[0]
     assert result.metrics["staleness_max"] == 3 and result.metrics["staleness_mean"] == 1.5
-    assert {"behaviour_clip_frac/staleness_0", "proximal_kl_k3/staleness_0", "behaviour_tv/staleness_3-4",
-            "entropy/staleness_3-4"} <= result.metrics.keys()
+    assert {
+        "behaviour_clip_frac/staleness_0",
+        "proximal_kl_k3/staleness_0",
+        "behaviour_tv/staleness_3-4",
+        "entropy/staleness_3-4",
+    } <= result.metrics.keys()
     assert not any(key.endswith("staleness_1") for key in result.metrics)
     assert result.metrics["policy_lag"] == 3 and result.metrics["policy_lag_mean"] == 1.5  # first update: = staleness
     assert {"behaviour_clip_frac/lag_0", "proximal_tv/lag_3-4"} <= result.metrics.keys()
     # Extremes are extremes over micro-batches, not their means: on-policy here, so every ratio is 1.
-    assert result.metrics["behaviour_ratio_min"] == pytest.approx(1.0, abs=1e-4) == result.metrics["behaviour_ratio_max"]
+    assert (
+        result.metrics["behaviour_ratio_min"] == pytest.approx(1.0, abs=1e-4) == result.metrics["behaviour_ratio_max"]
+    )
 
 
 def test_policy_lag_grows_with_each_update_on_a_batch(tiny_model_dir, batch):
@@ -152,13 +159,19 @@ def test_policy_lag_grows_with_each_update_on_a_batch(tiny_model_dir, batch):
     results = learner.train_on(stamped)
     assert [r.metrics["staleness_max"] for r in results] == [1, 1, 1, 1]
     assert [r.metrics["policy_lag"] for r in results] == [1, 2, 3, 4]
-    assert [k for k in results[-1].metrics if k.startswith("behaviour_clip_frac/lag_")] == ["behaviour_clip_frac/lag_3-4"]
+    assert [k for k in results[-1].metrics if k.startswith("behaviour_clip_frac/lag_")] == [
+        "behaviour_clip_frac/lag_3-4"
+    ]
 
 
 def test_gradient_norm_is_reported_at_zero_stage_0_as_deepspeed_reports_it_at_stage_2(tiny_model_dir, batch):
     # DeepSpeed's stage 0 reports no gradient norm; the learner computes it. Same weights, same batch, same norm.
-    norms = {stage: Learner(tiny_model_dir, _config(zero_stage=stage, micro_batch_size=8)).train_on(batch)[0]
-             .metrics["grad_norm"] for stage in (0, 2)}
+    norms = {
+        stage: Learner(tiny_model_dir, _config(zero_stage=stage, micro_batch_size=8))
+        .train_on(batch)[0]
+        .metrics["grad_norm"]
+        for stage in (0, 2)
+    }
     assert norms[0] > 0
     assert norms[0] == pytest.approx(norms[2], rel=1e-3)
 
@@ -168,10 +181,17 @@ def test_micro_batches_do_not_change_the_step(tiny_model_dir, batch, agg):
     # Gradient accumulation is an implementation detail: one optimizer step's gradient and loss are the same
     # whether the minibatch is one forward or 16 (of different token counts, each cut to its own width).
     loss = LossConfig(name="cfpo", agg=agg, norm_length=16 if agg == "seq-mean-token-sum-norm" else None)
-    cut = [s.model_copy(update={"completion_ids": s.completion_ids[:4 + i % 9],
-                                "behaviour_logprobs": s.behaviour_logprobs[:4 + i % 9]}) for i, s in enumerate(batch)]
-    whole, split = (Learner(tiny_model_dir, _config(loss, micro_batch_size=micro)).train_on(cut)[0].metrics
-                    for micro in (None, 1))
+    cut = [
+        s.model_copy(
+            update={
+                "completion_ids": s.completion_ids[: 4 + i % 9],
+                "behaviour_logprobs": s.behaviour_logprobs[: 4 + i % 9],
+            }
+        )
+        for i, s in enumerate(batch)
+    ]
+    whole, split = (
+        Learner(tiny_model_dir, _config(loss, micro_batch_size=micro)).train_on(cut)[0].metrics for micro in (None, 1)
+    )
     assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
-

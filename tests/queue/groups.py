@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from cfpo.sample import Sample
 from cfpo.rollout_group import RolloutGroup
+from cfpo.sample import Sample
 
 Fields = dict[bytes, bytes]
 
@@ -68,38 +68,47 @@ MALFORMED = [
     pytest.param(_edit_body(lambda b: b.pop("run_id")), "run_id: Field required", id="missing-run-id"),
     pytest.param(_edit_body(lambda b: b.pop("prompt_ids")), "prompt_ids: missing", id="missing-prompt-ids"),
     pytest.param(
-        _edit_body(lambda b: b["samples"][1].pop("advantage")), "samples.1.advantage: Field required",
+        _edit_body(lambda b: b["samples"][1].pop("advantage")),
+        "samples.1.advantage: Field required",
         id="missing-advantage",
     ),
     pytest.param(
-        _edit_body(lambda b: b["samples"][0].pop("min_version")), "samples.0.min_version: Field required",
+        _edit_body(lambda b: b["samples"][0].pop("min_version")),
+        "samples.0.min_version: Field required",
         id="missing-min-version",
     ),
     pytest.param(
         _set_sample(1, behaviour_logprobs=packed("f", [-0.5, -0.5])),
-        "samples.1: behaviour_logprobs: 2 values for 3 completion tokens", id="logprobs-shorter",
+        "samples.1: behaviour_logprobs: 2 values for 3 completion tokens",
+        id="logprobs-shorter",
     ),
     pytest.param(
         _set_sample(0, completion_mask=packed("B", [1, 0])),
-        "samples.0: completion_mask: 2 values for 3 completion tokens", id="mask-shorter",
+        "samples.0: completion_mask: 2 values for 3 completion tokens",
+        id="mask-shorter",
     ),
     pytest.param(
-        _set_sample(0, behaviour_logprobs=packed("f", [-0.5, float("nan"), -0.5])), "finite log-probability",
+        _set_sample(0, behaviour_logprobs=packed("f", [-0.5, float("nan"), -0.5])),
+        "finite log-probability",
         id="nan-logprob",
     ),
     pytest.param(
-        _set_sample(0, behaviour_logprobs=packed("f", [-0.5, float("-inf"), -0.5])), "finite log-probability",
+        _set_sample(0, behaviour_logprobs=packed("f", [-0.5, float("-inf"), -0.5])),
+        "finite log-probability",
         id="inf-logprob",
     ),
     pytest.param(
         _set_sample(0, completion_ids=packed("i", []), behaviour_logprobs=packed("f", [])),
-        "samples.0.completion_ids: List should have at least 1 item", id="empty-completion",
+        "samples.0.completion_ids: List should have at least 1 item",
+        id="empty-completion",
     ),
     pytest.param(_set_sample(0, completion_ids="%%%"), "samples.0.completion_ids: not base64", id="not-base64"),
     pytest.param(
         _set_sample(0, completion_ids=base64.b64encode(b"12345").decode()),
-        "samples.0.completion_ids: 5 bytes is not a whole number of int32 values", id="ragged-array",
+        "samples.0.completion_ids: 5 bytes is not a whole number of int32 values",
+        id="ragged-array",
     ),
-    pytest.param(_edit_body(lambda b: b.update(samples=[])), "samples: List should have at least 1 item",
-                 id="no-samples"),
+    pytest.param(
+        _edit_body(lambda b: b.update(samples=[])), "samples: List should have at least 1 item", id="no-samples"
+    ),
 ]

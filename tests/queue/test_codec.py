@@ -5,8 +5,8 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from cfpo.sample import Sample
 from cfpo.rollout_group import SCHEMA_VERSION, MalformedEntry, RolloutGroup, decode_group, encode_group
+from cfpo.sample import Sample
 from tests.queue.groups import MALFORMED, f32, make_group
 
 
@@ -16,14 +16,25 @@ def float_bits(values: list[float]) -> bytes:
 
 def test_round_trip_is_exact():
     group = make_group(
-        "run-a", slot=17, zero_variance_discarded=2, timings={"generate": 1.25, "reward": 0.1},
+        "run-a",
+        slot=17,
+        zero_variance_discarded=2,
+        timings={"generate": 1.25, "reward": 0.1},
         produced_at=1_790_000_000.123456,
     )
-    edge_logprobs = [0.0, -0.0, f32(-1e-40), f32(-87.3), -2.0**-149]  # zeros, a subnormal, large, the smallest
-    samples = [*group.samples, group.samples[0].model_copy(update={
-        "completion_ids": [0, 2**31 - 1, 7, 8, 9], "behaviour_logprobs": edge_logprobs,
-        "completion_mask": [True, False, True, True, False], "min_version": 0, "max_version": 12,
-    })]
+    edge_logprobs = [0.0, -0.0, f32(-1e-40), f32(-87.3), -(2.0**-149)]  # zeros, a subnormal, large, the smallest
+    samples = [
+        *group.samples,
+        group.samples[0].model_copy(
+            update={
+                "completion_ids": [0, 2**31 - 1, 7, 8, 9],
+                "behaviour_logprobs": edge_logprobs,
+                "completion_mask": [True, False, True, True, False],
+                "min_version": 0,
+                "max_version": 12,
+            }
+        ),
+    ]
     group = group.model_copy(update={"samples": samples})
 
     fields = encode_group(group)
@@ -68,8 +79,9 @@ def test_token_id_outside_int32_is_refused_when_encoding():
 
 def test_group_holds_the_completions_of_one_prompt():
     group = make_group("run-a")
-    other_prompt = Sample(prompt_ids=[9], completion_ids=[1], behaviour_logprobs=[-1.0], advantage=0.0,
-                          min_version=3, max_version=4)
+    other_prompt = Sample(
+        prompt_ids=[9], completion_ids=[1], behaviour_logprobs=[-1.0], advantage=0.0, min_version=3, max_version=4
+    )
     with pytest.raises(ValidationError, match="share their prompt_ids"):
         RolloutGroup(run_id="run-a", prompt_id="p0", slot=0, samples=[*group.samples, other_prompt])
 

@@ -6,8 +6,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from cfpo.rollout_group import encode_group
 from cfpo.queue import CONSUMER_GROUP, QueueFull, QueueSettings, RolloutQueue, RunKeys
+from cfpo.rollout_group import encode_group
 from tests.queue.groups import MALFORMED, make_group
 
 
@@ -229,7 +229,9 @@ def test_worker_waits_for_the_learner_to_reach_a_version(make_queue):
 def test_keys_live_under_the_run():
     keys = RunKeys("sweep-k2.seed_0")
     assert (keys.rollouts, keys.dead_letter, keys.policy_version) == (
-        "run:sweep-k2.seed_0:rollouts", "run:sweep-k2.seed_0:dead-letter", "run:sweep-k2.seed_0:policy-version"
+        "run:sweep-k2.seed_0:rollouts",
+        "run:sweep-k2.seed_0:dead-letter",
+        "run:sweep-k2.seed_0:policy-version",
     )
     for bad in ("", "a:b", "has space", "-lead"):
         with pytest.raises(ValueError, match="run id"):

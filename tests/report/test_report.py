@@ -24,14 +24,28 @@ def write_run(path, steps=6, buckets=True, spec_loss=None, warm_up_steps=0, spec
     rows = []
     for s in range(steps):
         for i, sign in enumerate((-1, 1)):
-            row = {"step": s, "version": 2 * s + i + 1, "iteration": i, "minibatch": 0, "warm_up": s < warm_up_steps,
-                   "reward_mean": 0.1 * (s + 1), "behaviour_clip_frac": 0.01 * s + 0.02 * i,
-                   "behaviour_kl_k3": 0.001 * s * (1 + 2 * i), "behaviour_tv": 0.05 + 0.02 * i,
-                   "behaviour_ratio_max": 1 + 0.1 * s, "behaviour_ratio_min": 1 - 0.05 * s,
-                   "proximal_clip_frac": 0.005 * s + 0.01 * i, "proximal_kl_k3": 0.0005 * s * (1 + 2 * i),
-                   "proximal_tv": 0.01 * i, "proximal_ratio_max": 1.0, "proximal_ratio_min": 1.0,
-                   "entropy": 2 - 0.1 * s + sign * 0.05, "staleness_mean": 0.25 * i,
-                   "staleness_max": (s // 2) * i, "grad_norm": float("nan")}
+            row = {
+                "step": s,
+                "version": 2 * s + i + 1,
+                "iteration": i,
+                "minibatch": 0,
+                "warm_up": s < warm_up_steps,
+                "reward_mean": 0.1 * (s + 1),
+                "behaviour_clip_frac": 0.01 * s + 0.02 * i,
+                "behaviour_kl_k3": 0.001 * s * (1 + 2 * i),
+                "behaviour_tv": 0.05 + 0.02 * i,
+                "behaviour_ratio_max": 1 + 0.1 * s,
+                "behaviour_ratio_min": 1 - 0.05 * s,
+                "proximal_clip_frac": 0.005 * s + 0.01 * i,
+                "proximal_kl_k3": 0.0005 * s * (1 + 2 * i),
+                "proximal_tv": 0.01 * i,
+                "proximal_ratio_max": 1.0,
+                "proximal_ratio_min": 1.0,
+                "entropy": 2 - 0.1 * s + sign * 0.05,
+                "staleness_mean": 0.25 * i,
+                "staleness_max": (s // 2) * i,
+                "grad_norm": float("nan"),
+            }
             if buckets:
                 row["behaviour_clip_frac/staleness_0"] = 0.0
                 row["behaviour_kl_k3/staleness_0"] = 0.0
@@ -103,7 +117,9 @@ def test_report_writes_table_and_valid_figures(tmp_path):
         width, height = png_size(png)
         assert width > 300 and height > 300
     markdown = (out / "report.md").read_text()
-    assert "| run-a | – | 6 | 0.4 | 0.06 / 0.03 | 0.035 / 0.0175 | 0.01 / 0.005 | 0.06 / 0.005 | 2 → 1.5 | 2 |" in markdown
+    assert (
+        "| run-a | – | 6 | 0.4 | 0.06 / 0.03 | 0.035 / 0.0175 | 0.01 / 0.005 | 0.06 / 0.005 | 2 → 1.5 | 2 |" in markdown
+    )
     for png in pngs:
         assert f"]({png.name})" in markdown  # relative to report.md
     assert "run-a" in result.output and str(out / "report.md") in result.output
@@ -121,8 +137,9 @@ def test_no_bucket_keys_no_bucket_figure(tmp_path):
 
 def test_runs_compared_with_labels(tmp_path):
     out = tmp_path / "out"
-    result = report(write_run(tmp_path / "a" / "run"), write_run(tmp_path / "b" / "run", steps=3, spec_loss="grpo"),
-                    "--out", out)
+    result = report(
+        write_run(tmp_path / "a" / "run"), write_run(tmp_path / "b" / "run", steps=3, spec_loss="grpo"), "--out", out
+    )
 
     assert result.exit_code == 0, result.output
     markdown = (out / "report.md").read_text()
@@ -138,13 +155,18 @@ def test_loss_label_and_anchor_from_spec(tmp_path):
     assert (load_run(write_run(tmp_path / "run-y")).label, load_run(tmp_path / "run-y").anchor) == ("run-y", None)
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda run: (run / "metrics.jsonl").unlink(), "metrics.jsonl: not found"),
-    (lambda run: (run / "metrics.jsonl").write_text(""), "metrics.jsonl: empty"),
-    (lambda run: (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1, "clip_fr\n'),
-     "metrics.jsonl:2: not valid JSON"),
-    (lambda run: (run / "metrics.jsonl").write_text('{"step": 0}\n[1, 2]\n'), "metrics.jsonl:2: not a metrics row"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda run: (run / "metrics.jsonl").unlink(), "metrics.jsonl: not found"),
+        (lambda run: (run / "metrics.jsonl").write_text(""), "metrics.jsonl: empty"),
+        (
+            lambda run: (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1, "clip_fr\n'),
+            "metrics.jsonl:2: not valid JSON",
+        ),
+        (lambda run: (run / "metrics.jsonl").write_text('{"step": 0}\n[1, 2]\n'), "metrics.jsonl:2: not a metrics row"),
+    ],
+)
 def test_bad_run_is_a_clear_error_and_nothing_is_written(tmp_path, damage, expected):
     good, bad, out = write_run(tmp_path / "good"), write_run(tmp_path / "bad"), tmp_path / "out"
     damage(bad)

@@ -14,8 +14,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The settings the service tests rely on: a short timeout for the hanging verifier, small limits to hit.
 TEST_SERVER_ARGS = [
-    "--plugins", "tests.reward.plugins", "--item-timeout", "1", "--pool-size", "2",
-    "--max-items", "16", "--max-completion-chars", "2000", "--max-body-mb", "0.25",
+    "--plugins",
+    "tests.reward.plugins",
+    "--item-timeout",
+    "1",
+    "--pool-size",
+    "2",
+    "--max-items",
+    "16",
+    "--max-completion-chars",
+    "2000",
+    "--max-body-mb",
+    "0.25",
 ]
 
 
@@ -34,7 +44,10 @@ class Server:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.reward", "--port", str(self.port), *args],
-            cwd=REPO, env={**os.environ, **(env or {})}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

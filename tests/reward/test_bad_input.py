@@ -11,18 +11,21 @@ from services.reward.app import create_app
 from tests.reward.server import item
 
 
-@pytest.mark.parametrize("body, status, field", [
-    ({}, 422, "items: Field required"),
-    ({"items": [item("x", "1")], "extra": 1}, 422, "extra: Extra inputs are not permitted"),
-    ({"items": [{"prompt": "p", "completion": "x", "task": "math"}]}, 422, "items.0.reference: Field required"),
-    ({"items": [item(7, "1")]}, 422, "items.0.completion: Input should be a valid string"),
-    ({"items": [item("x", "1", task="chess")]}, 422, "items.0.task: Input should be 'math', 'arithmetic'"),
-    ({"items": [item("x", "1", rewards={"nope": 1.0})]}, 422, "items.0.rewards.nope.[key]: Input should be"),
-    ({"items": [item("x", "1")], "rewards": {}}, 422, "rewards: Dictionary should have at least 1 item"),
-    ({"items": [item("x", "1", metadata=[1])]}, 422, "items.0.metadata: Input should be a valid dictionary"),
-    ({"items": [item("x", "1")] * 17}, 422, "items: List should have at most 16 items"),
-    ({"items": [item("x" * 2001, "1")]}, 422, "items.0.completion: String should have at most 2000 characters"),
-])
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({}, 422, "items: Field required"),
+        ({"items": [item("x", "1")], "extra": 1}, 422, "extra: Extra inputs are not permitted"),
+        ({"items": [{"prompt": "p", "completion": "x", "task": "math"}]}, 422, "items.0.reference: Field required"),
+        ({"items": [item(7, "1")]}, 422, "items.0.completion: Input should be a valid string"),
+        ({"items": [item("x", "1", task="chess")]}, 422, "items.0.task: Input should be 'math', 'arithmetic'"),
+        ({"items": [item("x", "1", rewards={"nope": 1.0})]}, 422, "items.0.rewards.nope.[key]: Input should be"),
+        ({"items": [item("x", "1")], "rewards": {}}, 422, "rewards: Dictionary should have at least 1 item"),
+        ({"items": [item("x", "1", metadata=[1])]}, 422, "items.0.metadata: Input should be a valid dictionary"),
+        ({"items": [item("x", "1")] * 17}, 422, "items: List should have at most 16 items"),
+        ({"items": [item("x" * 2001, "1")]}, 422, "items.0.completion: String should have at most 2000 characters"),
+    ],
+)
 def test_bad_requests_name_the_field(client, body, status, field):
     response = client.post("/v1/score", json=body)
     assert response.status_code == status

@@ -16,13 +16,16 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--port", "70000"], "error: port: Input should be less than or equal to 65535"),
-    (["--item-timeout", "soon"], "error: item_timeout: Input should be a valid number"),
-    (["--pool-size", "0"], "error: pool_size: Input should be greater than or equal to 1"),
-    (["--replicas", "2"], "error: replicas/ray_address: only apply under Ray"),
-    (["--plugins", "no.such.module"], "error: plugins: cannot import 'no.such.module'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "70000"], "error: port: Input should be less than or equal to 65535"),
+        (["--item-timeout", "soon"], "error: item_timeout: Input should be a valid number"),
+        (["--pool-size", "0"], "error: pool_size: Input should be greater than or equal to 1"),
+        (["--replicas", "2"], "error: replicas/ray_address: only apply under Ray"),
+        (["--plugins", "no.such.module"], "error: plugins: cannot import 'no.such.module'"),
+    ],
+)
 def test_bad_settings_print_the_field_not_a_traceback(args, message):
     result = run(sys.executable, "-m", "services.reward", *args)
     assert result.returncode == 2

@@ -24,8 +24,11 @@ def exported_requests(url: str) -> tuple[Counter, set[str]]:
 @pytest.mark.slow
 def test_two_replicas_score_report_metrics_together_and_shut_down(tmp_path):
     # Ray's agent publishes replica metrics every 10 s by default; 1 s keeps the test short.
-    server = Server(["--ray", "--replicas", "2", "--pool-size", "1"], tmp_path / "ray.log",
-                    env={"RAY_metrics_report_interval_ms": "1000"})
+    server = Server(
+        ["--ray", "--replicas", "2", "--pool-size", "1"],
+        tmp_path / "ray.log",
+        env={"RAY_metrics_report_interval_ms": "1000"},
+    )
     try:
         started = server.wait_ready(timeout=45)
         body = {"items": [item("The answer is \\boxed{2}", "2"), item("The answer is \\boxed{2}", "3")]}

@@ -48,10 +48,15 @@ def test_overrides_compose_weighted_functions_item_over_request_over_task(client
 
 
 def test_each_task_uses_its_configured_functions(client):
-    rewards = client.post("/v1/score", json={"items": [
-        item("\\boxed{0.5}", "1/2", task="arithmetic"),
-        item("\\boxed{0.5}", "1/2", task="exact_match"),
-    ]}).json()["rewards"]
+    rewards = client.post(
+        "/v1/score",
+        json={
+            "items": [
+                item("\\boxed{0.5}", "1/2", task="arithmetic"),
+                item("\\boxed{0.5}", "1/2", task="exact_match"),
+            ]
+        },
+    ).json()["rewards"]
     assert [r["reward"] for r in rewards] == [1.0, 0.0]
     assert [r["details"]["task"] for r in rewards] == ["arithmetic", "exact_match"]
 
@@ -86,8 +91,14 @@ def test_a_hanging_raising_or_dying_verifier_costs_only_its_item(server, client)
     assert time.monotonic() - start < 3
 
     after = metric_samples(client)
-    for function, outcome in [("spin_in_c", "timeout"), ("raises", "error"), ("crashes", "error"),
-                              ("unserialisable", "error"), ("format", "ok"), ("math_equivalence", "ok")]:
+    for function, outcome in [
+        ("spin_in_c", "timeout"),
+        ("raises", "error"),
+        ("crashes", "error"),
+        ("unserialisable", "error"),
+        ("format", "ok"),
+        ("math_equivalence", "ok"),
+    ]:
         key = ("cfpo_reward_function_calls_total", (("function", function), ("outcome", outcome)))
         assert after[key] - before.get(key, 0) == {"math_equivalence": 18}.get(function, 1), key
 

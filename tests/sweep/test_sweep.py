@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cfpo.config import ConfigError
 from cfpo.cli.sweep.grid import load_sweep
+from cfpo.config import ConfigError
 from tests.servers import interruptible, stack_port_offset, stop
 
 CFPO = str(Path(sys.executable).parent / "cfpo")
@@ -31,51 +31,85 @@ BASE = {
 
 
 def _write(tmp_path: Path, **changes) -> Path:
-    spec = {"name": "probe", "model": str(tmp_path / "model"), "prepare": "tiny", "base": BASE,
-            "grid": {"losses": ["cfpo", "grpo"], "staleness_k": [0], "iterations": [1, 4]}, **changes}
+    spec = {
+        "name": "probe",
+        "model": str(tmp_path / "model"),
+        "prepare": "tiny",
+        "base": BASE,
+        "grid": {"losses": ["cfpo", "grpo"], "staleness_k": [0], "iterations": [1, 4]},
+        **changes,
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 def test_every_combination_is_a_run_with_the_cell_values_over_the_base(tmp_path):
-    spec = load_sweep(_write(tmp_path, grid={"losses": ["cfpo", "grpo", "dapo"], "staleness_k": [0, 2],
-                                             "ratio_references": ["behaviour", "proximal"],
-                                             "iterations": [1, 8], "minibatches": [1, 2], "seeds": [0, 1]}))
+    spec = load_sweep(
+        _write(
+            tmp_path,
+            grid={
+                "losses": ["cfpo", "grpo", "dapo"],
+                "staleness_k": [0, 2],
+                "ratio_references": ["behaviour", "proximal"],
+                "iterations": [1, 8],
+                "minibatches": [1, 2],
+                "seeds": [0, 1],
+            },
+        )
+    )
     cells = spec.cells()
     assert len(cells) == 3 * 2 * 2 * 2 * 2 * 2 and len({c.key for c in cells}) == len(cells)
     cell = next(c for c in cells if c.key == "dapo-proximal-k2-it8-mb2-s1")
     run = spec.run_spec(cell, tmp_path / "model")
-    assert (run.learner.loss.name, run.learner.loss.ratio_reference, run.learner.loss.eps, run.learner.iterations,
-            run.learner.minibatches) == ("dapo", "proximal", 0.3, 8, 2)
+    assert (
+        run.learner.loss.name,
+        run.learner.loss.ratio_reference,
+        run.learner.loss.eps,
+        run.learner.iterations,
+        run.learner.minibatches,
+    ) == ("dapo", "proximal", 0.3, 8, 2)
     assert (run.staleness.mode, run.staleness.k, run.seed, run.steps) == ("fixed", 2, 1, 3)
     assert run.rollout.rewards == {"digit_share": 1.0} and run.learner.optimizer.lr == 5.0e-3
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"grid": {"minibatches": [1, 3]}}, "cell cfpo-behaviour-k0-it1-mb3-s0: .*minibatches: 3 does not divide"),
-    ({"grid": {"staleness_k": [0, 2]}}, "grid: .*ratio_references: staleness k reaches 2, so name"),
-    ({"grid": {"staleness_k": [2], "ratio_references": ["proximal", "proximal"]}}, "grid.ratio_references: .*twice"),
-    ({"base": {**BASE, "learner": {"loss": {"ratio_reference": "proximal"}}}},
-     "base.learner.loss.ratio_reference: the grid sets it"),
-    ({"grid": {"iterations": [1, 1]}}, "grid.iterations: .*listed twice"),
-    ({"grid": {"losses": ["ppo"]}}, "grid.losses.0"),
-    ({"base": {**BASE, "model": "elsewhere"}}, "base.model: give the model once"),
-    ({"base": {**BASE, "steps": 0}}, "cell cfpo-behaviour-k0-it1-mb1-s0: steps: "),
-    ({"name": "a b"}, "name: "),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"grid": {"minibatches": [1, 3]}}, "cell cfpo-behaviour-k0-it1-mb3-s0: .*minibatches: 3 does not divide"),
+        ({"grid": {"staleness_k": [0, 2]}}, "grid: .*ratio_references: staleness k reaches 2, so name"),
+        (
+            {"grid": {"staleness_k": [2], "ratio_references": ["proximal", "proximal"]}},
+            "grid.ratio_references: .*twice",
+        ),
+        (
+            {"base": {**BASE, "learner": {"loss": {"ratio_reference": "proximal"}}}},
+            "base.learner.loss.ratio_reference: the grid sets it",
+        ),
+        ({"grid": {"iterations": [1, 1]}}, "grid.iterations: .*listed twice"),
+        ({"grid": {"losses": ["ppo"]}}, "grid.losses.0"),
+        ({"base": {**BASE, "model": "elsewhere"}}, "base.model: give the model once"),
+        ({"base": {**BASE, "steps": 0}}, "cell cfpo-behaviour-k0-it1-mb1-s0: steps: "),
+        ({"name": "a b"}, "name: "),
+    ],
+)
 def test_a_bad_sweep_is_refused_naming_the_field(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         load_sweep(_write(tmp_path, **changes))
 
 
 def test_the_cli_says_what_is_wrong_without_a_traceback(tmp_path):
-    result = subprocess.run([CFPO, "sweep", str(_write(tmp_path, grid={"seeds": [0, 0]}))], capture_output=True,
-                            text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [CFPO, "sweep", str(_write(tmp_path, grid={"seeds": [0, 0]}))], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "grid.seeds" in result.stdout and "Traceback" not in result.stdout + result.stderr
-    result = subprocess.run([CFPO, "sweep", str(_write(tmp_path)), "--api", "http://127.0.0.1:9"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [CFPO, "sweep", str(_write(tmp_path)), "--api", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "--runs-dir" in result.stdout
 
 
@@ -83,12 +117,18 @@ def test_the_cli_says_what_is_wrong_without_a_traceback(tmp_path):
 def test_a_sweep_runs_every_cell_resumes_after_an_interruption_and_reports(tmp_path):
     spec_path = _write(tmp_path)
     out = tmp_path / "out"
-    argv = [CFPO, "sweep", str(spec_path), "--out", str(out), "--port-offset",
-            str(stack_port_offset())]
+    argv = [CFPO, "sweep", str(spec_path), "--out", str(out), "--port-offset", str(stack_port_offset())]
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=interruptible,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,
+        start_new_session=True,
+    )
     try:  # interrupt the first sweep once one cell has finished
         deadline = time.monotonic() + 300
         while not _succeeded(out):

@@ -8,19 +8,31 @@ from cfpo.cli.sweep.report import HEADLINE_PNG, aggregate, collect, write
 
 
 def _spec(tmp_path) -> SweepSpec:
-    return SweepSpec.model_validate({
-        "name": "anchors", "model": str(tmp_path / "model"),
-        "base": {"rollout": {"group_size": 2, "prompts_per_step": 2}, "steps": 4},
-        "grid": {"losses": ["cfpo", "grpo"], "ratio_references": ["behaviour", "proximal"], "staleness_k": [0, 2]},
-    })
+    return SweepSpec.model_validate(
+        {
+            "name": "anchors",
+            "model": str(tmp_path / "model"),
+            "base": {"rollout": {"group_size": 2, "prompts_per_step": 2}, "steps": 4},
+            "grid": {"losses": ["cfpo", "grpo"], "ratio_references": ["behaviour", "proximal"], "staleness_k": [0, 2]},
+        }
+    )
 
 
 def _run(directory, kl_behaviour: float, kl_proximal: float, accuracy: float) -> None:
     """Four steps, the first logged as warm-up with a KL ten times larger (the summary must leave it out)."""
     directory.mkdir(parents=True)
-    rows = [{"step": s, "warm_up": s == 0, "reward_mean": 0.5, "behaviour_kl_k3": kl_behaviour * (10 if s == 0 else 1),
-             "proximal_kl_k3": kl_proximal, "behaviour_clip_frac": 0.1, "proximal_clip_frac": 0.0}
-            for s in range(4)]
+    rows = [
+        {
+            "step": s,
+            "warm_up": s == 0,
+            "reward_mean": 0.5,
+            "behaviour_kl_k3": kl_behaviour * (10 if s == 0 else 1),
+            "proximal_kl_k3": kl_proximal,
+            "behaviour_clip_frac": 0.1,
+            "proximal_clip_frac": 0.0,
+        }
+        for s in range(4)
+    ]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     evaluations = [{"step": 0, "accuracy": 0.1}, {"step": 4, "accuracy": accuracy}]
     (directory / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evaluations))
@@ -34,7 +46,10 @@ def test_every_loss_and_anchor_has_its_own_row_figures_and_line(tmp_path):
         book.set(cell, CellRecord(f"run-{i}", "succeeded", seconds=1.0))
     results = collect(spec, book, out / "runs")
     assert [(r.loss, r.ratio_reference, r.staleness_k) for r in results][:3] == [
-        ("cfpo", "behaviour", 0), ("cfpo", "behaviour", 2), ("cfpo", "proximal", 0)]
+        ("cfpo", "behaviour", 0),
+        ("cfpo", "behaviour", 2),
+        ("cfpo", "proximal", 0),
+    ]
     third = results[2]
     assert third.figures["behaviour_kl_k3_max"] == 0.03 and third.figures["proximal_kl_k3_max"] == 0.003
     assert (third.steady_steps, third.warm_up_steps, third.figures["heldout_after"]) == (3, 1, 0.1)
@@ -43,7 +58,8 @@ def test_every_loss_and_anchor_has_its_own_row_figures_and_line(tmp_path):
     written = write(spec, results, out, "cfpo sweep anchors.yaml")
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["loss"], r["ratio_reference"]) for r in rows} == {
-        (loss, anchor) for loss in ("cfpo", "grpo") for anchor in ("behaviour", "proximal")}
+        (loss, anchor) for loss in ("cfpo", "grpo") for anchor in ("behaviour", "proximal")
+    }
     assert float(rows[2]["proximal_kl_k3_max"]) == 0.003
     report = (out / "report.md").read_text()
     assert "| grpo | proximal | 2 | 1 | 1 | 1 | 3 + 1 |" in report and "KL k3 max vs proximal" in report

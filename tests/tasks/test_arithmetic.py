@@ -54,7 +54,7 @@ def test_references_equal_python_evaluation_and_stay_in_the_level(level):
     for problem in ArithmeticTask(difficulty=level, train_size=size).load("train"):
         expression = problem.metadata["expression"]
         assert expression in problem.prompt and "\\boxed{}" in problem.prompt
-        assert problem.reference == str(eval(expression))  # noqa: S307 -- digits, + - * and parentheses only
+        assert problem.reference == str(eval(expression))
         assert problem.task == "arithmetic" and problem.metadata["difficulty"] == level
         operands = [int(x) for x in OPERAND.findall(expression)]
         assert len(operands) == spec.operands and all(spec.low <= x <= spec.high for x in operands)
@@ -95,14 +95,17 @@ def test_custom_template():
     assert problem.prompt == f"Compute {problem.metadata['expression']}. Answer in \\boxed{{}}."
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"difficulty": 6}, "difficulty"),
-    ({"difficulty": []}, "difficulty"),
-    ({"template": "What is it?"}, "template"),
-    ({"eval_fraction": 0}, "eval_fraction"),
-    ({"train_size": 0}, "train_size"),
-    ({"size": 10}, "size"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"difficulty": 6}, "difficulty"),
+        ({"difficulty": []}, "difficulty"),
+        ({"template": "What is it?"}, "template"),
+        ({"eval_fraction": 0}, "eval_fraction"),
+        ({"train_size": 0}, "train_size"),
+        ({"size": 10}, "size"),
+    ],
+)
 def test_bad_settings_name_the_field(settings, field):
     with pytest.raises(ValidationError, match=field):
         ArithmeticTask(**settings)

@@ -21,14 +21,23 @@ def write_parquet(path, columns):
 
 
 def test_jsonl_fields_map_onto_the_problem(tmp_path):
-    path = write_jsonl(tmp_path / "gsm.jsonl", [
-        {"question": "How many legs have 3 cats?", "solution": 12, "uid": "q-1", "extra": "ignored"},
-        "",
-        {"question": "Half of 1?", "solution": 0.5, "uid": "q-2"},
-        {"question": "Name the constant.", "solution": "  \\pi ", "uid": "q-3"},
-    ])
-    task = FileTask(path=path, name="gsm", prompt_field="question", answer_field="solution", id_field="uid",
-                    template="{prompt} Put the answer in \\boxed{}.")
+    path = write_jsonl(
+        tmp_path / "gsm.jsonl",
+        [
+            {"question": "How many legs have 3 cats?", "solution": 12, "uid": "q-1", "extra": "ignored"},
+            "",
+            {"question": "Half of 1?", "solution": 0.5, "uid": "q-2"},
+            {"question": "Name the constant.", "solution": "  \\pi ", "uid": "q-3"},
+        ],
+    )
+    task = FileTask(
+        path=path,
+        name="gsm",
+        prompt_field="question",
+        answer_field="solution",
+        id_field="uid",
+        template="{prompt} Put the answer in \\boxed{}.",
+    )
     problems = load_task(task)
     assert [p.id for p in problems] == ["q-1", "q-2", "q-3"]
     assert [p.reference for p in problems] == ["12", "0.5", "\\pi"]
@@ -45,23 +54,29 @@ def test_default_ids_name_file_and_place(tmp_path):
 
 
 def test_parquet_fields_map_onto_the_problem(tmp_path):
-    path = write_parquet(tmp_path / "math.parquet", {
-        "problem": ["1+1?", "2*3?"], "gold": [2, 6], "key": ["a", "b"], "other": [1.0, 2.0]})
+    path = write_parquet(
+        tmp_path / "math.parquet", {"problem": ["1+1?", "2*3?"], "gold": [2, 6], "key": ["a", "b"], "other": [1.0, 2.0]}
+    )
     problems = FileTask(path=path, prompt_field="problem", answer_field="gold", id_field="key").load()
     assert [(p.id, p.prompt, p.reference, p.task) for p in problems] == [
-        ("a", "1+1?", "2", "math"), ("b", "2*3?", "6", "math")]
+        ("a", "1+1?", "2", "math"),
+        ("b", "2*3?", "6", "math"),
+    ]
     assert problems[1].metadata["source"] == f"{path}:row 1"
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([{"prompt": "a?", "answer": "1"}, {"prompt": "b?"}], r"line 2: missing field 'answer'"),
-    ([{"prompt": "a?", "answer": None}], r"line 1: missing field 'answer'"),
-    ([{"prompt": "", "answer": "1"}], r"line 1: field 'prompt' is empty"),
-    ([{"prompt": ["a"], "answer": "1"}], r"line 1: field 'prompt' must be a string or a number, got list"),
-    ([{"prompt": "a?", "answer": True}], r"line 1: field 'answer' must be a string or a number, got bool"),
-    ([{"prompt": "a?", "answer": "1"}, "{not json"], r"line 2: not valid JSON"),
-    (["[1, 2]"], r"line 1: expected a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([{"prompt": "a?", "answer": "1"}, {"prompt": "b?"}], r"line 2: missing field 'answer'"),
+        ([{"prompt": "a?", "answer": None}], r"line 1: missing field 'answer'"),
+        ([{"prompt": "", "answer": "1"}], r"line 1: field 'prompt' is empty"),
+        ([{"prompt": ["a"], "answer": "1"}], r"line 1: field 'prompt' must be a string or a number, got list"),
+        ([{"prompt": "a?", "answer": True}], r"line 1: field 'answer' must be a string or a number, got bool"),
+        ([{"prompt": "a?", "answer": "1"}, "{not json"], r"line 2: not valid JSON"),
+        (["[1, 2]"], r"line 1: expected a JSON object, got list"),
+    ],
+)
 def test_bad_jsonl_record_names_file_line_and_field(tmp_path, lines, message):
     path = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(TaskDataError, match=rf"^{path}: {message}"):
@@ -77,15 +92,18 @@ def test_bad_parquet_row_and_missing_column(tmp_path):
 
 
 def test_duplicate_ids_are_bad_records(tmp_path):
-    path = write_jsonl(tmp_path / "dup.jsonl", [{"prompt": "a?", "answer": "1", "id": "x"},
-                                                {"prompt": "b?", "answer": "2", "id": "x"}])
+    path = write_jsonl(
+        tmp_path / "dup.jsonl", [{"prompt": "a?", "answer": "1", "id": "x"}, {"prompt": "b?", "answer": "2", "id": "x"}]
+    )
     with pytest.raises(TaskDataError, match=r"line 2: duplicate id 'x' \(first at line 1\)"):
         FileTask(path=path, id_field="id").load()
 
 
 def test_skip_drops_bad_records_and_counts_them(tmp_path, caplog):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [
-        {"prompt": "a?", "answer": "1"}, {"prompt": "b?"}, "oops", {"prompt": "c?", "answer": "3"}])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [{"prompt": "a?", "answer": "1"}, {"prompt": "b?"}, "oops", {"prompt": "c?", "answer": "3"}],
+    )
     with caplog.at_level(logging.WARNING, logger="cfpo.tasks.files"):
         problems = FileTask(path=path, on_error="skip").load()
     assert [p.reference for p in problems] == ["1", "3"]
@@ -128,13 +146,16 @@ def test_eval_path_gives_the_eval_split(tmp_path):
         FileTask(path=train).load("eval")
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"path": "data.csv"}, "path"),
-    ({"path": "a.jsonl", "eval_path": "b.jsonl", "eval_fraction": 0.1}, "eval_fraction"),
-    ({"path": "a.jsonl", "template": "no placeholder"}, "template"),
-    ({"path": "a.jsonl", "on_error": "ignore"}, "on_error"),
-    ({"path": "a.jsonl", "prompt_key": "q"}, "prompt_key"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"path": "data.csv"}, "path"),
+        ({"path": "a.jsonl", "eval_path": "b.jsonl", "eval_fraction": 0.1}, "eval_fraction"),
+        ({"path": "a.jsonl", "template": "no placeholder"}, "template"),
+        ({"path": "a.jsonl", "on_error": "ignore"}, "on_error"),
+        ({"path": "a.jsonl", "prompt_key": "q"}, "prompt_key"),
+    ],
+)
 def test_bad_file_settings_name_the_field(settings, field):
     with pytest.raises(ValidationError, match=field):
         FileTask(**settings)

@@ -26,7 +26,8 @@ def bos_tokenizers(tiny_model_dir, tmp_path_factory):
     for name, template in [("plain", None), ("chat", TEMPLATE)]:
         tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
         tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-            single="<|bos|> $A", special_tokens=[("<|bos|>", tokenizer.bos_token_id)])
+            single="<|bos|> $A", special_tokens=[("<|bos|>", tokenizer.bos_token_id)]
+        )
         tokenizer.chat_template = template
         out = tmp_path_factory.mktemp(f"tokenizer-{name}")
         tokenizer.save_pretrained(out)

@@ -12,12 +12,15 @@ def test_kind_picks_the_task():
     assert isinstance(parse_task({"kind": "file", "path": "data/train.parquet"}), FileTask)
 
 
-@pytest.mark.parametrize("data, where", [
-    ({"kind": "sudoku"}, "sudoku"),
-    ({"difficulty": 2}, "kind"),
-    ({"kind": "arithmetic", "path": "x.jsonl"}, "arithmetic.path"),
-    ({"kind": "file"}, "file.path"),
-])
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        ({"kind": "sudoku"}, "sudoku"),
+        ({"difficulty": 2}, "kind"),
+        ({"kind": "arithmetic", "path": "x.jsonl"}, "arithmetic.path"),
+        ({"kind": "file"}, "file.path"),
+    ],
+)
 def test_bad_task_settings_name_the_kind_and_field(data, where):
     with pytest.raises(ValidationError, match=where):
         parse_task(data)

@@ -17,7 +17,7 @@ def take(n, **kwargs):
 
 def test_every_epoch_visits_each_problem_once_in_a_new_order():
     stream = ids(take(10, n_prompts=3, seed=1))  # 30 prompts: three epochs, batches straddle their ends
-    epochs = [stream[i:i + 10] for i in range(0, 30, 10)]
+    epochs = [stream[i : i + 10] for i in range(0, 30, 10)]
     assert all(sorted(epoch) == sorted(p.id for p in PROBLEMS) for epoch in epochs)
     assert len({tuple(epoch) for epoch in epochs}) == 3
 
@@ -32,14 +32,17 @@ def test_the_order_depends_on_the_seed_only():
 def test_a_resumed_stream_continues_where_it_stopped(start_index):
     whole = ids(take(12, n_prompts=4, seed=2))
     resumed = ids(take(3, n_prompts=4, seed=2, start_index=start_index))
-    assert resumed == whole[start_index:start_index + 12]
+    assert resumed == whole[start_index : start_index + 12]
 
 
-@pytest.mark.parametrize("problems, kwargs, field", [
-    ([], {"n_prompts": 2}, "problems"),
-    (PROBLEMS, {"n_prompts": 0}, "n_prompts"),
-    (PROBLEMS, {"n_prompts": 2, "start_index": -1}, "start_index"),
-])
+@pytest.mark.parametrize(
+    "problems, kwargs, field",
+    [
+        ([], {"n_prompts": 2}, "problems"),
+        (PROBLEMS, {"n_prompts": 0}, "n_prompts"),
+        (PROBLEMS, {"n_prompts": 2, "start_index": -1}, "start_index"),
+    ],
+)
 def test_bad_arguments_are_refused(problems, kwargs, field):
     with pytest.raises(ValueError, match=field):
         next(batches(problems, **kwargs))

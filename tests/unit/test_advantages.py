@@ -1,8 +1,8 @@
 import pytest
 
 from cfpo.advantages import group_advantages, is_zero_variance
-from cfpo.sample import Sample
 from cfpo.rollout_group import RolloutGroup
+from cfpo.sample import Sample
 
 
 def test_grpo_normalises_by_the_group_std():
@@ -21,9 +21,23 @@ def test_one_zero_variance_rule_for_advantages_and_the_worker():
     rewards = [0.0, 1.5e-6]
     assert group_advantages("grpo", rewards) == [0.0, 0.0]
     assert is_zero_variance(rewards)
-    group = RolloutGroup(run_id="r", prompt_id="p", slot=0, samples=[
-        Sample(prompt_ids=[1], completion_ids=[2], behaviour_logprobs=[-0.5], advantage=0.0, reward=r,
-               min_version=0, max_version=0) for r in rewards])
+    group = RolloutGroup(
+        run_id="r",
+        prompt_id="p",
+        slot=0,
+        samples=[
+            Sample(
+                prompt_ids=[1],
+                completion_ids=[2],
+                behaviour_logprobs=[-0.5],
+                advantage=0.0,
+                reward=r,
+                min_version=0,
+                max_version=0,
+            )
+            for r in rewards
+        ],
+    )
     assert group.zero_variance
     assert not is_zero_variance([0.0, 1e-3])
 

@@ -11,13 +11,16 @@ def test_config_names_every_registered_loss():
     assert set(typing.get_args(LossName)) == set(LOSSES)
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"batch_size": 12, "minibatches": 5}, "minibatches"),
-    ({"batch_size": 12, "minibatches": 2, "micro_batch_size": 4}, "micro_batch_size"),
-    ({"iterations": 0}, "iterations"),
-    ({"zero_stage": 4}, "zero_stage"),
-    ({"lr": 1e-3}, "lr"),  # belongs under optimizer: unknown keys are refused, not ignored
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"batch_size": 12, "minibatches": 5}, "minibatches"),
+        ({"batch_size": 12, "minibatches": 2, "micro_batch_size": 4}, "micro_batch_size"),
+        ({"iterations": 0}, "iterations"),
+        ({"zero_stage": 4}, "zero_stage"),
+        ({"lr": 1e-3}, "lr"),  # belongs under optimizer: unknown keys are refused, not ignored
+    ],
+)
 def test_bad_learner_settings_name_the_field(settings, field):
     with pytest.raises(ValidationError, match=field):
         LearnerConfig(**settings)
@@ -55,11 +58,19 @@ def test_dr_grpo_constant_defaults_to_the_longest_completion():
     from cfpo.run_spec import RunSpec
 
     on_policy = {"mode": "fixed", "k": 0}
-    derived = RunSpec(model="/m", rollout={"max_tokens": 48}, staleness=on_policy,
-                      learner={"loss": {"name": "grpo", "agg": "seq-mean-token-sum-norm"}})
+    derived = RunSpec(
+        model="/m",
+        rollout={"max_tokens": 48},
+        staleness=on_policy,
+        learner={"loss": {"name": "grpo", "agg": "seq-mean-token-sum-norm"}},
+    )
     assert derived.learner.loss.norm_length == 48
-    given = RunSpec(model="/m", rollout={"max_tokens": 48}, staleness=on_policy,
-                    learner={"loss": {"agg": "seq-mean-token-sum-norm", "norm_length": 100}})
+    given = RunSpec(
+        model="/m",
+        rollout={"max_tokens": 48},
+        staleness=on_policy,
+        learner={"loss": {"agg": "seq-mean-token-sum-norm", "norm_length": 100}},
+    )
     assert given.learner.loss.norm_length == 100
     assert RunSpec(model="/m", staleness=on_policy).learner.loss.norm_length is None  # other aggregations: none
     assert RunSpec.model_validate_json(derived.model_dump_json()) == derived

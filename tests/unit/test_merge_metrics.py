@@ -4,8 +4,10 @@ from trainer.learner import merge_metrics
 
 
 def test_extremes_stay_extremes_and_means_weight_by_tokens():
-    parts = [({"ratio_min": 0.9, "ratio_max": 1.1, "clip_frac": 0.5}, 10.0),
-             ({"ratio_min": 0.7, "ratio_max": 1.05, "clip_frac": 0.0}, 30.0)]
+    parts = [
+        ({"ratio_min": 0.9, "ratio_max": 1.1, "clip_frac": 0.5}, 10.0),
+        ({"ratio_min": 0.7, "ratio_max": 1.05, "clip_frac": 0.0}, 30.0),
+    ]
     merged = merge_metrics(parts)
     assert merged["ratio_min"] == 0.7 and merged["ratio_max"] == 1.1
     assert merged["clip_frac"] == pytest.approx(0.125)

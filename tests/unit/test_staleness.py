@@ -5,15 +5,24 @@ from pydantic import ValidationError
 
 from cfpo.run_spec import RunSpec
 from cfpo.staleness import (
-    consumed_version, groups_needed_before_serving, is_warm_up, may_generate, step_of_slot, target_version,
+    consumed_version,
+    groups_needed_before_serving,
+    is_warm_up,
+    may_generate,
+    step_of_slot,
+    target_version,
     within_bound,
 )
 
 
 def _spec(**staleness):
-    return RunSpec(model="/nonexistent", steps=12, rollout={"prompts_per_step": 2, "group_size": 2},
-                   learner={"iterations": 2, "minibatches": 1, "loss": {"ratio_reference": "proximal"}},
-                   staleness=staleness)
+    return RunSpec(
+        model="/nonexistent",
+        steps=12,
+        rollout={"prompts_per_step": 2, "group_size": 2},
+        learner={"iterations": 2, "minibatches": 1, "loss": {"ratio_reference": "proximal"}},
+        staleness=staleness,
+    )
 
 
 def test_learner_batch_is_derived_and_checked():
@@ -70,10 +79,13 @@ def test_target_version_never_negative():
     assert [target_version(spec, s) for s in range(5)] == [0, 0, 0, 1, 3]
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"learner": "fast"}, "learner"),
-    ({"rollout": {"group_size": 1}}, "rollout.group_size"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"learner": "fast"}, "learner"),
+        ({"rollout": {"group_size": 1}}, "rollout.group_size"),
+    ],
+)
 def test_malformed_sections_are_named_by_field_validation(settings, field):
     with pytest.raises(ValidationError) as error:
         RunSpec(model="/m", **settings)

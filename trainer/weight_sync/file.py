@@ -9,9 +9,9 @@ into its own (``.data.copy_``), so nothing keeps reading the file between pushes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -43,8 +43,9 @@ class StagedWeights:
         if not self._overwrite(state):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(".partial")
-            save_file({name: t.to("cpu").contiguous() for name, t in state.items()}, str(partial),
-                      metadata={"format": "pt"})
+            save_file(
+                {name: t.to("cpu").contiguous() for name, t in state.items()}, str(partial), metadata={"format": "pt"}
+            )
             os.replace(partial, self.path)
         return self.path
 
@@ -59,11 +60,11 @@ class StagedWeights:
             return False
         with file, mmap.mmap(file.fileno(), 0) as mapped:
             header_length = int.from_bytes(mapped[:_HEADER_LENGTH_BYTES], "little")
-            header = json.loads(mapped[_HEADER_LENGTH_BYTES:_HEADER_LENGTH_BYTES + header_length])
+            header = json.loads(mapped[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + header_length])
             header.pop("__metadata__", None)
             if not _same_layout(header, state):
                 return False
-            data = torch.frombuffer(mapped, dtype=torch.uint8)[_HEADER_LENGTH_BYTES + header_length:]
+            data = torch.frombuffer(mapped, dtype=torch.uint8)[_HEADER_LENGTH_BYTES + header_length :]
             for name, tensor in state.items():
                 start, end = header[name]["data_offsets"]
                 data[start:end].view(tensor.dtype).view(tensor.shape).copy_(tensor)
@@ -74,14 +75,22 @@ class StagedWeights:
 def _same_layout(header: dict, state: dict[str, torch.Tensor]) -> bool:
     return header.keys() == state.keys() and all(
         header[name]["dtype"] == _DTYPE_NAMES.get(tensor.dtype) and header[name]["shape"] == list(tensor.shape)
-        for name, tensor in state.items())
+        for name, tensor in state.items()
+    )
 
 
-def push_weights(client: GenerationClient, staged: StagedWeights, model: torch.nn.Module, version: int,
-                 *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
-    """Stage ``model`` and have generation serve it as ``run``'s ``version``; blocks until it is served."""
-    started = time.perf_counter()
-    path = staged.write(model)
-    staging_seconds = time.perf_counter() - started
-    update = client.update_weights(path, version, run=run, timeout=timeout)
-    return dataclasses.replace(update, staging_seconds=staging_seconds)
+class FileWeightSync:
+    """The file transport: stage the model, then have generation load the file in place."""
+
+    def __init__(self, client: GenerationClient, model: torch.nn.Module, staged: StagedWeights):
+        self.client, self.model, self.staged = client, model, staged
+
+    def push(self, version: int, *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
+        started = time.perf_counter()
+        path = self.staged.write(self.model)
+        staging_seconds = time.perf_counter() - started
+        update = self.client.update_weights(path, version, run=run, timeout=timeout)
+        return dataclasses.replace(update, staging_seconds=staging_seconds)
+
+    def close(self) -> None:
+        self.staged.remove()  # on tmpfs it holds a model's worth of memory

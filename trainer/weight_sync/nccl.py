@@ -16,16 +16,26 @@ from cfpo.clients.generation import GenerationClient, PolicyVersion, WeightUpdat
 
 
 class NcclWeightSync:
-    def __init__(self, client: GenerationClient, model: torch.nn.Module, *, master_address: str, master_port: int,
-                 generation_world_size: int = 1):
+    """The NCCL transport (``WeightSync``): the learner is rank 0 of a group with every generation worker."""
+
+    def __init__(
+        self,
+        client: GenerationClient,
+        model: torch.nn.Module,
+        *,
+        master_address: str,
+        master_port: int,
+        generation_world_size: int = 1,
+    ):
         from vllm.distributed.weight_transfer.base import ModuleSource
         from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
         self.client = client
         self.bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        init_info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port,
-                                        world_size=1 + generation_world_size, rank=0)
+        init_info = NCCLTrainerInitInfo(
+            master_address=master_address, master_port=master_port, world_size=1 + generation_world_size, rank=0
+        )
         self.engine = NCCLTrainerWeightTransferEngine.trainer_init(
             init_info, client=HTTPVLLMWeightSyncClient(client.base_url), source=ModuleSource(model)
         )

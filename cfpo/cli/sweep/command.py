@@ -16,22 +16,28 @@ from cfpo.config import ConfigError
 
 console = Console()
 # the report's metrics that fit a terminal, with short headers; report.md has them all
-TABLE_COLUMNS = {"final_reward": "reward", "heldout_after": "held-out", "behaviour_clip_frac_max": "clip max (beh.)",
-                 "behaviour_kl_k3_max": "KL max (beh.)", "proximal_kl_k3_max": "KL max (prox.)",
-                 "behaviour_ratio_deviation_max": "max|r-1| (beh.)"}
+TABLE_COLUMNS = {
+    "final_reward": "reward",
+    "heldout_after": "held-out",
+    "behaviour_clip_frac_max": "clip max (beh.)",
+    "behaviour_kl_k3_max": "KL max (beh.)",
+    "proximal_kl_k3_max": "KL max (prox.)",
+    "behaviour_ratio_deviation_max": "max|r-1| (beh.)",
+}
 
 
 def sweep(
     spec_file: Path = typer.Argument(..., help="sweep spec (YAML), e.g. configs/sweep-tiny.yaml"),
-    out: Path = typer.Option(None, help="sweep directory: cells.json, report, and (embedded) runs and stack; "
-                                        "default runs/sweeps/<name>"),
+    out: Path = typer.Option(
+        None, help="sweep directory: cells.json, report, and (embedded) runs and stack; default runs/sweeps/<name>"
+    ),
     api: str = typer.Option(None, help="use the stack at this control API instead of starting one"),
     runs_dir: Path = typer.Option(None, help="with --api: where that stack's learner writes its run directories"),
     port_offset: int = typer.Option(0, help="embedded stack: add this to every default port"),
     report_only: bool = typer.Option(False, help="only rebuild the report from the runs already done"),
 ) -> None:
-    """Run every cell of a sweep (loss x anchor x staleness k x iterations x minibatches x seed) not yet done, one run per
-    cell, and write results.csv, report.md and figures. Stopped, the same command resumes it."""
+    """Run every cell of a sweep (loss x anchor x staleness k x iterations x minibatches x seed) not yet done, one
+    run per cell, and write results.csv, report.md and figures. Stopped, the same command resumes it."""
     from cfpo.cli.sweep.grid import load_sweep
 
     try:
@@ -40,8 +46,10 @@ def sweep(
         console.print(f"[red]error:[/] {error}", highlight=False)
         raise typer.Exit(2) from None
     if api and runs_dir is None:
-        console.print("[red]error:[/] --runs-dir: with --api, give the directory where that stack's learner writes "
-                      "runs (e.g. its shared volume), so the report can read them")
+        console.print(
+            "[red]error:[/] --runs-dir: with --api, give the directory where that stack's learner writes "
+            "runs (e.g. its shared volume), so the report can read them"
+        )
         raise typer.Exit(2)
     out = out or Path("runs/sweeps") / spec.name
     out.mkdir(parents=True, exist_ok=True)
@@ -77,8 +85,9 @@ def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path
     if not pending:
         return
     # The stack's state (Redis, logs, Prometheus) beside the runs, under runs/: neither belongs with the report.
-    settings = StackSettings(model=model, state_dir=out / "runs" / "stack", runs_dir=out / "runs",
-                             **StackSettings.offset_ports(port_offset))
+    settings = StackSettings(
+        model=model, state_dir=out / "runs" / "stack", runs_dir=out / "runs", **StackSettings.offset_ports(port_offset)
+    )
     stack = None if api_url else Stack(settings)
     try:
         if stack is not None:
@@ -98,8 +107,9 @@ def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path
                     current["key"] = cell.key
                 if stack is not None:
                     stack.check_alive()
-                progress.update(steps, description=f"{cell.key} {run['state']}", total=run["steps"],
-                                completed=run["steps_done"])
+                progress.update(
+                    steps, description=f"{cell.key} {run['state']}", total=run["steps"], completed=run["steps_done"]
+                )
 
             runner.run(on_progress)
             progress.update(cells, completed=total)
@@ -127,8 +137,14 @@ def _report(spec, out: Path, runs_dir: Path, command: str) -> None:
     for header in ("loss", "anchor", "k", "iters", "mb", *TABLE_COLUMNS.values()):
         table.add_column(header, justify="right")
     for a in aggregate(results):
-        table.add_row(a.loss, a.ratio_reference, str(a.staleness_k), str(a.iterations), str(a.minibatches),
-                      *("–" if a.means[key] is None else f"{a.means[key]:.3f}" for key in TABLE_COLUMNS))
+        table.add_row(
+            a.loss,
+            a.ratio_reference,
+            str(a.staleness_k),
+            str(a.iterations),
+            str(a.minibatches),
+            *("–" if a.means[key] is None else f"{a.means[key]:.3f}" for key in TABLE_COLUMNS),
+        )
     console.print(table)
     failed = [r for r in results if r.state != "succeeded"]
     if failed:

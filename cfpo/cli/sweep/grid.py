@@ -12,19 +12,19 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cfpo.config import Anchor, ConfigError, LossName, StrictModel, describe_validation_error
+from cfpo.clients.control import ControlClient
+from cfpo.config import Anchor, LossName, StrictModel, describe_validation_error, load_config
+from cfpo.registry import FINAL_STATES
 from cfpo.run_spec import RunSpec
 
 CELLS_FILE = "cells.json"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class SweepGrid(StrictModel):
@@ -32,8 +32,11 @@ class SweepGrid(StrictModel):
 
     losses: list[LossName] = Field(["cfpo", "grpo"], min_length=1)
     ratio_references: list[Anchor] | None = Field(
-        None, min_length=1, description="trust-region anchors (learner.loss.ratio_reference); required when a k "
-        "exceeds 0, as for a run spec; default: behaviour")
+        None,
+        min_length=1,
+        description="trust-region anchors (learner.loss.ratio_reference); required when a k "
+        "exceeds 0, as for a run spec; default: behaviour",
+    )
     staleness_k: list[int] = Field([0], min_length=1, description="fixed staleness k of every step after warm-up")
     iterations: list[int] = Field([1], min_length=1, description="passes over each rollout batch")
     minibatches: list[int] = Field([1], min_length=1, description="optimizer steps per pass")
@@ -47,11 +50,12 @@ class SweepGrid(StrictModel):
         return values
 
     @model_validator(mode="after")
-    def _stale_grids_name_their_anchors(self) -> "SweepGrid":
+    def _stale_grids_name_their_anchors(self) -> SweepGrid:
         if self.ratio_references is None and max(self.staleness_k) > 0:
             raise ValueError(
                 f"ratio_references: staleness k reaches {max(self.staleness_k)}, so name the trust region's anchors "
-                "to sweep: [behaviour], [proximal] or both (see the README's Staleness and the anchor)")
+                "to sweep: [behaviour], [proximal] or both (see docs/architecture.md, Staleness and the anchor)"
+            )
         return self
 
     @property
@@ -70,31 +74,39 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return (f"{self.loss}-{self.ratio_reference}-k{self.staleness_k}-it{self.iterations}-mb{self.minibatches}"
-                f"-s{self.seed}")
+        return (
+            f"{self.loss}-{self.ratio_reference}-k{self.staleness_k}-it{self.iterations}-mb{self.minibatches}"
+            f"-s{self.seed}"
+        )
 
     def run_spec(self, base: dict[str, Any]) -> RunSpec:
         learner = base.get("learner") or {}
-        return RunSpec.model_validate({
-            **base,
-            "learner": {**learner, "loss": {**(learner.get("loss") or {}), "name": self.loss,
-                                            "ratio_reference": self.ratio_reference},
-                        "iterations": self.iterations, "minibatches": self.minibatches},
-            "staleness": {"mode": "fixed", "k": self.staleness_k},
-            "seed": self.seed,
-        })
+        return RunSpec.model_validate(
+            {
+                **base,
+                "learner": {
+                    **learner,
+                    "loss": {**(learner.get("loss") or {}), "name": self.loss, "ratio_reference": self.ratio_reference},
+                    "iterations": self.iterations,
+                    "minibatches": self.minibatches,
+                },
+                "staleness": {"mode": "fixed", "k": self.staleness_k},
+                "seed": self.seed,
+            }
+        )
 
 
 class SweepSpec(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
     model: Path = Field(description="local model directory every run trains and generation serves")
     prepare: Literal["none", "tiny", "smollm2"] = Field(
-        "none", description="build the model at `model` when it is missing: the tiny test model or SmolLM2")
+        "none", description="build the model at `model` when it is missing: the tiny test model or SmolLM2"
+    )
     base: dict[str, Any] = Field(default_factory=dict, description="run spec fields shared by every cell (no model)")
     grid: SweepGrid = SweepGrid()
 
     @model_validator(mode="after")
-    def _every_cell_is_a_valid_run(self) -> "SweepSpec":
+    def _every_cell_is_a_valid_run(self) -> SweepSpec:
         """Refuse a grid with any invalid cell before anything runs, naming the cell and the field."""
         if "model" in self.base:
             raise ValueError("base.model: give the model once, at the top level (model:)")
@@ -111,8 +123,10 @@ class SweepSpec(StrictModel):
 
     def cells(self) -> list[Cell]:
         g = self.grid
-        return [Cell(*values) for values in itertools.product(g.losses, g.anchors, g.staleness_k, g.iterations,
-                                                              g.minibatches, g.seeds)]
+        return [
+            Cell(*values)
+            for values in itertools.product(g.losses, g.anchors, g.staleness_k, g.iterations, g.minibatches, g.seeds)
+        ]
 
     def run_spec(self, cell: Cell, model: Path) -> RunSpec:
         return cell.run_spec({**self.base, "model": str(model)})
@@ -120,16 +134,7 @@ class SweepSpec(StrictModel):
 
 def load_sweep(path: Path) -> SweepSpec:
     """The sweep spec in ``path``; a relative ``model`` is relative to the current directory, as for run specs."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    try:
-        return SweepSpec.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+    return load_config(SweepSpec, path)
 
 
 @dataclass
@@ -163,18 +168,12 @@ def pending_cells(spec: SweepSpec, book: CellBook) -> list[Cell]:
     return [cell for cell in spec.cells() if not book.done(cell)]
 
 
-class RunApi(Protocol):
-    """What the sweep needs of the control API: submit, read, list, cancel (``cfpo.cli.runs.Api`` fits)."""
-
-    def call(self, method: str, path: str, **kwargs: Any) -> dict: ...
-
-
 @dataclass
 class SweepRunner:
     spec: SweepSpec
     model: Path
     directory: Path
-    api: RunApi
+    api: ControlClient
     poll_seconds: float = 2.0
 
     def run(self, on_progress: Callable[[Cell, dict], None] = lambda cell, run: None) -> CellBook:
@@ -183,28 +182,27 @@ class SweepRunner:
         self._cancel_leftovers(book)
         for cell in pending_cells(self.spec, book):
             started = time.monotonic()
-            submitted = self.api.call("POST", "/v1/runs", json={
-                **self.spec.run_spec(cell, self.model).model_dump(mode="json"), "name": f"{self.spec.name}/{cell.key}"})
+            submitted = self.api.submit(
+                self.spec.run_spec(cell, self.model).model_dump(mode="json"), name=f"{self.spec.name}/{cell.key}"
+            )
             book.set(cell, CellRecord(submitted["id"], submitted["state"]))
-            for run in self._follow(submitted["id"]):
+            for run in self.api.follow(submitted["id"], self.poll_seconds):
                 on_progress(cell, run)
             book.set(cell, CellRecord(run["id"], run["state"], run["reason"], round(time.monotonic() - started, 1)))
         return book
 
-    def _follow(self, run_id: str) -> Iterator[dict]:
-        while True:
-            run = self.api.call("GET", f"/v1/runs/{run_id}")
-            yield run
-            if run["state"] in FINAL_STATES:
-                return
-            time.sleep(self.poll_seconds)
-
     def _cancel_leftovers(self, book: CellBook) -> None:
         """A cell whose run was queued or running when an earlier sweep stopped runs again from the start; cancel
         the old run if the API still has it unfinished, so it does not hold the workers."""
-        unfinished = {run["id"] for state in ("queued", "running")
-                      for run in self.api.call("GET", "/v1/runs", params={"state": state})["runs"]}
+        unfinished = {
+            run["id"]
+            for state in ("queued", "running")
+            for run in self.api.call("GET", "/v1/runs", params={"state": state})["runs"]
+        }
         for key, record in book.records.items():
             if record.state not in FINAL_STATES and record.run_id in unfinished:
-                self.api.call("POST", f"/v1/runs/{record.run_id}/cancel",
-                              json={"reason": f"sweep {self.spec.name} resumed: cell {key} runs again"})
+                self.api.call(
+                    "POST",
+                    f"/v1/runs/{record.run_id}/cancel",
+                    json={"reason": f"sweep {self.spec.name} resumed: cell {key} runs again"},
+                )

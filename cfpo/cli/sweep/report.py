@@ -17,9 +17,9 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from cfpo.metrics import ANCHORS, anchored
 from cfpo.cli.report import FINAL_STEPS, ReportError, load_run, summarise
 from cfpo.cli.sweep.grid import Cell, CellBook, SweepSpec
+from cfpo.metrics import ANCHORS, anchored
 
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
@@ -35,8 +35,11 @@ TRUST_REGION_FIGURES = {  # a TrustRegionSummary field -> its label
 METRICS = {
     "final_reward": f"reward, last {FINAL_STEPS} steps",
     "heldout_after": "held-out accuracy after",
-    **{anchored(anchor, key): f"{label} vs {anchor}" for anchor in ANCHORS
-       for key, label in TRUST_REGION_FIGURES.items()},
+    **{
+        anchored(anchor, key): f"{label} vs {anchor}"
+        for anchor in ANCHORS
+        for key, label in TRUST_REGION_FIGURES.items()
+    },
     "entropy_change": "entropy last - first",
 }
 HEATMAPS = ("heldout_after", "final_reward", anchored("behaviour", "kl_k3_max"), anchored("proximal", "kl_k3_max"))
@@ -74,26 +77,48 @@ def collect(spec: SweepSpec, book: CellBook, runs_dir: Path) -> list[CellResult]
 
 def _result(cell: Cell, book: CellBook, runs_dir: Path) -> CellResult:
     record = book.records.get(cell.key)
-    identity = dict(loss=cell.loss, ratio_reference=cell.ratio_reference, staleness_k=cell.staleness_k,
-                    iterations=cell.iterations, minibatches=cell.minibatches, seed=cell.seed)
+    identity = dict(
+        loss=cell.loss,
+        ratio_reference=cell.ratio_reference,
+        staleness_k=cell.staleness_k,
+        iterations=cell.iterations,
+        minibatches=cell.minibatches,
+        seed=cell.seed,
+    )
     if record is None or record.state != "succeeded":
-        return CellResult(**identity, run_id=record and record.run_id, state=record.state if record else "not run",
-                          seconds=record and record.seconds, heldout_before=None)
+        return CellResult(
+            **identity,
+            run_id=record and record.run_id,
+            state=record.state if record else "not run",
+            seconds=record and record.seconds,
+            heldout_before=None,
+        )
     directory = runs_dir / record.run_id
     summary = summarise(load_run(directory))
     evaluations = _evaluations(directory)
     figures = {
         "final_reward": summary.final_reward,
         "heldout_after": evaluations[-1]["accuracy"] if len(evaluations) > 1 else None,
-        **{anchored(anchor, key): getattr(summary.against[anchor], key) for anchor in ANCHORS
-           for key in TRUST_REGION_FIGURES},
-        "entropy_change": (summary.entropy_last - summary.entropy_first
-                           if summary.entropy_first is not None and summary.entropy_last is not None else None),
+        **{
+            anchored(anchor, key): getattr(summary.against[anchor], key)
+            for anchor in ANCHORS
+            for key in TRUST_REGION_FIGURES
+        },
+        "entropy_change": (
+            summary.entropy_last - summary.entropy_first
+            if summary.entropy_first is not None and summary.entropy_last is not None
+            else None
+        ),
     }
     return CellResult(
-        **identity, run_id=record.run_id, state=record.state, seconds=record.seconds,
+        **identity,
+        run_id=record.run_id,
+        state=record.state,
+        seconds=record.seconds,
         heldout_before=evaluations[0]["accuracy"] if evaluations else None,
-        steady_steps=summary.steps, warm_up_steps=summary.warm_up_left_out, figures=figures,
+        steady_steps=summary.steps,
+        warm_up_steps=summary.warm_up_left_out,
+        figures=figures,
     )
 
 
@@ -164,15 +189,26 @@ def write(spec: SweepSpec, results: list[CellResult], out: Path, command: str) -
     return [csv_path, markdown, *figures]
 
 
-def _markdown(spec: SweepSpec, results: list[CellResult], aggregates: list[Aggregate], figures: list[Path],
-              command: str) -> str:
+def _markdown(
+    spec: SweepSpec, results: list[CellResult], aggregates: list[Aggregate], figures: list[Path], command: str
+) -> str:
     grid = spec.grid
     not_succeeded = [r for r in results if r.state != "succeeded"]
-    headers = ["loss", "anchor", "k", "iterations", "minibatches", "seeds", "steps",
-               *(label.replace("|", "\\|") for label in METRICS.values())]
+    headers = [
+        "loss",
+        "anchor",
+        "k",
+        "iterations",
+        "minibatches",
+        "seeds",
+        "steps",
+        *(label.replace("|", "\\|") for label in METRICS.values()),
+    ]
     lines = [
-        f"# Sweep `{spec.name}`", "",
-        f"Produced by: `{command}`", "",
+        f"# Sweep `{spec.name}`",
+        "",
+        f"Produced by: `{command}`",
+        "",
         f"Model `{spec.model}`; grid: losses {grid.losses}, trust-region anchors {grid.anchors}, fixed staleness k "
         f"{grid.staleness_k}, iterations {grid.iterations}, minibatches {grid.minibatches}, seeds {grid.seeds} "
         f"({len(results)} runs). Per-run figures are in `{RESULTS_CSV}`; below, the mean over seeds (± sample "
@@ -180,18 +216,41 @@ def _markdown(spec: SweepSpec, results: list[CellResult], aggregates: list[Aggre
         "reward; held-out accuracy is greedy, on the task's eval split, after the last step; the other figures are "
         "read from the steady state (the optimizer steps of every step after the warm-up: staleness at its target), "
         "steps shown per cell as steady + warm-up left out. `anchor` is the policy the loss's ratio is taken "
-        "against; every run measures its trust-region figures against both, \"vs behaviour\" (the sampling "
-        "policy) and \"vs proximal\" (the learner before its first update on the batch).", "",
-        "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-        *("| " + " | ".join([a.loss, a.ratio_reference, str(a.staleness_k), str(a.iterations), str(a.minibatches),
-                             str(a.seeds), a.steps, *(_cell(a.means[key], a.stdevs[key]) for key in METRICS)]) + " |"
-          for a in aggregates), "",
+        'against; every run measures its trust-region figures against both, "vs behaviour" (the sampling '
+        'policy) and "vs proximal" (the learner before its first update on the batch).',
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *(
+            "| "
+            + " | ".join(
+                [
+                    a.loss,
+                    a.ratio_reference,
+                    str(a.staleness_k),
+                    str(a.iterations),
+                    str(a.minibatches),
+                    str(a.seeds),
+                    a.steps,
+                    *(_cell(a.means[key], a.stdevs[key]) for key in METRICS),
+                ]
+            )
+            + " |"
+            for a in aggregates
+        ),
+        "",
     ]
     if not_succeeded:
-        lines += ["Runs that did not succeed (left out above):", "",
-                  *(f"- loss {r.loss}, anchor {r.ratio_reference}, k {r.staleness_k}, iterations {r.iterations}, "
-                    f"minibatches {r.minibatches}, seed {r.seed}: {r.state}" + (f" (run {r.run_id})" if r.run_id else "")
-                    for r in not_succeeded), ""]
+        lines += [
+            "Runs that did not succeed (left out above):",
+            "",
+            *(
+                f"- loss {r.loss}, anchor {r.ratio_reference}, k {r.staleness_k}, iterations {r.iterations}, "
+                f"minibatches {r.minibatches}, seed {r.seed}: {r.state}" + (f" (run {r.run_id})" if r.run_id else "")
+                for r in not_succeeded
+            ),
+            "",
+        ]
     lines += [f"![{path.stem}]({path.name})\n" for path in figures]
     return "\n".join(lines)
 
@@ -214,8 +273,12 @@ def _figures(spec: SweepSpec, aggregates: list[Aggregate], out: Path) -> list[Pa
         suffix = f"-mb{minibatches}" if len(spec.grid.minibatches) > 1 else ""
         written.append(_headline(spec, chosen, out / HEADLINE_PNG.replace(".png", f"{suffix}.png")))
         written.append(_heatmaps(spec, chosen, out / f"heatmaps{suffix}.png"))
-        written.append(_lines(spec, chosen, "iterations", min(spec.grid.staleness_k), out / f"vs-iterations{suffix}.png"))
-        written.append(_lines(spec, chosen, "staleness_k", min(spec.grid.iterations), out / f"vs-staleness{suffix}.png"))
+        written.append(
+            _lines(spec, chosen, "iterations", min(spec.grid.staleness_k), out / f"vs-iterations{suffix}.png")
+        )
+        written.append(
+            _lines(spec, chosen, "staleness_k", min(spec.grid.iterations), out / f"vs-staleness{suffix}.png")
+        )
     return written
 
 
@@ -225,8 +288,14 @@ def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     iterations = spec.grid.iterations
-    fig, axes = plt.subplots(len(HEADLINE), len(iterations), figsize=(3.8 * len(iterations), 2.9 * len(HEADLINE)),
-                             squeeze=False, sharex=True, sharey="row")
+    fig, axes = plt.subplots(
+        len(HEADLINE),
+        len(iterations),
+        figsize=(3.8 * len(iterations), 2.9 * len(HEADLINE)),
+        squeeze=False,
+        sharex=True,
+        sharey="row",
+    )
     for row, key in zip(axes, HEADLINE):
         for ax, its in zip(row, iterations):
             _plot_series(ax, spec, [a for a in aggregates if a.iterations == its], "staleness_k", key)
@@ -243,13 +312,22 @@ def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
 def _plot_series(ax, spec: SweepSpec, aggregates: list[Aggregate], axis: str, key: str) -> None:
     """One line per loss x anchor of ``key`` against ``axis``, with seed standard deviations as error bars."""
     for loss, anchor in series(spec):
-        points = sorted(((getattr(a, axis), a) for a in aggregates
-                         if a.series == (loss, anchor) and a.means[key] is not None), key=lambda point: point[0])
+        points = sorted(
+            ((getattr(a, axis), a) for a in aggregates if a.series == (loss, anchor) and a.means[key] is not None),
+            key=lambda point: point[0],
+        )
         if points:  # a colour per loss, a line style per anchor
-            ax.errorbar([x for x, _ in points], [a.means[key] for _, a in points],
-                        yerr=[a.stdevs[key] or 0.0 for _, a in points], color=f"C{spec.grid.losses.index(loss)}",
-                        marker="o", markersize=4, capsize=2, label=f"{loss}, {anchor}",
-                        linestyle="-" if anchor == spec.grid.anchors[0] else "--")
+            ax.errorbar(
+                [x for x, _ in points],
+                [a.means[key] for _, a in points],
+                yerr=[a.stdevs[key] or 0.0 for _, a in points],
+                color=f"C{spec.grid.losses.index(loss)}",
+                marker="o",
+                markersize=4,
+                capsize=2,
+                label=f"{loss}, {anchor}",
+                linestyle="-" if anchor == spec.grid.anchors[0] else "--",
+            )
     ax.set_xticks(spec.grid.iterations if axis == "iterations" else spec.grid.staleness_k)
     ax.grid(alpha=0.3)
 
@@ -259,8 +337,13 @@ def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ks, iterations, columns = spec.grid.staleness_k, spec.grid.iterations, series(spec)
-    fig, axes = plt.subplots(len(HEATMAPS), len(columns), figsize=(3.4 * len(columns) + 1.2, 3.0 * len(HEATMAPS)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(HEATMAPS),
+        len(columns),
+        figsize=(3.4 * len(columns) + 1.2, 3.0 * len(HEATMAPS)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, key in zip(axes, HEATMAPS):
         grids = {name: [[_mean(aggregates, name, k, it, key) for it in iterations] for k in ks] for name in columns}
         values = [v for grid in grids.values() for line in grid for v in line if not math.isnan(v)]
@@ -270,8 +353,15 @@ def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
             for y, line in enumerate(grids[name]):
                 for x, value in enumerate(line):
                     if not math.isnan(value):
-                        ax.text(x, y, f"{value:.2g}", ha="center", va="center", fontsize=7,
-                                color="white" if value < (low + high) / 2 else "black")
+                        ax.text(
+                            x,
+                            y,
+                            f"{value:.2g}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if value < (low + high) / 2 else "black",
+                        )
             ax.set_xticks(range(len(iterations)), [str(i) for i in iterations])
             ax.set_yticks(range(len(ks)), [str(k) for k in ks])
             ax.set_title(f"{name[0]}, {name[1]}: {METRICS[key]}", fontsize=9)
@@ -291,13 +381,14 @@ def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, 
     other = "staleness_k" if axis == "iterations" else "iterations"
     keys = list(METRICS)
     cols = 4
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(len(keys) / cols)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        math.ceil(len(keys) / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(len(keys) / cols)), squeeze=False
+    )
     for ax, key in zip(axes.flat, keys):
         _plot_series(ax, spec, [a for a in aggregates if getattr(a, other) == fixed], axis, key)
         ax.set_title(METRICS[key], fontsize=9)
         ax.set_xlabel("iterations" if axis == "iterations" else "staleness k")
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     label = "staleness k" if other == "staleness_k" else "iterations"

@@ -1,4 +1,4 @@
-"""The learner service: consumes a run's rollout steps from Redis, trains, and keeps generation up to date.
+"""One run trained to its end: consume its rollout steps from Redis, train, and keep generation up to date.
 
 Per step: take the step's groups (slot order), train ``iterations x minibatches`` optimizer steps, push weights
 to generation every ``sync_every`` versions, record every metric (JSONL in the run directory and Prometheus).
@@ -18,20 +18,26 @@ from typing import Literal, Protocol
 
 import torch
 
-from cfpo.rollout_group import RolloutGroup
 from cfpo.clients.generation import GenerationClient
+from cfpo.clients.reward import RewardClient
 from cfpo.metrics import (
-    LEARNER_BUCKET_GAUGES, LEARNER_GAUGES, LEARNER_LAG_BUCKET_GAUGES, LEARNER_STALENESS, LEARNER_STEPS, LEARNER_WEIGHT_SYNC_SECONDS,
+    LEARNER_BUCKET_GAUGES,
+    LEARNER_GAUGES,
+    LEARNER_LAG_BUCKET_GAUGES,
+    LEARNER_STALENESS,
+    LEARNER_STEPS,
+    LEARNER_WEIGHT_SYNC_SECONDS,
     PrometheusRecorder,
 )
 from cfpo.queue import RolloutQueue
-from cfpo.clients.reward import RewardClient
+from cfpo.rollout_group import RolloutGroup
 from cfpo.run_spec import RunSpec
 from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
 from trainer.assembler import StepAssembler
 from trainer.held_out import HeldOutEvaluator
 from trainer.learner import Learner, StepResult
-from trainer.weight_sync.file import StagedWeights, push_weights
+from trainer.weight_sync import WeightSync
+from trainer.weight_sync.file import FileWeightSync, StagedWeights
 
 log = logging.getLogger("cfpo.learner")
 CONSUMER = "learner"
@@ -74,31 +80,46 @@ class RunPaths:
         return self.root / "status.json"
 
 
-class LearnerService:
-    def __init__(self, spec: RunSpec, run_id: str, run_dir: Path, queue: RolloutQueue,
-                 generation: GenerationClient, recorder: PrometheusRecorder, *, data_timeout: float = 600.0,
-                 control: RunControl | None = None, rewards: RewardClient | None = None,
-                 weights_dir: Path | None = None):
+class TrainingRun:
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_id: str,
+        run_dir: Path,
+        queue: RolloutQueue,
+        generation: GenerationClient,
+        recorder: PrometheusRecorder,
+        *,
+        data_timeout: float = 600.0,
+        control: RunControl | None = None,
+        rewards: RewardClient | None = None,
+        weights_dir: Path | None = None,
+    ):
         self.spec, self.run_id, self.paths, self.queue = spec, run_id, RunPaths(run_dir), queue
-        self.staged_weights = StagedWeights(weights_dir or self.paths.weights, run_id)
         self.control = control
         self.generation, self.recorder, self.data_timeout = generation, recorder, data_timeout
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.labels = {"run": run_id, "loss": spec.learner.loss.name}
         self.learner = Learner(spec.model, spec.learner)
+        self.weight_sync: WeightSync = FileWeightSync(
+            generation, self.learner.engine.module, StagedWeights(weights_dir or self.paths.weights, run_id)
+        )
         self.assembler: StepAssembler | None = None
         self.last_sync_seconds = 0.0
         self.served_version: int | None = None
         # Without a reward service (a run started by hand with none) there is nothing to score held-out answers.
-        self.evaluator = (HeldOutEvaluator(spec, generation, rewards, self.paths.evaluations, recorder, self.labels)
-                          if rewards is not None else None)
+        self.evaluator = (
+            HeldOutEvaluator(spec, generation, rewards, self.paths.evaluations, recorder, self.labels)
+            if rewards is not None
+            else None
+        )
 
-    def run(self, resume: bool = False) -> Literal["succeeded", "cancelled"]:
+    def train(self, resume: bool = False) -> Literal["succeeded", "cancelled"]:
         """Train every remaining step; stops early (``cancelled``) when the run's control says so."""
         try:
             return self._train_remaining_steps(resume)
         finally:
-            self.staged_weights.remove()  # on tmpfs it holds a model's worth of memory
+            self.weight_sync.close()
 
     def _train_remaining_steps(self, resume: bool) -> Literal["succeeded", "cancelled"]:
         start_step = self._restore() if resume else 0
@@ -119,10 +140,17 @@ class LearnerService:
             entries = self.assembler.take(step, self.data_timeout)
             data_wait_seconds = time.perf_counter() - waiting
             groups = [entry.group for entry in entries]
-            results = self.learner.train_on([s for g in groups for s in g.samples], on_step=self._after_optimizer_step)
+            results = []
+            for result in self.learner.optimizer_steps([s for g in groups for s in g.samples]):
+                results.append(result)
+                self.recorder.inc(LEARNER_STEPS, **self.labels)
+                if result.version % self.spec.sync_every == 0:
+                    self._wait_until_servable(result.version)
+                    self._push(result.version)
             self._record(step, groups, results, data_wait_seconds)
-            self._append(self.paths.applied, {"step": step, "slots": [g.slot for g in groups],
-                                              "ids": [e.id for e in entries]})
+            self._append(
+                self.paths.applied, {"step": step, "slots": [g.slot for g in groups], "ids": [e.id for e in entries]}
+            )
             unacknowledged += [entry.id for entry in entries]
             if (step + 1) % self.spec.checkpoint_every == 0 or step + 1 == self.spec.steps:
                 self._checkpoint(step + 1, unacknowledged)
@@ -130,8 +158,9 @@ class LearnerService:
             self._evaluate_if_due(step + 1)
         if self.served_version != self.learner.version:
             self._push(self.learner.version)  # generation ends on the final policy (evaluations read it there)
-        self.paths.status.write_text(json.dumps({"state": "succeeded", "steps": self.spec.steps,
-                                                 "version": self.learner.version}))
+        self.paths.status.write_text(
+            json.dumps({"state": "succeeded", "steps": self.spec.steps, "version": self.learner.version})
+        )
         log.info("run %s finished: %d steps, version %d", self.run_id, self.spec.steps, self.learner.version)
         return "succeeded"
 
@@ -157,13 +186,12 @@ class LearnerService:
                 kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < start_step]
                 path.write_text("".join(f"{line}\n" for line in kept))
 
-    def _after_optimizer_step(self, result: StepResult) -> None:
-        self.recorder.inc(LEARNER_STEPS, **self.labels)
-        if result.version % self.spec.sync_every == 0:
-            needed = groups_needed_before_serving(self.spec, result.version)
-            if needed:
-                self.assembler.wait_for_slots_below(needed, self.data_timeout)
-            self._push(result.version)
+    def _wait_until_servable(self, version: int) -> None:
+        """Under a fixed staleness, generation may serve ``version`` only once the groups that must come from
+        older versions are in the queue."""
+        needed = groups_needed_before_serving(self.spec, version)
+        if needed:
+            self.assembler.wait_for_slots_below(needed, self.data_timeout)
 
     def _evaluate_if_due(self, completed_steps: int) -> None:
         if self.evaluator is None or not self.evaluator.due(completed_steps):
@@ -173,25 +201,29 @@ class LearnerService:
         self.evaluator.run(completed_steps, self.learner.version)
 
     def _push(self, version: int) -> None:
-        update = push_weights(self.generation, self.staged_weights, self.learner.engine.module, version,
-                              run=self.run_id)
+        update = self.weight_sync.push(version, run=self.run_id)
         self.queue.publish_version(version)
         self.served_version = version
         self.last_sync_seconds = update.push_seconds
         self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.push_seconds, run=self.run_id)
 
-    def _record(self, step: int, groups: list[RolloutGroup], results: list[StepResult],
-                data_wait_seconds: float) -> None:
+    def _record(
+        self, step: int, groups: list[RolloutGroup], results: list[StepResult], data_wait_seconds: float
+    ) -> None:
         rewards = [r for g in groups for r in g.rewards]
         lengths = [len(s.completion_ids) for g in groups for s in g.samples]
         consumed_version = results[0].version - 1  # the version before the step's first update
         staleness = [consumed_version - g.min_version for g in groups]
         depth = self.queue.depth()
         shared = {
-            "reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards),
-            "response_length": statistics.fmean(lengths), "queue_unread": depth.unread,
-            "queue_pending": depth.pending, "dead_letters": self.queue.dead_letter_count(),
-            "weight_sync_seconds": self.last_sync_seconds, "data_wait_seconds": data_wait_seconds,
+            "reward_mean": statistics.fmean(rewards),
+            "reward_std": statistics.pstdev(rewards),
+            "response_length": statistics.fmean(lengths),
+            "queue_unread": depth.unread,
+            "queue_pending": depth.pending,
+            "dead_letters": self.queue.dead_letter_count(),
+            "weight_sync_seconds": self.last_sync_seconds,
+            "data_wait_seconds": data_wait_seconds,
             "warm_up": is_warm_up(self.spec, step),
             "bound_violations": sum(not within_bound(self.spec, g.slot, g.min_version, g.max_version) for g in groups),
             "zero_variance_discarded": sum(g.zero_variance_discarded for g in groups),
@@ -199,10 +231,17 @@ class LearnerService:
         for value in staleness:
             self.recorder.observe(LEARNER_STALENESS, value, **self.labels)
         for result in results:
-            row = {"step": step, "version": result.version, "iteration": result.iteration,
-                   "minibatch": result.minibatch, "time": time.time(), **shared, **result.metrics,
-                   "tokens_per_second": result.metrics["tokens"] / max(result.metrics["step_seconds"], 1e-9),
-                   "policy_version": result.version}
+            row = {
+                "step": step,
+                "version": result.version,
+                "iteration": result.iteration,
+                "minibatch": result.minibatch,
+                "time": time.time(),
+                **shared,
+                **result.metrics,
+                "tokens_per_second": result.metrics["tokens"] / max(result.metrics["step_seconds"], 1e-9),
+                "policy_version": result.version,
+            }
             self._append(self.paths.metrics, row)
             self._export(row)
         if self.control:

@@ -1,0 +1,39 @@
+"""The learner process's settings (``cfpo serve learner``), validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from cfpo.config import environment
+from cfpo.entrypoint import RunWorkerSettings
+
+
+class LearnerSettings(RunWorkerSettings):
+    run_dir: Path | None = Field(None, description="one run: its metrics, checkpoints and weights go here")
+    resume: bool = Field(False, description="one run: continue from the run directory's latest checkpoint")
+    runs_dir: Path = Field(Path("runs"), description="worker: each run's directory is RUNS_DIR/<run id>")
+    reward_url: str | None = Field(
+        default_factory=environment("CFPO_REWARD_URL"),
+        description="reward service for held-out evaluations ($CFPO_REWARD_URL; unset: none)",
+    )
+    data_timeout: float = Field(600.0, gt=0, description="seconds to wait for a step's rollouts before failing")
+    threads: int | None = Field(
+        default_factory=environment("CFPO_LEARNER_THREADS"),
+        validate_default=True,
+        ge=1,
+        description="CPU threads to train with ($CFPO_LEARNER_THREADS; default: every core, trainer/threads.py)",
+    )
+    weights_dir: Path | None = Field(
+        default_factory=environment("CFPO_WEIGHTS_DIR"),
+        validate_default=True,
+        description="where weights are staged for generation to load ($CFPO_WEIGHTS_DIR; default: the run "
+        "directory's weights/); a tmpfs generation can read, such as /dev/shm, makes each push cheaper",
+    )
+
+    @model_validator(mode="after")
+    def _one_run_has_a_directory(self) -> LearnerSettings:
+        if not self.worker and self.run_dir is None:
+            raise ValueError("run_dir: --run-dir is needed for one run (or use --worker)")
+        return self
