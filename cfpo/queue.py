@@ -11,8 +11,7 @@ Why it is built this way (docs/architecture.md, "Decisions": the queue):
 - A malformed entry is moved to the dead-letter stream with its reason, counted, and acknowledged, so one bad
   producer cannot stall the learner or be redelivered forever.
 - For staleness admission control (``cfpo.staleness``) rollout workers take slots from one counter
-  (``reserve_slot``), and the learner publishes its policy version for them (``current_version``,
-  ``wait_for_version``).
+  (``reserve_slot``), and the learner publishes its policy version (``current_version``).
 
 Every key is under ``run:<id>:``. Any Redis >= 6.2 (XAUTOCLAIM) works.
 """
@@ -24,10 +23,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from pydantic import Field
+from redis.typing import EncodableT, FieldT
 
 from cfpo.config import StrictModel, environment
 from cfpo.rollout_group import MalformedEntry, RolloutGroup, decode_group, encode_group
@@ -38,6 +38,9 @@ CONSUMER_GROUP = "learner"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 T = TypeVar("T")
+# A stream entry as this module's client receives it (bytes: decode_responses is off). redis-py's types also cover
+# decoded and RESP3 replies. Redis 6.2's XAUTOCLAIM gives (None, None) for an entry deleted while pending.
+_StreamEntry = tuple[bytes, dict[bytes, bytes]] | tuple[None, None]
 
 # Append only while the stream holds fewer than ARGV[1] entries; nil when full. Atomic, so concurrent producers
 # can never overshoot the bound together.
@@ -147,7 +150,10 @@ class RolloutQueue:
         """Append ``group``, waiting while the queue is full (default: the settings' timeout); return its stream id."""
         if group.run_id != self.keys.run_id:
             raise ValueError(f"run_id: group of run {group.run_id!r} appended to the queue of run {self.keys.run_id!r}")
-        args = [self.settings.max_depth, *(part for pair in encode_group(group).items() for part in pair)]
+        args: list[EncodableT] = [
+            self.settings.max_depth,
+            *(part for pair in encode_group(group).items() for part in pair),
+        ]
         entry_id = self._poll(
             lambda: self._append_if_room(keys=[self.keys.rollouts], args=args),
             self.settings.append_timeout_s if timeout_s is None else timeout_s,
@@ -168,7 +174,8 @@ class RolloutQueue:
         dead-lettered on the way, so fewer than ``count`` may come back even when more were waiting.
         """
         reply = self.redis.xreadgroup(CONSUMER_GROUP, consumer, {self.keys.rollouts: ">"}, count=count, block=block_ms)
-        return self._decode_valid(reply[0][1] if reply else [])
+        streams = cast(list[list[Any]], reply)  # RESP2: [[stream name, list of _StreamEntry]], or [] for none
+        return self._decode_valid(streams[0][1] if streams else [])
 
     def ack(self, ids: list[str]) -> int:
         """Acknowledge (and delete) applied entries; returns how many were pending, so a repeat acknowledges none."""
@@ -185,7 +192,7 @@ class RolloutQueue:
 
         A restarted learner with its old consumer name gets its own unacknowledged entries back this way too.
         """
-        messages: list = []
+        messages: list[_StreamEntry] = []
         cursor = b"0-0"
         while len(messages) < count:
             cursor, claimed, *_ = self.redis.xautoclaim(
@@ -210,18 +217,20 @@ class RolloutQueue:
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters still kept, for inspection."""
         letters = []
-        for letter_id, fields in self.redis.xrange(self.keys.dead_letter, count=count):
+        kept = cast(list[tuple[bytes, dict[bytes, bytes]]], self.redis.xrange(self.keys.dead_letter, count=count))
+        for letter_id, fields in kept:  # bytes, and XRANGE has no nil entries
             original = dict(fields)
             reason = original.pop(b"dead_letter_reason").decode()
             source_id = original.pop(b"dead_letter_source_id").decode()
             letters.append(DeadLetter(letter_id.decode(), source_id, reason, original))
         return letters
 
-    def _decode_valid(self, messages: list) -> list[QueueEntry]:
+    def _decode_valid(self, messages: list[_StreamEntry]) -> list[QueueEntry]:
         entries = []
-        for entry_id, fields in messages:
-            if entry_id is None:  # Redis 6.2 reports an entry deleted while pending as nil; 7.0 skips it
+        for message in messages:
+            if message[0] is None:  # Redis 6.2 reports an entry deleted while pending as nil; 7.0 skips it
                 continue
+            entry_id, fields = message
             try:
                 group = decode_group(fields)
                 if group.run_id != self.keys.run_id:
@@ -236,7 +245,12 @@ class RolloutQueue:
         log.warning("dead-lettered %s %s: %s", self.keys.rollouts, entry_id.decode(), reason)
         letter = {**fields, b"dead_letter_reason": reason.encode(), b"dead_letter_source_id": entry_id}
         with self.redis.pipeline() as transaction:
-            transaction.xadd(self.keys.dead_letter, letter, maxlen=self.settings.dead_letter_max_len, approximate=True)
+            transaction.xadd(
+                self.keys.dead_letter,
+                cast(dict[FieldT, EncodableT], letter),  # bytes to bytes is one of those (dict is invariant)
+                maxlen=self.settings.dead_letter_max_len,
+                approximate=True,
+            )
             transaction.incr(self.keys.dead_letter_count)
             transaction.xack(self.keys.rollouts, CONSUMER_GROUP, entry_id)
             transaction.xdel(self.keys.rollouts, entry_id)
@@ -262,21 +276,6 @@ class RolloutQueue:
         """The learner's last published policy version; None before it published one."""
         value = self.redis.get(self.keys.policy_version)
         return None if value is None else int(value)
-
-    def wait_for_version(self, at_least: int, timeout_s: float) -> int:
-        """Wait until the learner reaches ``at_least`` (a worker that is too far ahead waits here); return it."""
-
-        def reached() -> int | None:
-            version = self.current_version()
-            return version if version is not None and version >= at_least else None
-
-        version = self._poll(reached, timeout_s)
-        if version is None:
-            raise TimeoutError(
-                f"{self.keys.policy_version}: learner at version {self.current_version()}, not {at_least}, "
-                f"after {timeout_s} s"
-            )
-        return version
 
     def _poll(self, attempt: Callable[[], T | None], timeout_s: float) -> T | None:
         """Call ``attempt`` every poll interval until it returns a value or ``timeout_s`` has passed (then None)."""

@@ -42,7 +42,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import redis
 from pydantic import BaseModel, Field, computed_field
@@ -242,12 +242,12 @@ class RunRecord(BaseModel):
     version: int | None = Field(None, description="the learner's policy version after the last recorded step")
     metrics: dict[str, Any] = Field({}, description="the last recorded step's metrics")
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # mypy rejects decorated properties; pydantic documents this
     @property
     def steps(self) -> int:
         return self.spec.steps
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # mypy rejects decorated properties; pydantic documents this
     @property
     def staleness(self) -> Staleness:
         latest = self.metrics.get("staleness_mean")
@@ -343,7 +343,7 @@ class RunRegistry:
         return self.get(run_id)
 
     def get(self, run_id: str) -> RunRecord:
-        fields = self.redis.hgetall(_keys(run_id).record)
+        fields = cast(dict[bytes, bytes], self.redis.hgetall(_keys(run_id).record))  # bytes: no decode_responses
         if not fields:
             raise RunNotFound(run_id)
         return RunRecord.from_hash(run_id, fields)
@@ -353,7 +353,8 @@ class RunRegistry:
         found: list[str] = []
         start, page = 0, max(limit, 100)
         while len(found) < limit:
-            ids = [i.decode() for i in self.redis.zrevrange(INDEX_KEY, start, start + page - 1)]
+            page_ids = cast(list[bytes], self.redis.zrevrange(INDEX_KEY, start, start + page - 1))  # bytes, no scores
+            ids = [i.decode() for i in page_ids]
             if not ids:
                 break
             if state is not None:
@@ -393,7 +394,9 @@ class RunRegistry:
     def counts(self) -> dict[str, int]:
         """Queued and running runs right now (cheap: two lengths), for gauges."""
         with self.redis.pipeline(transaction=False) as pipe:
-            queued, running = pipe.llen(QUEUED_KEY).zcard(ACTIVE_KEY).execute()
+            pipe.llen(QUEUED_KEY)
+            pipe.zcard(ACTIVE_KEY)
+            queued, running = pipe.execute()
         return {"queued": queued, "running": running}
 
     def ping(self) -> bool:

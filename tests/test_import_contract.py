@@ -12,7 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import REPO_ROOT
+
 PACKAGES = ("cfpo", "services", "trainer")
 
 
@@ -51,7 +52,7 @@ def violations(root: Path) -> list[str]:
 
 
 def test_the_tree_keeps_the_import_rule():
-    assert violations(ROOT) == []
+    assert violations(REPO_ROOT) == []
 
 
 def test_a_wrong_import_is_caught(tmp_path):

@@ -24,7 +24,6 @@ class StepAssembler:
         self.queue, self.consumer, self.prompts_per_step = queue, consumer, prompts_per_step
         self.next_step = next_step
         self.buffer: dict[int, QueueEntry] = {}
-        self.skipped = 0  # entries already applied (before the checkpoint resumed from) or duplicate slots
 
     def recover(self) -> int:
         """Take back the entries a previous learner read but never acknowledged; returns how many."""
@@ -61,6 +60,5 @@ class StepAssembler:
             # Applied before the checkpoint this learner resumed from, or a second group for one slot.
             log.warning("skipping %s: slot %d is already applied or buffered", entry.id, slot)
             self.queue.ack([entry.id])
-            self.skipped += 1
             return
         self.buffer[slot] = entry

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cfpo.config import LearnerConfig
-from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored
+from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored, bucket_key
 from cfpo.sample import Sample
 from trainer.distributed import init_distributed, quiet_deepspeed
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
@@ -180,7 +180,7 @@ class Learner:
         sample: staleness at consumption, policy lag now) as ``<metric>/<age>_<bucket>``. With
         ``fill_proximal``, this step's forward is the proximal policy's and fills ``proximal`` in."""
         parts: list[tuple[dict[str, float], float]] = []
-        bucket_parts: dict[str, list[tuple[dict[str, float], float]]] = {}
+        bucket_parts: dict[tuple[str, str], list[tuple[dict[str, float], float]]] = {}  # by (age, bucket)
         micro_batches = self._micro_chunks(indices, batch)
         # The whole step's normaliser per micro-batch: DeepSpeed averages the accumulated micro-batch losses, so
         # each divides its sum by this and the step's gradient is the minibatch's, however its tokens are split.
@@ -216,13 +216,13 @@ class Learner:
                             **self._anchored_metrics(logprobs, micro, proximal_chunk, mask),
                             "entropy": float(entropy[mask].mean()) if mask.any() else 0.0,
                         }
-                        bucket_parts.setdefault(f"{age}_{bucket}", []).append((bucket_metrics, float(mask.sum())))
+                        bucket_parts.setdefault((age, bucket), []).append((bucket_metrics, float(mask.sum())))
         merged = {**merge_metrics(parts), "loss": step_loss}
-        for bucket, bucket_metrics in bucket_parts.items():
+        for (age, bucket), parts_of_bucket in bucket_parts.items():
             merged.update(
                 {
-                    f"{key}/{bucket}": value
-                    for key, value in merge_metrics(bucket_metrics).items()
+                    bucket_key(key, age, bucket): value
+                    for key, value in merge_metrics(parts_of_bucket).items()
                     if key in BUCKETED_STEP_VALUES
                 }
             )

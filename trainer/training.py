@@ -28,6 +28,7 @@ from cfpo.metrics import (
     LEARNER_STEPS,
     LEARNER_WEIGHT_SYNC_SECONDS,
     PrometheusRecorder,
+    split_bucket_key,
 )
 from cfpo.queue import RolloutQueue
 from cfpo.rollout_group import RolloutGroup
@@ -143,7 +144,7 @@ class TrainingRun:
             results = []
             for result in self.learner.optimizer_steps([s for g in groups for s in g.samples]):
                 results.append(result)
-                self.recorder.inc(LEARNER_STEPS, **self.labels)
+                self.recorder.inc(LEARNER_STEPS, 1.0, **self.labels)
                 if result.version % self.spec.sync_every == 0:
                     self._wait_until_servable(result.version)
                     self._push(result.version)
@@ -191,6 +192,7 @@ class TrainingRun:
         older versions are in the queue."""
         needed = groups_needed_before_serving(self.spec, version)
         if needed:
+            assert self.assembler is not None, "set by _train_remaining_steps, which calls this"
             self.assembler.wait_for_slots_below(needed, self.data_timeout)
 
     def _evaluate_if_due(self, completed_steps: int) -> None:
@@ -251,12 +253,11 @@ class TrainingRun:
         for key, metric in LEARNER_GAUGES.items():
             if key in row:
                 self.recorder.set(metric, float(row[key]), **self.labels)
-        for age, gauges in (("staleness", LEARNER_BUCKET_GAUGES), ("lag", LEARNER_LAG_BUCKET_GAUGES)):
-            for key, metric in gauges.items():
-                for name, value in row.items():
-                    if name.startswith(f"{key}/{age}_"):
-                        bucket = name.removeprefix(f"{key}/{age}_")
-                        self.recorder.set(metric, value, **{f"{age}_bucket": bucket}, **self.labels)
+        gauges = {"staleness": LEARNER_BUCKET_GAUGES, "lag": LEARNER_LAG_BUCKET_GAUGES}
+        for name, value in row.items():
+            if (parts := split_bucket_key(name)) and parts[0] in gauges[parts[1]]:
+                key, age, bucket = parts
+                self.recorder.set(gauges[age][key], value, **{f"{age}_bucket": bucket}, **self.labels)
 
     @staticmethod
     def _append(path: Path, row: dict) -> None:

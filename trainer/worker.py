@@ -12,13 +12,14 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cfpo.clients.generation import GenerationClient
 from cfpo.clients.reward import RewardClient
 from cfpo.entrypoint import load_or_exit
 from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder
 from cfpo.queue import QueueSettings, RolloutQueue
-from cfpo.registry import Heartbeat, RunRegistry, RunStateError
+from cfpo.registry import FinalState, Heartbeat, RunRegistry, RunStateError
 from cfpo.run_spec import RunSpec
 from trainer.settings import LearnerSettings
 
@@ -59,7 +60,7 @@ class LearnerProcess:
 
     def train(
         self, spec: RunSpec, run_id: str, run_dir: Path, resume: bool, control: RegistryControl | None = None
-    ) -> str:
+    ) -> Literal["succeeded", "cancelled"]:
         import torch
 
         from trainer.threads import learner_threads
@@ -107,6 +108,8 @@ def serve_queued_runs(process: LearnerProcess, poll_seconds: float = 1.0) -> Non
                 continue
             run_dir = process.settings.runs_dir / claim.run_id
             log.info("claimed run %s -> %s", claim.run_id, run_dir)
+            state: FinalState
+            reason: str | None
             with registry.heartbeating(claim.run_id, name) as heartbeat:
                 try:
                     state = process.train(
@@ -124,7 +127,7 @@ def serve_queued_runs(process: LearnerProcess, poll_seconds: float = 1.0) -> Non
             _finish(registry, claim.run_id, state, reason)
 
 
-def _finish(registry: RunRegistry, run_id: str, state: str, reason: str | None) -> None:
+def _finish(registry: RunRegistry, run_id: str, state: FinalState, reason: str | None) -> None:
     try:
         registry.finish(run_id, state, reason)
     except RunStateError as error:  # reaped or finished elsewhere meanwhile: the registry already has its end

@@ -17,10 +17,12 @@ import json
 import math
 import re
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
-from cfpo.metrics import ANCHORS, anchored
+from cfpo.metrics import ANCHORS, anchored, bucket_key, split_bucket_key
 
 FINAL_STEPS = 5  # "final reward" averages this many last steps: one step's reward is noisy
 METRICS_PNG = "metrics.png"
@@ -40,7 +42,6 @@ BUCKET_METRICS = {
     anchored(BEHAVIOUR, "clip_frac"): f"clip fraction vs {BEHAVIOUR}",
     anchored(BEHAVIOUR, "kl_k3"): f"KL k3 vs {BEHAVIOUR}",
 }  # staleness is the sampler's age
-BUCKET_KEY = re.compile(rf"^({'|'.join(BUCKET_METRICS)})/staleness_(.+)$")
 BOTH = f"({BEHAVIOUR} / {PROXIMAL})"
 HEADERS = (
     "run",
@@ -265,8 +266,20 @@ def _cell(value: float | None) -> str:
 def staleness_buckets(runs: list[Run]) -> list[str]:
     """Staleness buckets any run logged clip fraction or KL (against the behaviour policy) for, youngest first
     ("0", "1", "3-4", "9+")."""
-    found = {match[2] for run in runs for key in run.series if (match := BUCKET_KEY.match(key))}
-    return sorted(found, key=lambda bucket: int(re.match(r"\d+", bucket)[0]))
+    found = {
+        parts[2]
+        for run in runs
+        for key in run.series
+        if (parts := split_bucket_key(key)) and parts[0] in BUCKET_METRICS and parts[1] == "staleness"
+    }
+    return sorted(found, key=_lowest_staleness)
+
+
+def _lowest_staleness(bucket: str) -> int:
+    """A bucket's lowest staleness, which the learner starts its name with ("3-4", "9+"), to sort buckets by."""
+    lowest = re.match(r"\d+", bucket)
+    assert lowest is not None, f"staleness bucket {bucket!r}: its name does not start with its lowest staleness"
+    return int(lowest[0])
 
 
 def write_report(paths: list[Path], out: Path, all_steps: bool = False) -> tuple[list[Run], list[Path]]:
@@ -304,13 +317,18 @@ def _markdown(runs: list[Run], figures: dict[str, Path], all_steps: bool) -> str
         "sampling policy) / proximal (the learner before its first update on the batch); `anchor` is the one the "
         "run's loss used.",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "---|" * len(HEADERS),
-        *("| " + " | ".join(cells) + " |" for cells in table_rows(runs, all_steps)),
+        *markdown_table(HEADERS, table_rows(runs, all_steps)),
         "",
         *(f"![{title}]({path.name})\n" for title, path in figures.items()),
     ]
     return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, numbers: bool = False) -> list[str]:
+    """The lines of a Markdown table: the header row, its rule, one line per row. ``numbers``: every column but
+    the first holds figures, aligned right."""
+    rule = ["---"] + ["---:" if numbers else "---"] * (len(headers) - 1)
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join(rule) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def print_report(runs: list[Run], written: list[Path], all_steps: bool = False) -> None:
@@ -331,7 +349,7 @@ def print_report(runs: list[Run], written: list[Path], all_steps: bool = False) 
         console.print(f"wrote {path}", highlight=False)
 
 
-def _figure(rows: int, cols: int, runs: list[Run], sharey: bool | str = False):
+def _figure(rows: int, cols: int, runs: list[Run], sharey: bool | Literal["none", "all", "row", "col"] = False):
     """A grid of axes with one legend entry per run, below; each run keeps its colour in every figure."""
     import matplotlib
 
@@ -379,6 +397,6 @@ def _plot_buckets(runs: list[Run], buckets: list[str], path: Path) -> Path:
     for row, (metric, title) in zip(axes, BUCKET_METRICS.items()):
         row[0].set_ylabel(title)
         for ax, bucket in zip(row, buckets):
-            _draw(ax, runs, f"{metric}/staleness_{bucket}")
+            _draw(ax, runs, bucket_key(metric, "staleness", bucket))
             ax.set_title(f"{title}, staleness {bucket}", fontsize=10)
     return _save(fig, path)

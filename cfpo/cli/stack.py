@@ -297,6 +297,7 @@ class Stack:
             raise StackError(f"ports in use: {', '.join(busy)}; is another stack running? (or use --port-offset)")
 
     def _wait_healthy(self, service: Service) -> None:
+        assert service.process is not None, "called right after start() has started it"
         deadline = time.monotonic() + self.settings.startup_timeout
         while not service.ready():
             if service.process.poll() is not None:

@@ -93,17 +93,6 @@ class GenerationClient:
     def close(self) -> None:
         self._http.close()
 
-    def wait_until_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self._http.get("/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise GenerationError(f"generation service at {self.base_url} not ready after {timeout:.0f} s")
-
     def generate(
         self,
         prompt_ids: list[int],

@@ -7,6 +7,7 @@ cannot be guessed byte by byte from response times.
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -31,5 +32,5 @@ def token_checker(token: SecretStr | None):
     return check
 
 
-def _refuse(detail: str) -> None:
+def _refuse(detail: str) -> NoReturn:
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})

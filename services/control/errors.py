@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.routing import Match
+from starlette.types import ExceptionHandler
 
 from cfpo.registry import RunNotFound, RunStateError
 from services.control.served_models import GenerationUnavailable, ModelMismatch
@@ -40,18 +41,19 @@ def install(app: FastAPI) -> None:
         log.error("registry: %s", error)  # the URL may hold a password: only the log names it
         return JSONResponse({"detail": f"run registry unavailable (Redis): {type(error).__name__}"}, status_code=503)
 
-    app.add_exception_handler(RequestValidationError, unprocessable)
+    # Starlette types handlers on Exception; it calls each with an instance of the class it is registered for.
+    app.add_exception_handler(RequestValidationError, typing.cast(ExceptionHandler, unprocessable))
     app.add_exception_handler(405, method_not_allowed)
     app.add_exception_handler(RunNotFound, status(404))
     app.add_exception_handler(RunStateError, status(409))
     app.add_exception_handler(ModelMismatch, status(409))
     app.add_exception_handler(GenerationUnavailable, status(503))
-    app.add_exception_handler(redis.RedisError, registry_down)
+    app.add_exception_handler(redis.RedisError, typing.cast(ExceptionHandler, registry_down))
 
 
 async def method_not_allowed(request: Request, error: Exception) -> JSONResponse:
     """405 listing every method of the path: Starlette names only those of the first route that matched it."""
-    methods = set()
+    methods: set[str] = set()
     for route in request.app.router.routes:
         if route.matches(request.scope)[0] is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
@@ -107,7 +109,9 @@ def _model_at(root: type[BaseModel], path) -> type[BaseModel] | None:
     return model
 
 
-def _field_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], type | None]]:
+def _field_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], type[BaseModel] | None]]:
     """Every field path of ``model`` through nested models (not unions): a model's own fields before its sections'."""
     nested = []
     for name, field in model.model_fields.items():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from cfpo.config import StrictModel
 from cfpo.registry import RunRecord, RunState, StepRecord
@@ -33,17 +35,14 @@ class SubmitRequest(RunSpec):
         return data
 
 
-def _at(section: str, errors: list[dict]) -> ValidationError:
+def _at(section: str, errors: Sequence[ErrorDetails | InitErrorDetails]) -> ValidationError:
     """The same errors, located under ``section``."""
-    located = [
-        {
-            "type": e["type"],
-            "loc": (section, *e["loc"]),
-            "input": e["input"],
-            **({"ctx": e["ctx"]} if "ctx" in e else {}),
-        }
-        for e in errors
-    ]
+    located: list[InitErrorDetails] = []
+    for e in errors:
+        moved: InitErrorDetails = {"type": e["type"], "loc": (section, *e["loc"]), "input": e["input"]}
+        if "ctx" in e:
+            moved["ctx"] = e["ctx"]
+        located.append(moved)
     return ValidationError.from_exception_data(SubmitRequest.__name__, located)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 BUSY_LOOP_ENV = "CFPO_VLLM_BUSY_LOOP_S"
 
@@ -34,6 +35,11 @@ _shorten_task_queue_busy_wait()
 
 class WeightUpdateExtension:
     """Mixed into vLLM's worker class; ``self`` is the worker."""
+
+    if TYPE_CHECKING:  # the worker's own, for mypy only: vLLM refuses an extension that defines a worker attribute
+        model_runner: Any
+
+        def reload_weights(self, *args: Any, **kwargs: Any) -> None: ...
 
     def cfpo_update_weights(self, path: str) -> dict:
         from safetensors import SafetensorError, safe_open

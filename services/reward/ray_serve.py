@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import cast
 
 # Read by the Ray processes started below: all their ports but the replicas' gRPC one listen on loopback only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -55,7 +56,8 @@ def serve_with_ray(settings: RewardSettings) -> None:
         signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        replicas = RewardReplica.options(
+        # mypy keeps a decorated class's own type; @serve.deployment has made it a Deployment
+        replicas = cast(serve.Deployment, RewardReplica).options(
             num_replicas=settings.replicas, ray_actor_options={"num_cpus": settings.pool_size}
         )
         serve.run(replicas.bind(settings), name=APP_NAME, route_prefix="/")

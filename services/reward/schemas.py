@@ -4,7 +4,7 @@ The request model is built from the settings, so the OpenAPI schema lists the co
 reward functions, and a wrong name is refused with a 422 that names the field before any work starts.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,8 +20,9 @@ class ScoreResponse(BaseModel):
 
 
 def score_request_model(settings: RewardSettings) -> type[StrictModel]:
-    task_name = Literal[tuple(settings.tasks)]
-    function_name = Literal[tuple(sorted(REGISTRY))]
+    # Literals of the configured names, made at run time: mypy cannot check them, so they are Any to it.
+    task_name: Any = Literal[tuple(settings.tasks)]
+    function_name: Any = Literal[tuple(sorted(REGISTRY))]
     override = dict[function_name, Weight] | None
     override_help = "{reward function: weight} used instead of the task's combination"
 

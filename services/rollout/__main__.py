@@ -53,20 +53,29 @@ def _serve(
     spec: RunSpec,
     run_id: str,
     redis_url: str,
-    clients,
+    clients: tuple[GenerationClient, RewardClient],
     recorder: PrometheusRecorder,
     stopping: threading.Event,
     still_wanted=lambda: True,
 ) -> int:
     with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
         worker = RolloutWorker(spec, run_id, queue, *clients, recorder, still_wanted=still_wanted)
+
+        def stop(*_: object) -> None:
+            stopping.set()
+            worker.stop.set()
+
         # SIGTERM ends this run's work and the process; a run that ends elsewhere ends only the former.
-        signal.signal(signal.SIGTERM, lambda *_: (stopping.set(), worker.stop.set()))
+        signal.signal(signal.SIGTERM, stop)
         return worker.run()
 
 
 def _serve_running_runs(
-    redis_url: str, clients, recorder: PrometheusRecorder, stopping: threading.Event, poll_seconds: float = 1.0
+    redis_url: str,
+    clients: tuple[GenerationClient, RewardClient],
+    recorder: PrometheusRecorder,
+    stopping: threading.Event,
+    poll_seconds: float = 1.0,
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     finished: set[str] = set()  # runs whose slots this worker saw exhausted

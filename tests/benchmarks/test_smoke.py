@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import REPO_ROOT
 from tests.servers import stack_port_offset
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 CFPO = str(Path(sys.executable).parent / "cfpo")
 TITLES = (
     "Pipeline halves alone",
@@ -29,7 +29,7 @@ TITLES = (
 def smoke(tmp_path_factory):
     """One smoke session of all four benchmarks, in a fresh directory; returns (output, results directory)."""
     directory = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("REDIS_URL", None)
     done = subprocess.run(
         [CFPO, "bench", "--smoke", "--out", "out", "--port-offset", str(stack_port_offset())],

@@ -22,13 +22,13 @@ import yaml
 from cfpo.cli.app import SERVICES
 from cfpo.cli.stack import Stack, StackSettings
 from services.control.settings import ControlSettings
+from tests import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "docker-compose.yml"
-PROMETHEUS_DIR = ROOT / "deploy/prometheus"
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+PROMETHEUS_DIR = REPO_ROOT / "deploy/prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
-GRAFANA = ROOT / "deploy/grafana"
-DOCKERFILES = {"cpu": ROOT / "deploy/docker/Dockerfile", "gpu": ROOT / "deploy/docker/Dockerfile.gpu"}
+GRAFANA = REPO_ROOT / "deploy/grafana"
+DOCKERFILES = {"cpu": REPO_ROOT / "deploy/docker/Dockerfile", "gpu": REPO_ROOT / "deploy/docker/Dockerfile.gpu"}
 TOKEN = "compose-test-token"
 
 ALWAYS = {"redis", "model", "reward", "control", "rollout", "prometheus", "grafana"}
@@ -46,7 +46,7 @@ def run_compose(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CFPO_", "GRAFANA_"))}
     return subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), *args],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -143,7 +143,9 @@ def test_compose_spec_schema_accepts_the_file():
 
 def test_cpu_is_the_default_profile():
     settings = dict(
-        line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if line and not line.startswith("#")
+        line.split("=", 1)
+        for line in (REPO_ROOT / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
     )
     assert settings["COMPOSE_PROFILES"] == "cpu"
 
@@ -259,7 +261,7 @@ def test_run_specs_submitted_in_the_control_container_name_the_served_model(prof
     from the image's working directory: it must come out as the directory generation serves."""
     _, services = profile
     workdir = [args for instruction, args in stages(DOCKERFILES["cpu"])[-1]["body"] if instruction == "WORKDIR"][-1]
-    spec_model = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())["model"]
+    spec_model = yaml.safe_load((REPO_ROOT / "configs/demo.yaml").read_text())["model"]
     assert str(PurePosixPath(workdir) / spec_model) == services["model"]["command"][-1]
     assert services["control"]["image"] == "cfpo/cfpo:0.1.0" and "configs" not in dockerignored()
 
@@ -286,7 +288,7 @@ def service_help(service: str) -> str:
         text=True,
         timeout=60,
         env={**os.environ, "COLUMNS": "200"},
-        cwd=ROOT,
+        cwd=REPO_ROOT,
     ).stdout
 
 
@@ -387,7 +389,7 @@ def test_gpu_image_installs_the_set_ups_pinned_requirements_over_vllms_image():
 def dockerignored() -> set[str]:
     return {
         line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
 
@@ -400,7 +402,7 @@ def test_dockerfiles_copy_files_the_build_context_has(kind):
             if instruction != "COPY" or "--from=" in args:
                 continue
             for source in [word for word in args.split() if not word.startswith("--")][:-1]:
-                assert (ROOT / source).exists(), source
+                assert (REPO_ROOT / source).exists(), source
                 assert source == "." or Path(source).parts[0] not in ignored, source
     assert {".env", ".git", ".venv"} <= ignored  # no user settings, history or local environment in an image
 
@@ -411,8 +413,8 @@ def test_compose_builds_the_images_from_these_dockerfiles(profile):
     for name, service in services.items():
         assert pinned(service["image"]), (name, service["image"])
         if "build" in service:
-            assert Path(service["build"]["context"]) == ROOT
-            dockerfile = ROOT / service["build"]["dockerfile"]
+            assert Path(service["build"]["context"]) == REPO_ROOT
+            dockerfile = REPO_ROOT / service["build"]["dockerfile"]
             assert dockerfile == DOCKERFILES["gpu" if "gpu" in service["image"] else "cpu"], name
 
 

@@ -14,11 +14,11 @@ import pytest
 
 from cfpo import dashboards
 from cfpo.cli.stack import Stack, StackSettings
+from tests import REPO_ROOT
 from tests.deploy.test_prometheus import METRIC_NAME, defined_series_names, needs_prometheus
 from tests.servers import stack_port_offset
 
-ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = [ROOT / "deploy/grafana/dashboards", ROOT / "helm/cfpo/dashboards"]
+COMMITTED = [REPO_ROOT / "deploy/grafana/dashboards", REPO_ROOT / "helm/cfpo/dashboards"]
 SCRAPE_INTERVAL_S = 1  # a short run still spans several scrapes
 RATE_INTERVAL = "10s"  # Grafana's $__rate_interval is at least 4 scrape intervals
 VLLM_METRIC = re.compile(r"vllm:\w+")
@@ -32,7 +32,7 @@ def as_all_selected(expr: str) -> str:
     return expr.replace("$run", ".*").replace("$loss", ".*").replace("$__rate_interval", RATE_INTERVAL)
 
 
-@pytest.mark.parametrize("directory", COMMITTED, ids=lambda d: str(d.relative_to(ROOT)))
+@pytest.mark.parametrize("directory", COMMITTED, ids=lambda d: str(d.relative_to(REPO_ROOT)))
 def test_committed_dashboards_are_generated_from_the_definitions(directory):
     for dashboard in dashboards.DASHBOARDS:
         path = directory / dashboard.file_name

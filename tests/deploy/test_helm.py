@@ -12,13 +12,12 @@ from pathlib import Path
 import helm_python as helm
 import kubernetes_validate
 import pytest
-import typer
 import yaml
 
 from cfpo.cli.app import SERVICES
+from tests import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm/cfpo"
+CHART = REPO_ROOT / "helm/cfpo"
 GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
 VALUE_SETS = {"default": {}, "gpu": GPU_VALUES}
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
@@ -75,14 +74,6 @@ def env(main: dict) -> dict[str, dict]:
 def gpus(main: dict) -> tuple[int | None, int | None]:
     resources = main["resources"]
     return (resources.get("requests", {}).get("nvidia.com/gpu"), resources.get("limits", {}).get("nvidia.com/gpu"))
-
-
-def typer_params(function, args: list[str]) -> dict:
-    """Parse ``args`` with the click command typer builds from ``function``, as its process would, running nothing."""
-    app = typer.Typer()
-    app.command()(function)
-    command = typer.main.get_command(app)
-    return command.make_context(function.__module__, list(args)).params
 
 
 def serve_args(main: dict, service: str) -> list[str]:
@@ -150,7 +141,7 @@ def test_bad_values_fail_with_a_clear_error(values, message):
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     from services.control.__main__ import parse_settings as control_settings
-    from services.generation.__main__ import main as generation_main
+    from services.generation.__main__ import ENTRYPOINT as generation_entrypoint
     from services.reward.__main__ import parse_settings as reward_settings
     from services.rollout.__main__ import parse_settings as rollout_settings
     from trainer.__main__ import parse_settings as learner_settings
@@ -158,8 +149,11 @@ def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     objs = objects(values)
     ports = {c: container(objs, c)["ports"][0]["containerPort"] for c in PIPELINE}
 
-    generation = typer_params(generation_main, serve_args(container(objs, "generation"), "generation"))
-    assert (generation["host"], generation["port"], str(generation["model"])) == (
+    # parsed, not validated: the model directory exists in the pod only
+    generation = vars(
+        generation_entrypoint.parser().parse_args(serve_args(container(objs, "generation"), "generation"))
+    )
+    assert (generation["host"], int(generation["port"]), generation["model"]) == (
         "0.0.0.0",
         ports["generation"],
         SMOLLM2,
@@ -479,6 +473,6 @@ def test_every_value_is_documented():
                 found.append(prefix + key)
         return found
 
-    readme = (ROOT / "helm/README.md").read_text()
+    readme = (REPO_ROOT / "helm/README.md").read_text()
     undocumented = [p for p in paths(yaml.safe_load((CHART / "values.yaml").read_text())) if f"`{p}`" not in readme]
     assert undocumented == []

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,10 +15,10 @@ import yaml
 
 from cfpo import metrics
 from cfpo.cli.stack import Stack, StackSettings
+from tests import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy/prometheus/rules.yml"
-RULES_TEST = ROOT / "deploy/prometheus/rules_test.yml"
+RULES = REPO_ROOT / "deploy/prometheus/rules.yml"
+RULES_TEST = REPO_ROOT / "deploy/prometheus/rules_test.yml"
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import REPO_ROOT
 from tests.servers import interruptible, stack_port_offset, stop
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 CFPO = str(Path(sys.executable).parent / "cfpo")
 
 
@@ -43,7 +43,7 @@ def test_up_serves_a_submitted_run_and_stops_cleanly(tmp_path):
             assert up.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "cfpo up did not come up"
             time.sleep(1)
-        submitted = _cfpo("run", "submit", str(REPO / "configs/demo-tiny.yaml"), cwd=tmp_path, env=env)
+        submitted = _cfpo("run", "submit", str(REPO_ROOT / "configs/demo-tiny.yaml"), cwd=tmp_path, env=env)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         run_id = re.search(r"submitted run (\S+)", submitted.stdout)[1]
         watched = _cfpo("run", "watch", run_id, "--interval", "1", cwd=tmp_path, env=env)
@@ -69,7 +69,7 @@ def test_tiny_demo_runs_end_to_end_through_the_rest_api(tmp_path):
         "demo",
         "--tiny",
         "--spec",
-        str(REPO / "configs/demo-tiny.yaml"),
+        str(REPO_ROOT / "configs/demo-tiny.yaml"),
         "--eval-problems",
         "8",
         "--port-offset",

@@ -93,7 +93,7 @@ def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path
         if stack is not None:
             with console.status("starting the stack") as status:
                 stack.start(on_status=status.update)
-        runner = SweepRunner(spec, model, out, Api(api_url or stack.control_url))
+        runner = SweepRunner(spec, model, out, Api(api_url if stack is None else stack.control_url))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             cells = progress.add_task("cells", total=total, completed=total - pending)

@@ -59,7 +59,7 @@ class SweepGrid(StrictModel):
         return self
 
     @property
-    def anchors(self) -> list[str]:
+    def anchors(self) -> list[Anchor]:
         return self.ratio_references or ["behaviour"]
 
 

@@ -17,8 +17,9 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from cfpo.cli.report import FINAL_STEPS, ReportError, load_run, summarise
+from cfpo.cli.report import FINAL_STEPS, ReportError, load_run, markdown_table, summarise
 from cfpo.cli.sweep.grid import Cell, CellBook, SweepSpec
+from cfpo.config import Anchor, LossName
 from cfpo.metrics import ANCHORS, anchored
 
 RESULTS_CSV = "results.csv"
@@ -47,13 +48,9 @@ HEADLINE = ("heldout_after", anchored("behaviour", "kl_k3_max"), anchored("proxi
 
 
 @dataclass(frozen=True)
-class CellResult:
-    loss: str
-    ratio_reference: str
-    staleness_k: int
-    iterations: int
-    minibatches: int
-    seed: int
+class CellResult(Cell):
+    """A cell, how its run ended and the figures read from it."""
+
     run_id: str | None
     state: str
     seconds: float | None
@@ -77,20 +74,13 @@ def collect(spec: SweepSpec, book: CellBook, runs_dir: Path) -> list[CellResult]
 
 def _result(cell: Cell, book: CellBook, runs_dir: Path) -> CellResult:
     record = book.records.get(cell.key)
-    identity = dict(
-        loss=cell.loss,
-        ratio_reference=cell.ratio_reference,
-        staleness_k=cell.staleness_k,
-        iterations=cell.iterations,
-        minibatches=cell.minibatches,
-        seed=cell.seed,
-    )
+    identity = asdict(cell)
     if record is None or record.state != "succeeded":
         return CellResult(
             **identity,
-            run_id=record and record.run_id,
+            run_id=record.run_id if record else None,
             state=record.state if record else "not run",
-            seconds=record and record.seconds,
+            seconds=record.seconds if record else None,
             heldout_before=None,
         )
     directory = runs_dir / record.run_id
@@ -169,7 +159,7 @@ def aggregate(results: list[CellResult]) -> list[Aggregate]:
     return sorted(out, key=lambda a: (a.minibatches, a.staleness_k, a.iterations, a.loss, a.ratio_reference))
 
 
-def series(spec: SweepSpec) -> list[tuple[str, str]]:
+def series(spec: SweepSpec) -> list[tuple[LossName, Anchor]]:
     """Every loss x anchor of the grid, in the grid's order: one line (or heatmap column) each in the figures."""
     return [(loss, anchor) for loss in spec.grid.losses for anchor in spec.grid.anchors]
 
@@ -219,11 +209,9 @@ def _markdown(
         'against; every run measures its trust-region figures against both, "vs behaviour" (the sampling '
         'policy) and "vs proximal" (the learner before its first update on the batch).',
         "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *(
-            "| "
-            + " | ".join(
+        *markdown_table(
+            headers,
+            [
                 [
                     a.loss,
                     a.ratio_reference,
@@ -234,9 +222,8 @@ def _markdown(
                     a.steps,
                     *(_cell(a.means[key], a.stdevs[key]) for key in METRICS),
                 ]
-            )
-            + " |"
-            for a in aggregates
+                for a in aggregates
+            ],
         ),
         "",
     ]
@@ -401,6 +388,6 @@ def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, 
 
 def _mean(aggregates: list[Aggregate], name: tuple[str, str], k: int, iterations: int, key: str) -> float:
     for a in aggregates:
-        if (a.series, a.staleness_k, a.iterations) == (name, k, iterations) and a.means[key] is not None:
-            return a.means[key]
+        if (a.series, a.staleness_k, a.iterations) == (name, k, iterations) and (mean := a.means[key]) is not None:
+            return mean
     return math.nan

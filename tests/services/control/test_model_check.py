@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.control.conftest import control_api, spec
+from tests.services.control.conftest import control_api, spec
 
 SERVED = "/models/served"
 

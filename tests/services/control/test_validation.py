@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.control.conftest import spec
+from tests.services.control.conftest import spec
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.control.conftest import control_api, spec
+from tests.services.control.conftest import control_api, spec
 
 RUN_ROUTES = [
     ("GET", "/v1/runs"),

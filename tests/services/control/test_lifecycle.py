@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from cfpo.registry import RunStateError
-from tests.control.conftest import HEARTBEAT_TIMEOUT_S, control_api, spec
+from tests.services.control.conftest import HEARTBEAT_TIMEOUT_S, control_api, spec
 
 
 def submit(client: httpx.Client, **overrides) -> dict:

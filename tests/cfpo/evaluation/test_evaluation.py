@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from cfpo.evaluation import evaluate
 from cfpo.tasks import Problem, load_task, parse_task, render_prompt
 from services.reward.answers import clean, final_answer
-from tests.evaluation.conftest import generation_service
+from tests.cfpo.evaluation.conftest import generation_service
 
 MAX_TOKENS = 12
 

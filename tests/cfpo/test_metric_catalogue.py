@@ -1,10 +1,9 @@
 """The metric catalogue (docs/metrics.md) lists every metric cfpo/metrics.py defines, so users can trust it."""
 
-from pathlib import Path
-
 from cfpo import metrics
+from tests import REPO_ROOT
 
-METRICS_DOC = (Path(__file__).resolve().parents[2] / "docs/metrics.md").read_text()
+METRICS_DOC = (REPO_ROOT / "docs/metrics.md").read_text()
 CATALOGUE = METRICS_DOC[METRICS_DOC.index("## Metric catalogue") :]
 
 

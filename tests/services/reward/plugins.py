@@ -1,4 +1,5 @@
-"""Reward functions that misbehave on purpose; only the test server loads them (``--plugins tests.reward.plugins``)."""
+"""Reward functions that misbehave on purpose; only the test server loads them
+(``--plugins tests.services.reward.plugins``)."""
 
 import os
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from services.reward.__main__ import parse_settings
-from tests.reward.server import REPO
+from tests import REPO_ROOT
 
 CFPO = Path(sys.executable).parent / "cfpo"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run([*args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cfpo.cli.app import app
-from tests.control.conftest import TOKEN
+from tests.services.control.conftest import TOKEN
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
 
 # The settings the service tests rely on: a short timeout for the hanging verifier, small limits to hit.
 TEST_SERVER_ARGS = [
     "--plugins",
-    "tests.reward.plugins",
+    "tests.services.reward.plugins",
     "--item-timeout",
     "1",
     "--pool-size",
@@ -44,7 +44,7 @@ class Server:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.reward", "--port", str(self.port), *args],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             env={**os.environ, **(env or {})},
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,

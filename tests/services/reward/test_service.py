@@ -5,7 +5,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.reward.server import item, wait_for
+from tests.services.reward.server import item, wait_for
 
 
 def metric_samples(client: httpx.Client) -> dict[tuple, float]:

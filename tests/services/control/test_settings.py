@@ -3,11 +3,10 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
 
 
 @pytest.mark.parametrize(
@@ -23,7 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bad_settings_print_the_field_not_a_traceback(args, token, message):
     env = {**os.environ, "CFPO_API_TOKEN": token}
     result = subprocess.run(
-        [sys.executable, "-m", "services.control", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "services.control", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 from cfpo.metrics import REWARD_METRICS, PrometheusRecorder
 from services.reward.__main__ import parse_settings
 from services.reward.app import create_app
-from tests.reward.server import item
+from tests.services.reward.server import item
 
 
 @pytest.mark.parametrize(

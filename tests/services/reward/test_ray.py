@@ -7,7 +7,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.reward.server import Server, item, wait_for
+from tests.services.reward.server import Server, item, wait_for
 
 
 def exported_requests(url: str) -> tuple[Counter, set[str]]:

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from cfpo.rollout_group import SCHEMA_VERSION, MalformedEntry, RolloutGroup, decode_group, encode_group
 from cfpo.sample import Sample
-from tests.queue.groups import MALFORMED, f32, make_group
+from tests.cfpo.queue.groups import MALFORMED, f32, make_group
 
 
 def float_bits(values: list[float]) -> bytes:

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.reward.server import TEST_SERVER_ARGS, Server, wait_for
+from tests.services.reward.server import TEST_SERVER_ARGS, Server, wait_for
 
 
 def _serve(args: list[str], log):

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from cfpo.queue import CONSUMER_GROUP, QueueFull, QueueSettings, RolloutQueue, RunKeys
 from cfpo.rollout_group import encode_group
-from tests.queue.groups import MALFORMED, make_group
+from tests.cfpo.queue.groups import MALFORMED, make_group
 
 
 def in_thread(target, *args) -> tuple[threading.Thread, dict]:
@@ -211,19 +211,6 @@ def test_policy_version_is_published_and_read(make_queue, run_id):
     with pytest.raises(ValueError, match="negative"):
         learner.publish_version(-1)
     assert learner.redis.get(f"run:{run_id}:policy-version") == b"2"
-
-
-def test_worker_waits_for_the_learner_to_reach_a_version(make_queue):
-    learner, worker = make_queue(), make_queue(poll_interval_s=0.01)
-    learner.publish_version(4)
-    thread, outcome = in_thread(worker.wait_for_version, 5, 5.0)
-    time.sleep(0.1)
-    assert thread.is_alive()
-    learner.publish_version(5)
-    thread.join(5)
-    assert outcome["result"] == 5
-    with pytest.raises(TimeoutError, match="learner at version 5, not 9"):
-        worker.wait_for_version(9, timeout_s=0.05)
 
 
 def test_keys_live_under_the_run():

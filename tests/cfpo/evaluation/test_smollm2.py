@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from cfpo.evaluation import evaluate
 from cfpo.models import ModelSourceError, prepare_smollm2, smollm2_gguf
 from cfpo.tasks import load_task, parse_task
-from tests.evaluation.conftest import generation_service
+from tests.cfpo.evaluation.conftest import generation_service
 
 pytestmark = pytest.mark.slow
 

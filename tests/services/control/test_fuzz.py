@@ -15,7 +15,7 @@ from cfpo.metrics import CONTROL_METRICS, PrometheusRecorder
 from cfpo.registry import RunRegistry
 from services.control.app import create_app
 from services.control.settings import ControlSettings
-from tests.control.conftest import TOKEN
+from tests.services.control.conftest import TOKEN
 
 
 def _schema() -> dict:
