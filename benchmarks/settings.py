@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cfpo.config import StrictModel
+from cfpo.config import StrictModel, read_yaml_mapping
 from cfpo.run_spec import RunSpec
 
 BenchmarkName = Literal["async_vs_sync", "overhead", "weight_sync", "peer_trl"]
@@ -27,28 +27,16 @@ PLACEMENTS: tuple[Placement, ...] = ("shared", "pinned")
 OVERHEAD_STALENESS = (0, 1)  # synchronous, and the demo's bound
 PEER_STALENESS = (0, 1)
 
-# The toy workload of configs/demo-tiny.yaml: a random model learns a dense reward (the share of digits it writes).
-TINY_WORKLOAD: dict[str, Any] = {
-    "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
-    "rollout": {
-        "group_size": 4,
-        "prompts_per_step": 4,
-        "max_tokens": 16,
-        "rewards": {"digit_share": 1.0},
-        "drop_zero_variance": False,
-    },
-    "learner": {"loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"}, "optimizer": {"lr": 5.0e-3}},
-}
-# The demo workload of configs/demo.yaml: SmolLM2 learns arithmetic, rewarded by math answer equivalence.
-DEMO_WORKLOAD: dict[str, Any] = {
-    "task": {"kind": "arithmetic", "difficulty": [1, 2], "seed": 0},
-    "rollout": {"group_size": 4, "prompts_per_step": 4, "max_tokens": 32, "drop_zero_variance": False},
-    "learner": {
-        "loss": {"name": "cfpo", "eps": 0.2, "ratio_reference": "behaviour"},
-        "optimizer": {"lr": 5.0e-6},
-        "micro_batch_size": 8,
-    },
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+WORKLOAD_FIELDS = ("task", "rollout", "learner")  # of the demo's run spec; steps, staleness and the rest are set here
+
+
+def demo_workload(tiny: bool) -> dict[str, Any]:
+    """The workload of configs/demo-tiny.yaml (a random model learns a dense toy reward) or configs/demo.yaml
+    (SmolLM2 learns arithmetic, rewarded by math answer equivalence), zero-variance groups kept."""
+    spec = read_yaml_mapping(CONFIGS / ("demo-tiny.yaml" if tiny else "demo.yaml"))
+    workload = {key: spec[key] for key in WORKLOAD_FIELDS if key in spec}
+    return {**workload, "rollout": {**workload.get("rollout", {}), "drop_zero_variance": False}}
 
 
 # The rollout-heavy shape: more prompts, more completions per prompt, longer completions than the demo's.
@@ -158,7 +146,7 @@ class BenchSettings(StrictModel):
 
     @property
     def workload(self) -> dict[str, Any]:
-        workload = TINY_WORKLOAD if self.model == "tiny" else DEMO_WORKLOAD
+        workload = demo_workload(tiny=self.model == "tiny")
         if self.shape == "rollout_heavy":
             workload = {**workload, "rollout": {**workload["rollout"], **ROLLOUT_HEAVY_ROLLOUT}}
         return workload

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 
 from cfpo.advantages import is_zero_variance
-from cfpo.config import StrictModel
+from cfpo.config import StrictModel, describe_validation_error
 from cfpo.sample import Sample
 
 SCHEMA_VERSION = 1
@@ -141,7 +141,7 @@ def _group_from_wire(body: dict[str, Any]) -> RolloutGroup:
     try:
         return RolloutGroup.model_validate(body)
     except ValidationError as error:
-        raise MalformedEntry(_describe(error)) from None
+        raise MalformedEntry(describe_validation_error(error)) from None
 
 
 def _pack(code: str, values: list, where: str) -> str:
@@ -161,11 +161,3 @@ def _unpack(code: str, text: str, where: str) -> list:
     if len(data) % width:
         raise MalformedEntry(f"{where}: {len(data)} bytes is not a whole number of {kind} values")
     return list(struct.unpack(f"<{len(data) // width}{code}", data))
-
-
-def _describe(error: ValidationError) -> str:
-    """One line per problem, each led by the field's path, e.g. ``samples.1.behaviour_logprobs: ...``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
-        for e in error.errors()
-    )

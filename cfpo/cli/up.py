@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_sigterm
+from cfpo.config import describe_validation_error
 from cfpo.models import prepare_model
 
 console = Console()
@@ -40,8 +41,7 @@ def up(
             **StackSettings.offset_ports(port_offset),
         )
     except ValidationError as error:
-        for problem in error.errors():
-            console.print(f"[red]error:[/] {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
+        console.print(f"[red]error:[/] {describe_validation_error(error)}", highlight=False)
         raise typer.Exit(2) from None
     stack = Stack(settings)
     stop_on_sigterm()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from cfpo.clients import lane_client
+
 # vLLM labels output "default" until a version is set: that is the checkpoint the server started on.
 INITIAL_VERSION_LABEL = "default"
 RUN_SEPARATOR = "@"
@@ -83,12 +85,7 @@ class WeightUpdate:
 class GenerationClient:
     def __init__(self, base_url: str, *, timeout: float = 300.0):
         self.base_url = base_url.rstrip("/")
-        # No connection cap: a rollout worker's lanes each hold one request in flight.
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        )
+        self._http = lane_client(self.base_url, timeout)
 
     def close(self) -> None:
         self._http.close()

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from cfpo.clients import lane_client
 from cfpo.config import StrictModel
 from cfpo.tasks import Problem
 
@@ -50,12 +51,7 @@ class ItemReward(BaseModel):
 class RewardClient:
     def __init__(self, base_url: str, *, timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
-        # No connection cap: a rollout worker's lanes each hold one request in flight.
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        )
+        self._http = lane_client(self.base_url, timeout)
 
     def close(self) -> None:
         self._http.close()
