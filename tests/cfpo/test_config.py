@@ -52,6 +52,15 @@ def test_config_file_errors_name_file_and_field(tmp_path):
     assert message.startswith(str(bad)) and "loss.name" in message and "iterations" in message
 
 
+def test_broken_yaml_is_one_line_naming_file_and_place(tmp_path):
+    broken = tmp_path / "learner.yaml"
+    broken.write_text("loss:\n  name: cfpo\n  eps: [0.2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(LearnerConfig, broken)
+    message = str(caught.value)
+    assert message.startswith(f"{broken}: not valid YAML: ") and "line 4" in message and "\n" not in message
+
+
 def test_dr_grpo_constant_defaults_to_the_longest_completion():
     # Dr.GRPO divides each response's token sum by one constant; the learner's micro-batches are cut to their own
     # width, so a width-based default would change from micro-batch to micro-batch.
