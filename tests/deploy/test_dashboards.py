@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cfpo import dashboards
+from cfpo.cli import dashboards
 from cfpo.cli.stack import Stack, StackSettings
 from tests import REPO_ROOT
 from tests.deploy.test_prometheus import METRIC_NAME, defined_series_names, needs_prometheus
