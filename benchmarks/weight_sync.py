@@ -85,16 +85,17 @@ def _measure(session: Session, name: str, model_dir: Path, generation_url: str) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.weight_sync.file import FileWeightSync, StagedWeights
+    from trainer.weight_sync.file import FileWeightSync
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    staged = StagedWeights(session.stack.weights_dir or session.work / "weight-sync", f"{RUN_LABEL}-{name}")
+    run = f"{RUN_LABEL}-{name}"
     export, update, copy = [], [], []
     tensors = {t.data_ptr(): t.detach() for t in model.state_dict().values()}.values()  # tied ones once
     with (
         session.activity(f"weight sync of {name} x{session.scale.repeats}"),
         contextlib.closing(GenerationClient(generation_url)) as client,
     ):
+        transport = FileWeightSync([client], session.stack.weights_dir or session.work / "weight-sync")
         # The copies first, while generation is idle: right after a push vLLM's threads still spin from the load
         # and a copy then measured a fifth of the idle machine's rate, which is no floor.
         for _ in range(session.scale.repeats + 1):  # the first untimed, as the pushes'
@@ -103,10 +104,11 @@ def _measure(session: Session, name: str, model_dir: Path, generation_url: str) 
             copy.append(time.perf_counter() - started)
             del copies
         for version in range(1, session.scale.repeats + 2):  # the first untimed (it writes the file anew)
-            pushed = FileWeightSync(client, model, staged).push(version, run=RUN_LABEL)
+            pushed = transport.push(model, version, run=run)
+            assert pushed is not None, "a lone process is rank 0"
             export.append(pushed.staging_seconds)
             update.append(pushed.seconds)
-    staged.remove()
+        transport.release(run)
     return WeightSyncRow(
         model=name,
         parameters=sum(p.numel() for p in model.parameters()),

@@ -27,6 +27,33 @@ def environment(name: str, default: str | None = None) -> Callable[[], str | Non
     return lambda: os.environ.get(name) or default
 
 
+WeightTransfer = Literal["file", "nccl", "ipc"]
+WEIGHT_TRANSFER_HELP = (
+    "how the learner's weights reach generation ($CFPO_WEIGHT_TRANSFER; learner and generation must agree). "
+    "file: safetensors on storage both read (CPU and GPU); nccl: vLLM's NCCL broadcast, learner and generation on "
+    "different GPUs; ipc: CUDA IPC, learner and generation sharing a GPU"
+)
+
+
+def weight_transfer_setting() -> Any:
+    """The one ``weight_transfer`` setting the learner and ``cfpo serve generation`` both read."""
+    return Field(
+        default_factory=environment("CFPO_WEIGHT_TRANSFER", "file"),
+        validate_default=True,
+        description=WEIGHT_TRANSFER_HELP,
+    )
+
+
+def require_cuda(transfer: str, cuda_available: bool) -> None:
+    """vLLM's NCCL and IPC engines are CUDA-only; on a machine without CUDA they fail late (or hang in a
+    rendezvous), so refuse them at start."""
+    if transfer != "file" and not cuda_available:
+        raise ValueError(
+            f"weight_transfer: {transfer} needs CUDA (vLLM's {transfer} engine is CUDA-only) and this machine has "
+            "none; use file"
+        )
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors: a misspelt setting must not silently fall back to its default."""
 
@@ -110,10 +137,6 @@ class LearnerConfig(StrictModel):
     @property
     def minibatch_size(self) -> int:
         return self.batch_size // self.minibatches
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.minibatch_size // (self.micro_batch_size or self.minibatch_size)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> LearnerConfig:

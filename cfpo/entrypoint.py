@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cfpo.config import ConfigError, StrictModel, describe_validation_error, environment, load_config
 from cfpo.queue import DEFAULT_REDIS_URL
@@ -29,9 +29,11 @@ class RunWorkerSettings(StrictModel):
     spec: Path | None = Field(None, description="run spec (YAML), for one run started by hand")
     run_id: str | None = Field(None, min_length=1, description="the run's id (its Redis keys are run:<id>:...)")
     worker: bool = Field(False, description="take the runs of the control API's registry instead")
-    generation_url: str = Field(
-        default_factory=environment("CFPO_GENERATION_URL", DEFAULT_GENERATION_URL),
-        description="generation service ($CFPO_GENERATION_URL)",
+    generation_urls: list[str] = Field(
+        default_factory=lambda: environment("CFPO_GENERATION_URL", DEFAULT_GENERATION_URL)().split(","),
+        min_length=1,
+        description="generation servers: one, or several independent ones, each its own vLLM ($CFPO_GENERATION_URL, "
+        "separated by commas)",
     )
     redis_url: str = Field(
         default_factory=environment("REDIS_URL", DEFAULT_REDIS_URL),
@@ -41,6 +43,24 @@ class RunWorkerSettings(StrictModel):
     metrics_host: str = Field(
         "127.0.0.1", min_length=1, description="address /metrics listens on (containers: 0.0.0.0)"
     )
+
+    @field_validator("generation_urls", mode="before")
+    @classmethod
+    def _split_commas(cls, urls: object) -> object:
+        items = [urls] if isinstance(urls, str) else urls
+        if isinstance(items, list):
+            return [url.strip() for item in items for url in str(item).split(",") if url.strip()]
+        return urls
+
+    @field_validator("generation_urls")
+    @classmethod
+    def _are_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: expected an http:// or https:// URL")
+        if len(set(urls)) != len(urls):
+            raise ValueError("a server is listed twice; each takes its own share of the groups")
+        return urls
 
     @model_validator(mode="after")
     def _one_run_or_worker(self) -> RunWorkerSettings:

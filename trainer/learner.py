@@ -3,6 +3,11 @@
 Each optimizer step increments the policy version. The engine owns the model, the optimizer, gradient
 accumulation and clipping, ZeRO partitioning and checkpoints; this module owns what RL adds on top: log-probs
 at the sampling temperature, the policy loss, and the bookkeeping that makes a resumed run bit-identical.
+
+With several ranks, every rank holds the whole batch and trains its share of each minibatch (every
+``world_size``-th sequence of the same seeded order). Each divides its loss by the whole minibatch's normaliser, so
+DeepSpeed's average over ranks and micro-batches is the minibatch's gradient, and the metrics are merged over all
+ranks' micro-batches: the steps and the logged values are a lone learner's, up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from cfpo.config import LearnerConfig
 from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored, bucket_key
 from cfpo.sample import Sample
-from trainer.distributed import init_distributed, quiet_deepspeed
+from trainer.distributed import gathered, init_distributed, quiet_deepspeed, rank, world_size
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
 from trainer.losses import aggregation_normaliser, policy_loss, trust_region_metrics
 
@@ -67,10 +72,24 @@ def _use_bf16(precision: str) -> bool:
     return precision == "bf16"
 
 
-def deepspeed_config(config: LearnerConfig) -> dict[str, Any]:
+def micro_batch_size(config: LearnerConfig, ranks: int) -> int:
+    """Sequences per forward on each of ``ranks`` ranks; a ``ValueError`` naming the setting if they cannot split
+    each minibatch evenly."""
+    share, left = divmod(config.minibatch_size, ranks)
+    micro = config.micro_batch_size or share
+    if left or share % micro:
+        raise ValueError(
+            f"learner.micro_batch_size: {ranks} ranks x micro-batches of {micro} do not divide the minibatch of "
+            f"{config.minibatch_size} sequences; pick sizes whose product divides it"
+        )
+    return micro
+
+
+def deepspeed_config(config: LearnerConfig, ranks: int = 1) -> dict[str, Any]:
+    micro = micro_batch_size(config, ranks)
     return {
-        "train_micro_batch_size_per_gpu": config.micro_batch_size or config.minibatch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": config.minibatch_size // (micro * ranks),
         "gradient_clipping": config.optimizer.grad_clip,
         "zero_optimization": {"stage": config.zero_stage},
         "bf16": {"enabled": _use_bf16(config.precision)},
@@ -97,7 +116,11 @@ class Learner:
             betas=config.optimizer.betas,
             weight_decay=config.optimizer.weight_decay,
         )
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(config))
+        self.rank, self.world_size = rank(), world_size()
+        self.micro_batch_size = micro_batch_size(config, self.world_size)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(config, self.world_size)
+        )
         self.pad_token_id = model.config.pad_token_id or 0
         self.reference = self._load_reference(model_dir) if config.loss.beta > 0 else None
 
@@ -136,6 +159,8 @@ class Learner:
                     reference,
                     {"staleness": staleness, "lag": lag},
                 )
+                if fill_proximal and self.world_size > 1:
+                    torch.distributed.all_reduce(proximal)  # each rank filled its own rows; the others are 0
                 fill_proximal = False
                 metrics["staleness_mean"] = float(staleness.float().mean())
                 metrics["staleness_max"] = float(staleness.max())
@@ -165,7 +190,7 @@ class Learner:
         its own longest sequence (``completion_logprobs``), so less is computed on padding."""
         lengths = batch.attention_mask.sum(1)[indices]
         by_length = indices[torch.sort(lengths, stable=True).indices]
-        return by_length.split(self.config.micro_batch_size or self.config.minibatch_size)
+        return by_length.split(self.micro_batch_size)
 
     def _optimizer_step(
         self,
@@ -176,17 +201,19 @@ class Learner:
         reference: torch.Tensor | None,
         ages: dict[str, torch.Tensor],
     ) -> dict[str, float]:
-        """One optimizer step on ``indices``; its metrics, and those of each bucket of each of ``ages`` (per
-        sample: staleness at consumption, policy lag now) as ``<metric>/<age>_<bucket>``. With
-        ``fill_proximal``, this step's forward is the proximal policy's and fills ``proximal`` in."""
+        """One optimizer step on ``indices`` (the minibatch; this rank trains its share); its metrics, and those
+        of each bucket of each of ``ages`` (per sample: staleness at consumption, policy lag now) as
+        ``<metric>/<age>_<bucket>``. With ``fill_proximal``, this step's forward is the proximal policy's and fills
+        ``proximal`` in (this rank's rows)."""
         parts: list[tuple[dict[str, float], float]] = []
         bucket_parts: dict[tuple[str, str], list[tuple[dict[str, float], float]]] = {}  # by (age, bucket)
-        micro_batches = self._micro_chunks(indices, batch)
-        # The whole step's normaliser per micro-batch: DeepSpeed averages the accumulated micro-batch losses, so
-        # each divides its sum by this and the step's gradient is the minibatch's, however its tokens are split.
+        micro_batches = self._micro_chunks(indices[self.rank :: self.world_size], batch)
+        # The whole step's normaliser per micro-batch and rank: DeepSpeed averages the accumulated micro-batch
+        # losses and then the ranks' gradients, so each divides its sum by this and the step's gradient is the
+        # minibatch's, however its tokens are split.
         normaliser = aggregation_normaliser(
             batch.completion_mask[indices], self.config.loss.agg, self.config.loss.norm_length
-        ) / len(micro_batches)
+        ) / (len(micro_batches) * self.world_size)
         step_loss = 0.0
         for chunk in micro_batches:
             micro = batch.select(chunk)
@@ -217,6 +244,7 @@ class Learner:
                             "entropy": float(entropy[mask].mean()) if mask.any() else 0.0,
                         }
                         bucket_parts.setdefault((age, bucket), []).append((bucket_metrics, float(mask.sum())))
+        parts, bucket_parts, step_loss = self._across_ranks(parts, bucket_parts, step_loss)
         merged = {**merge_metrics(parts), "loss": step_loss}
         for (age, bucket), parts_of_bucket in bucket_parts.items():
             merged.update(
@@ -231,6 +259,19 @@ class Learner:
         merged["lr"] = float(self.engine.get_lr()[0])
         merged["tokens"] = float(batch.completion_mask[indices].sum())
         return merged
+
+    def _across_ranks(self, parts, bucket_parts, step_loss):
+        """Every rank's micro-batch metrics, for merging as one learner's; the loss is the ranks' mean (each
+        rank's is its share of the minibatch's, times the number of ranks)."""
+        if self.world_size == 1:
+            return parts, bucket_parts, step_loss
+        everyone = gathered((parts, bucket_parts, step_loss))
+        merged_buckets: dict[tuple[str, str], list[tuple[dict[str, float], float]]] = {}
+        for _, buckets, _ in everyone:
+            for key, bucket in buckets.items():
+                merged_buckets.setdefault(key, []).extend(bucket)
+        all_parts = [part for rank_parts, _, _ in everyone for part in rank_parts]
+        return all_parts, merged_buckets, sum(loss for *_, loss in everyone) / self.world_size
 
     def _stage0_grad_norm(self) -> float:
         """The global gradient norm before clipping, for ZeRO stage 0, where DeepSpeed reports none (its

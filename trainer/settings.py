@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from cfpo.config import environment
+from cfpo.config import WeightTransfer, environment, require_cuda, weight_transfer_setting
 from cfpo.entrypoint import RunWorkerSettings
 
 
@@ -28,9 +28,31 @@ class LearnerSettings(RunWorkerSettings):
     weights_dir: Path | None = Field(
         default_factory=environment("CFPO_WEIGHTS_DIR"),
         validate_default=True,
-        description="where weights are staged for generation to load ($CFPO_WEIGHTS_DIR; default: the run "
-        "directory's weights/); a tmpfs generation can read, such as /dev/shm, makes each push cheaper",
+        description="file transport: where weights are staged for generation to load ($CFPO_WEIGHTS_DIR; default: "
+        "weights/ in the run directory, or in the runs directory for a worker); a tmpfs generation can read, such as "
+        "/dev/shm, makes each push cheaper",
     )
+
+    weight_transfer: WeightTransfer = weight_transfer_setting()
+    weight_transfer_address: str = Field(
+        default_factory=environment("POD_IP", "127.0.0.1"),
+        min_length=1,
+        description="nccl: the address of rank 0 the generation workers connect to ($POD_IP in Kubernetes)",
+    )
+    weight_transfer_port: int = Field(29551, ge=1, le=65535, description="nccl: the port rank 0 listens on")
+
+    @property
+    def staging_dir(self) -> Path:
+        """The file transport's folder: ``weights_dir``, or beside the runs (one run: its own directory)."""
+        return self.weights_dir or (self.run_dir if self.run_dir is not None else self.runs_dir) / "weights"
+
+    @model_validator(mode="after")
+    def _transfer_fits_the_machine(self) -> LearnerSettings:
+        if self.weight_transfer != "file":
+            import torch
+
+            require_cuda(self.weight_transfer, torch.cuda.is_available())
+        return self
 
     @model_validator(mode="after")
     def _one_run_has_a_directory(self) -> LearnerSettings:

@@ -14,5 +14,9 @@ import os
 
 
 def learner_threads(setting: int | None = None) -> int:
-    """``setting`` when given, otherwise every core this process may use."""
-    return setting if setting is not None else len(os.sched_getaffinity(0))
+    """``setting`` when given, otherwise this rank's share of the cores this process may use (every core for a
+    lone learner; a node's ranks split them, as ``LOCAL_WORLD_SIZE`` from the launcher says)."""
+    if setting is not None:
+        return setting
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // ranks_here)

@@ -11,6 +11,7 @@ label the new version -> reset the prefix cache -> resume. A failed load leaves 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,12 +157,20 @@ class GenerationClient:
 
     @contextlib.contextmanager
     def paused(self, *, timeout: float = 120.0) -> Iterator[None]:
-        """Hold generation while weights change: requests in flight finish on the old weights, new ones wait."""
-        self._post("/pause", params={"mode": "wait"}, timeout=timeout)
+        """Hold generation while weights change: requests in flight finish on the old weights, new ones wait.
+
+        The server resumes whatever happens inside, a failed or timed-out ``/pause`` included (it may have paused
+        all the same): a failed push leaves it serving its old weights, never paused.
+        """
         try:
+            self._post("/pause", params={"mode": "wait"}, timeout=timeout)
             yield
         finally:
             self._post("/resume")
+
+    def world_size(self) -> int:
+        """How many workers the server has (tensor x pipeline x data parallel): its share of an NCCL group."""
+        return int(self._get("/get_world_size")["world_size"])
 
     def label_version(self, version: PolicyVersion) -> None:
         """Name the weights now loaded (call while paused) and drop prefix-cache entries of the old ones."""
@@ -200,3 +209,36 @@ def _error_text(response: httpx.Response) -> str:
             error = error.get("message", error)
         return str(error)[:2000]
     return str(body)[:500]
+
+
+class GenerationPool:
+    """Independent generation servers (each its own vLLM, with its own weight version) used as one.
+
+    A rollout lane takes the server with the fewest lanes on it for a whole group: it checks *that* server's
+    version before generating there, so admission control stays exact whichever server lags behind a push.
+    """
+
+    def __init__(self, urls: list[str], *, timeout: float = 300.0):
+        if not urls:
+            raise ValueError("generation_urls: give at least one generation server")
+        self.clients = [GenerationClient(url, timeout=timeout) for url in urls]
+        self._lanes = [0] * len(self.clients)
+        self._next = 0  # ties go round the servers
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def least_busy(self) -> Iterator[GenerationClient]:
+        with self._lock:
+            order = [(self._next + i) % len(self.clients) for i in range(len(self.clients))]
+            chosen = min(order, key=lambda i: self._lanes[i])
+            self._lanes[chosen] += 1
+            self._next = (chosen + 1) % len(self.clients)
+        try:
+            yield self.clients[chosen]
+        finally:
+            with self._lock:
+                self._lanes[chosen] -= 1
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -72,11 +73,15 @@ def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, s
         WORKER_EXTENSION,
         *(["--max-model-len", str(settings.max_model_len)] if settings.max_model_len else []),
         *(["--served-model-name", settings.served_model_name] if settings.served_model_name else []),
+        *(["--tensor-parallel-size", str(settings.tensor_parallel_size)] if settings.tensor_parallel_size > 1 else []),
+        *(["--data-parallel-size", str(settings.data_parallel_size)] if settings.data_parallel_size > 1 else []),
         *settings.extra_args,
     ]
-    if device == "cuda":  # the learner can then broadcast weights over NCCL (trainer/weight_sync/nccl.py)
-        argv += ["--weight-transfer-config", '{"backend": "nccl"}']
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+    if settings.weight_transfer != "file":  # vLLM's own engine receives them (trainer/weight_sync/)
+        argv += ["--weight-transfer-config", json.dumps({"backend": settings.weight_transfer})]
+    if settings.weight_transfer == "ipc":
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # IPC handles arrive pickled over HTTP
     if device == "cpu":
         # vLLM 0.32 on CPU kills its engine when a seeded request's prefill is split over two engine steps
         # ("CPU Generator does not use offset", in the bookkeeping of the discarded sample). Many groups in flight

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from cfpo.config import StrictModel
+from cfpo.config import StrictModel, WeightTransfer, require_cuda, weight_transfer_setting
 
 
 class GenerationSettings(StrictModel):
@@ -25,6 +25,11 @@ class GenerationSettings(StrictModel):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="default 0.3 on CPU, 0.85 on GPU")
     max_model_len: int | None = Field(None, ge=16, description="default: what the model config allows")
     served_model_name: str | None = Field(None, description="name in the API; default the model directory")
+    weight_transfer: WeightTransfer = weight_transfer_setting()
+    tensor_parallel_size: int = Field(1, ge=1, description="GPU only: vLLM's tensor parallelism (GPUs per engine)")
+    data_parallel_size: int = Field(
+        1, ge=1, description="GPU only: vLLM's data-parallel engines behind this one URL and version label"
+    )
     extra_args: list[str] = Field(default_factory=list, description="passed to vLLM's server unchanged")
 
     @field_validator("model")
@@ -35,3 +40,21 @@ class GenerationSettings(StrictModel):
         if not any(model.glob("*.safetensors")):
             raise ValueError(f"{model} has no safetensors weights (in-place updates check against them)")
         return model.resolve()
+
+    @model_validator(mode="after")
+    def _parallel_on_gpus_only(self) -> GenerationSettings:
+        if self.device == "cpu" and (self.tensor_parallel_size > 1 or self.data_parallel_size > 1):
+            raise ValueError("tensor_parallel_size, data_parallel_size: vLLM on CPU runs without them; keep 1")
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_fits_the_device(self) -> GenerationSettings:
+        if self.weight_transfer != "file":
+            require_cuda(self.weight_transfer, self.device == "cuda" or (self.device == "auto" and _has_cuda()))
+        return self
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

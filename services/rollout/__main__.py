@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from cfpo.clients.generation import GenerationClient
+from cfpo.clients.generation import GenerationPool
 from cfpo.clients.reward import RewardClient
 from cfpo.entrypoint import Entrypoint, load_or_exit, log_to_stderr
 from cfpo.metrics import ROLLOUT_METRICS, PrometheusRecorder
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     recorder = PrometheusRecorder(ROLLOUT_METRICS)
     if settings.metrics_port:
         recorder.serve(settings.metrics_port, settings.metrics_host)
-    clients = (GenerationClient(settings.generation_url), RewardClient(settings.reward_url))
+    clients = (GenerationPool(settings.generation_urls), RewardClient(settings.reward_url))
     stopping = threading.Event()
     if settings.worker:
         _serve_running_runs(settings.redis_url, clients, recorder, stopping)
@@ -53,7 +53,7 @@ def _serve(
     spec: RunSpec,
     run_id: str,
     redis_url: str,
-    clients: tuple[GenerationClient, RewardClient],
+    clients: tuple[GenerationPool, RewardClient],
     recorder: PrometheusRecorder,
     stopping: threading.Event,
     still_wanted=lambda: True,
@@ -72,7 +72,7 @@ def _serve(
 
 def _serve_running_runs(
     redis_url: str,
-    clients: tuple[GenerationClient, RewardClient],
+    clients: tuple[GenerationPool, RewardClient],
     recorder: PrometheusRecorder,
     stopping: threading.Event,
     poll_seconds: float = 1.0,

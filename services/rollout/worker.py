@@ -4,8 +4,9 @@ Each group is reserved a slot; the worker generates it only when staleness admis
 learner never consumes data older than the run permits, and nothing generated is thrown away for lateness.
 Several workers may serve one run: slots and prompts are handed out by Redis counters.
 
-Concurrency: a worker runs ``spec.inflight_groups`` lanes, threads that each take a slot, wait for its
-admission, generate, score and append it, then take the next. So vLLM sees every admitted group's request at
+Concurrency: a worker runs ``spec.inflight_groups`` lanes, threads that each take a slot, pick a generation server
+(the one with the fewest lanes on it), wait for that server's admission, generate there, score and append it, then
+take the next. So vLLM sees every admitted group's request at
 once and batches them, and one group's scoring overlaps the others' generation. The lanes share the clients
 (httpx and redis-py pools are thread-safe) and the tokenizer (behind a lock).
 """
@@ -21,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cfpo.clients.generation import GenerationClient, GenerationError, PolicyVersion
+from cfpo.clients.generation import GenerationClient, GenerationError, GenerationPool, PolicyVersion
 from cfpo.clients.reward import RewardClient, RewardError
 from cfpo.metrics import (
     ROLLOUT_ERRORS,
@@ -65,7 +66,7 @@ class RolloutWorker:
         spec: RunSpec,
         run_id: str,
         queue: RolloutQueue,
-        generation: GenerationClient,
+        generation: GenerationPool,
         rewards: RewardClient,
         recorder: PrometheusRecorder,
         *,
@@ -80,7 +81,7 @@ class RolloutWorker:
         self._tokenizer_lock = threading.Lock()  # a Rust tokenizer refuses concurrent use ("Already borrowed")
         self.problems = load_task(spec.task, "train")
         self.stop = threading.Event()
-        self._served = _ServedVersion(lambda: self._with_retries("version", generation.version))
+        self._served = {client.base_url: self._version_of(client) for client in generation.clients}
         self.still_wanted = still_wanted  # asked about once a second while waiting: False ends the work on this run
 
     @property
@@ -118,17 +119,18 @@ class RolloutWorker:
         """Generate, score and weigh one group for ``slot``; replaces zero-variance groups if the run says so."""
         discarded = 0
         while True:
-            timings = {"admission_wait": self._wait_for_admission(slot)}
-            if self.stop.is_set():
-                return None
-            problem = self._problem(self.queue.reserve_prompt())
-            try:
-                group = self._scored_group(slot, problem, timings, discarded)
-            except (ForeignWeights, OutOfBound) as error:
-                log.warning("%s; generating the slot again", error)
-                stage = "foreign_weights" if isinstance(error, ForeignWeights) else "staleness_bound"
-                self.recorder.inc(ROLLOUT_ERRORS, run=self.run_id, stage=stage)
-                continue
+            with self.generation.least_busy() as server:
+                timings = {"admission_wait": self._wait_for_admission(slot, server)}
+                if self.stop.is_set():
+                    return None
+                problem = self._problem(self.queue.reserve_prompt())
+                try:
+                    group = self._scored_group(slot, problem, timings, discarded, server)
+                except (ForeignWeights, OutOfBound) as error:
+                    log.warning("%s; generating the slot again", error)
+                    stage = "foreign_weights" if isinstance(error, ForeignWeights) else "staleness_bound"
+                    self.recorder.inc(ROLLOUT_ERRORS, run=self.run_id, stage=stage)
+                    continue
             if not group.zero_variance or not self.spec.rollout.drop_zero_variance:
                 return group
             if discarded >= MAX_ZERO_VARIANCE_REPLACEMENTS:
@@ -137,11 +139,11 @@ class RolloutWorker:
             discarded += 1
             self.recorder.inc(ROLLOUT_ZERO_VARIANCE, run=self.run_id, action="replaced")
 
-    def _wait_for_admission(self, slot: int) -> float:
-        """Wait until generation serves this run's weights at a version allowed to generate ``slot``."""
+    def _wait_for_admission(self, slot: int, server: GenerationClient) -> float:
+        """Wait until ``server`` serves this run's weights at a version allowed to generate ``slot``."""
         started = last_asked = time.perf_counter()
         while not self.stop.is_set():
-            served = self._served.get()
+            served = self._served[server.base_url].get()
             if served.run == self.run_id and may_generate(self.spec, slot, served.number):
                 break
             if time.perf_counter() - last_asked > 1.0:
@@ -151,10 +153,15 @@ class RolloutWorker:
             time.sleep(ADMISSION_POLL_SECONDS)
         return time.perf_counter() - started
 
+    def _version_of(self, server: GenerationClient) -> _ServedVersion:
+        return _ServedVersion(lambda: self._with_retries("version", server.version))
+
     def _problem(self, index: int) -> Problem:
         return next(batches(self.problems, 1, seed=self.spec.seed, start_index=index))[0]
 
-    def _scored_group(self, slot: int, problem: Problem, timings: dict[str, float], discarded: int) -> RolloutGroup:
+    def _scored_group(
+        self, slot: int, problem: Problem, timings: dict[str, float], discarded: int, server: GenerationClient
+    ) -> RolloutGroup:
         with self._tokenizer_lock:
             prompt = render_prompt(self.tokenizer, problem.prompt)
         started = time.perf_counter()
@@ -162,7 +169,7 @@ class RolloutWorker:
         completions = self._with_retries(
             "generate",
             lambda: sample_completions(
-                self.generation, self.spec, prompt.token_ids, seed=seed, eos_token_id=self.tokenizer.eos_token_id
+                server, self.spec, prompt.token_ids, seed=seed, eos_token_id=self.tokenizer.eos_token_id
             ),
         )
         timings["generate"] = time.perf_counter() - started

@@ -33,11 +33,6 @@ def test_loss_settings_validate():
         LossConfig(name="ppo2")
 
 
-def test_accumulation_follows_the_minibatch():
-    config = LearnerConfig(batch_size=32, minibatches=2, micro_batch_size=4)
-    assert (config.minibatch_size, config.gradient_accumulation_steps) == (16, 4)
-
-
 def test_shipped_learner_config_loads():
     config = load_config(LearnerConfig, "configs/learner-demo.yaml")
     assert config.loss.name == "cfpo" and config.iterations == 16

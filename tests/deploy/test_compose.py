@@ -278,6 +278,11 @@ def test_gpu_profile_reserves_nvidia_devices_for_generation_and_learner(profile)
     if name == "gpu":
         generation = services["generation-gpu"]["command"]
         assert generation[generation.index("--device") + 1] == "cuda"
+        # Both on GPU 0 by default: CUDA IPC (NCCL cannot hold two ranks on one GPU), in one IPC namespace.
+        for service_name in ("generation-gpu", "learner-gpu"):
+            assert services[service_name]["environment"]["CFPO_WEIGHT_TRANSFER"] == "ipc"
+        assert services["generation-gpu"]["ipc"] == "shareable"
+        assert services["learner-gpu"]["ipc"] == "service:generation-gpu"
 
 
 @cache

@@ -58,7 +58,7 @@ def one(objs: list[dict], kind: str, component: str) -> dict:
 
 
 def pod(objs: list[dict], component: str) -> dict:
-    kind = "StatefulSet" if component == "redis" else "Deployment"
+    kind = "StatefulSet" if component in ("redis", "generation") else "Deployment"
     return one(objs, kind, component)["spec"]["template"]
 
 
@@ -102,7 +102,7 @@ def test_every_manifest_validates_against_kubernetes(values):
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds.count("Deployment") == 5 and kinds.count("NetworkPolicy") == 2
+    assert kinds.count("Deployment") == 4 and kinds.count("StatefulSet") == 2 and kinds.count("NetworkPolicy") == 2
     assert {"StatefulSet", "PersistentVolumeClaim", "Secret", "Service"} <= set(kinds)
 
 
@@ -119,10 +119,12 @@ def test_validation_is_strict():
     [
         ({"generation": {"replicas": "two"}}, "/generation/replicas"),
         ({"learner": {"gpu": 2}}, "'gpu' not allowed"),
-        ({"generation": {"gpus": 2}}, "/generation/gpus"),
+        ({"generation": {"gpus": 2}}, "generation.gpus: 2 GPUs per pod, but tensorParallel x dataParallel is 1"),
+        ({"generation": {"tensorParallel": 2}}, "vLLM on CPU runs without them"),
+        ({"weightTransfer": "ipc"}, "weightTransfer: ipc needs the learner and generation on one GPU in one pod"),
+        ({"weightTransfer": "gloo"}, "/weightTransfer"),
         ({"model": {"path": "/models/mine"}}, "/model/path"),
         ({"control": {"apiToken": {"value": "short"}}}, "/control/apiToken/value"),
-        ({"generation": {"replicas": 2}}, "stale weights"),
         ({"redis": {"enabled": False}}, "set externalRedis.url or externalRedis.existingSecret"),
         (
             {"reward": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}},  # null: unset
@@ -173,12 +175,12 @@ def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     assert (rollout.worker, rollout.metrics_host, rollout.metrics_port) == (True, "0.0.0.0", ports["rollout"])
 
     command = container(objs, "learner")["command"]
-    if command[0] == "deepspeed":
-        from deepspeed.launcher.runner import parse_args
+    if command[0] == "torchrun":
+        from torch.distributed.run import get_args_parser
 
-        launcher = parse_args(command[1:])
-        assert launcher.module and launcher.no_local_rank and launcher.user_script == "trainer"
-        learner_args = launcher.user_args
+        launcher = get_args_parser().parse_args(command[1:])
+        assert launcher.module and launcher.standalone and launcher.training_script == "trainer"
+        learner_args = launcher.training_script_args
     else:
         learner_args = serve_args(container(objs, "learner"), "learner")
     learner = learner_settings(learner_args)
@@ -207,11 +209,16 @@ def test_gpu_values_give_generation_and_learner_their_gpus():
     }
 
 
-@pytest.mark.parametrize(("count", "launcher"), [(1, ["cfpo", "serve", "learner"]), (4, ["deepspeed", "--num_gpus=4"])])
+@pytest.mark.parametrize(
+    ("count", "launcher"),
+    [(1, ["cfpo", "serve", "learner"]), (4, ["torchrun", "--standalone", "--nproc-per-node=4"])],
+)
 def test_learner_launcher_follows_its_gpu_count(count, launcher):
     main = container(objects({"learner": {"gpus": count}}), "learner")
     assert main["command"][: len(launcher)] == launcher
     assert gpus(main) == (count, count)
+    [threads] = [e for e in main["env"] if e["name"] == "OMP_NUM_THREADS"]
+    assert threads["valueFrom"]["resourceFieldRef"]["divisor"] == str(count)  # each rank's share of the CPUs
 
 
 def test_learner_generation_and_rollout_share_the_data_volume_at_one_path():
@@ -476,3 +483,42 @@ def test_every_value_is_documented():
     readme = (REPO_ROOT / "helm/README.md").read_text()
     undocumented = [p for p in paths(yaml.safe_load((CHART / "values.yaml").read_text())) if f"`{p}`" not in readme]
     assert undocumented == []
+
+
+def test_scale_out_renders_torchrun_every_generation_pod_and_nccl_access():
+    values = {
+        **GPU_VALUES,
+        "weightTransfer": "nccl",
+        "learner": {**GPU_VALUES["learner"], "gpus": 8},
+        "generation": {**GPU_VALUES["generation"], "replicas": 4, "gpus": 2, "tensorParallel": 2},
+    }
+    objs = objects(values)
+    for obj in objs:
+        if not obj["apiVersion"].startswith(CRD_GROUPS):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+
+    servers = one(objs, "StatefulSet", "generation")
+    service = one(objs, "Service", "generation")
+    assert servers["spec"]["replicas"] == 4 and servers["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"  # headless: one DNS name per pod
+    generation = container(objs, "generation")
+    assert {"--tensor-parallel-size=2", "--weight-transfer=nccl"} <= set(generation["command"])
+    assert gpus(generation) == (2, 2)
+
+    learner = container(objs, "learner")
+    assert learner["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=8"]
+    variables = env(learner)
+    name = service["metadata"]["name"]
+    assert variables["CFPO_GENERATION_URL"]["value"].split(",") == [f"http://{name}-{i}.{name}:8000" for i in range(4)]
+    assert variables["CFPO_WEIGHT_TRANSFER"]["value"] == "nccl"
+    assert variables["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env(container(objs, "rollout"))["CFPO_GENERATION_URL"] == variables["CFPO_GENERATION_URL"]
+
+    rules = one(objs, "NetworkPolicy", "generation")["spec"]["ingress"]
+    learner_labels = pod(objs, "learner")["metadata"]["labels"]
+    every_port = [r for r in rules if "ports" not in r]
+    assert len(every_port) == 1  # NCCL: the learner on any port, nobody else
+    [peer] = every_port[0]["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= learner_labels.items()
+    file_rules = one(objects(GPU_VALUES), "NetworkPolicy", "generation")["spec"]["ingress"]
+    assert all("ports" in r for r in file_rules)  # the file transport opens no more than the API port

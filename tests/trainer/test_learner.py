@@ -3,7 +3,7 @@
 import pytest
 
 from cfpo.config import LearnerConfig, LossConfig, OptimizerConfig
-from trainer.learner import Learner
+from trainer.learner import Learner, deepspeed_config
 from trainer.sampling import sample_batch
 
 pytestmark = pytest.mark.slow
@@ -195,3 +195,14 @@ def test_micro_batches_do_not_change_the_step(tiny_model_dir, batch, agg):
     )
     assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
+
+
+def test_accumulation_follows_the_minibatch_and_the_ranks():
+    config = LearnerConfig(batch_size=32, minibatches=2, micro_batch_size=4)
+    assert config.minibatch_size == 16
+    assert deepspeed_config(config)["gradient_accumulation_steps"] == 4
+    two_ranks = deepspeed_config(config, ranks=2)
+    assert (two_ranks["train_micro_batch_size_per_gpu"], two_ranks["gradient_accumulation_steps"]) == (4, 2)
+    assert deepspeed_config(LearnerConfig(batch_size=16), ranks=2)["train_micro_batch_size_per_gpu"] == 8
+    with pytest.raises(ValueError, match="learner.micro_batch_size: 3 ranks"):
+        deepspeed_config(config, ranks=3)

@@ -42,3 +42,18 @@ def test_a_new_layout_replaces_the_file(tmp_path):
     _assert_file_holds(staged.write(large), large)
     assert staged.path.stat().st_ino != first
     assert [p.name for p in staged.path.parent.iterdir()] == ["run-a.safetensors"]  # no partial file left
+
+
+def test_a_zero3_learner_stages_whole_tensors(tmp_path):
+    """ZeRO-3 leaves each rank an empty placeholder per parameter; the export gathers them first."""
+    from cfpo.config import LearnerConfig
+    from trainer.learner import Learner
+    from trainer.weight_sync import full_parameters
+
+    model_dir = build_tiny_model(tmp_path / "model", seed=1, tie_word_embeddings=True)
+    learner = Learner(model_dir, LearnerConfig(batch_size=4, zero_stage=3))
+    module = learner.engine.module
+    assert all(p.numel() == 0 for p in module.parameters())  # partitioned: a naive export would send nothing
+    with full_parameters(module):
+        path = StagedWeights(tmp_path / "staging", "zero3").write(module)
+    _assert_file_holds(path, AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))

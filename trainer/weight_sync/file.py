@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 from cfpo.clients.generation import GenerationClient, WeightUpdate
+from trainer.distributed import is_main
+from trainer.weight_sync import full_parameters, on_every_server
 
 _HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, the JSON header, then the tensor bytes
 _DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -80,17 +82,28 @@ def _same_layout(header: dict, state: dict[str, torch.Tensor]) -> bool:
 
 
 class FileWeightSync:
-    """The file transport: stage the model, then have generation load the file in place."""
+    """The file transport: rank 0 stages the model in ``directory`` (one file per run), then has every generation
+    server load the file in place, all at once, and label it with the same version."""
 
-    def __init__(self, client: GenerationClient, model: torch.nn.Module, staged: StagedWeights):
-        self.client, self.model, self.staged = client, model, staged
+    def __init__(self, servers: list[GenerationClient], directory: Path):
+        self.servers, self.directory = servers, directory
 
-    def push(self, version: int, *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
+    def push(self, model: torch.nn.Module, version: int, *, run: str, timeout: float = 120.0) -> WeightUpdate | None:
         started = time.perf_counter()
-        path = self.staged.write(self.model)
+        with full_parameters(model):
+            if not is_main():
+                return None
+            path = StagedWeights(self.directory, run).write(model)
         staging_seconds = time.perf_counter() - started
-        update = self.client.update_weights(path, version, run=run, timeout=timeout)
-        return dataclasses.replace(update, staging_seconds=staging_seconds)
+        updates = on_every_server(
+            self.servers, lambda server: server.update_weights(path, version, run=run, timeout=timeout)
+        )
+        slowest = max(updates, key=lambda update: update.seconds)
+        return dataclasses.replace(slowest, staging_seconds=staging_seconds)
+
+    def release(self, run: str) -> None:
+        if is_main():
+            StagedWeights(self.directory, run).remove()  # on tmpfs it holds a model's worth of memory
 
     def close(self) -> None:
-        self.staged.remove()  # on tmpfs it holds a model's worth of memory
+        pass

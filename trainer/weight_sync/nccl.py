@@ -1,51 +1,26 @@
-"""NCCL transport (GPU only): vLLM's native weight transfer, from the learner's GPU straight into the workers.
+"""NCCL transport (GPU only): vLLM's native NCCL broadcast, from the learner's rank 0 straight into every worker
+of every generation server.
 
-The generation server must run with ``--weight-transfer-config '{"backend": "nccl"}'`` (``cfpo serve
-generation`` adds it on CUDA). The learner's rank 0 joins an NCCL group with every generation worker once; each
-push then broadcasts the parameters while the server is paused, and labels the new version. On CPU the
-backend fails with "Cannot access accelerator device": use the file transport there.
+Rank 0 and the servers' workers form one group: world size 1 + the sum of the servers' ``/get_world_size``
+(tensor x pipeline x data parallel each), the workers from rank 1 (``native.ServerFanOut`` gives each server its
+offset). The learner's rank 0 listens at ``master_address:master_port``, which the generation workers must reach
+(in Kubernetes: the learner pod's IP). One GPU cannot hold two ranks of a group: a learner sharing its GPU with
+generation uses ``ipc``. On CPU vLLM refuses with "Cannot access accelerator device": the settings refuse it first.
 """
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-from cfpo.clients.generation import GenerationClient, PolicyVersion, WeightUpdate
+from cfpo.clients.generation import GenerationClient
+from trainer.distributed import rank
+from trainer.weight_sync.native import NativeWeightSync
 
 
-class NcclWeightSync:
-    """The NCCL transport (``WeightSync``): the learner is rank 0 of a group with every generation worker."""
+def nccl_weight_sync(servers: list[GenerationClient], *, master_address: str, master_port: int) -> NativeWeightSync:
+    def init_info(world_size: int):
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
-    def __init__(
-        self,
-        client: GenerationClient,
-        model: torch.nn.Module,
-        *,
-        master_address: str,
-        master_port: int,
-        generation_world_size: int = 1,
-    ):
-        from vllm.distributed.weight_transfer.base import ModuleSource
-        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
-
-        self.client = client
-        self.bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        init_info = NCCLTrainerInitInfo(
-            master_address=master_address, master_port=master_port, world_size=1 + generation_world_size, rank=0
-        )
-        self.engine = NCCLTrainerWeightTransferEngine.trainer_init(
-            init_info, client=HTTPVLLMWeightSyncClient(client.base_url), source=ModuleSource(model)
+        return NCCLTrainerInitInfo(
+            master_address=master_address, master_port=master_port, world_size=world_size, rank=rank()
         )
 
-    def push(self, version: int, *, run: str | None = None, timeout: float = 120.0) -> WeightUpdate:
-        started = time.perf_counter()
-        with self.client.paused(timeout=timeout):
-            self.engine.send_weights()
-            self.client.label_version(PolicyVersion(run, version))
-        return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=self.bytes)
-
-    def close(self) -> None:
-        self.engine.shutdown()
+    return NativeWeightSync(servers, "nccl", init_info)

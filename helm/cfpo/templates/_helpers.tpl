@@ -50,6 +50,16 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- printf "http://%s:%s" (include "cfpo.componentName" .) (include "cfpo.port" .component) }}
 {{- end }}
 
+{{/* Every generation pod by its own name, comma-separated (the StatefulSet's pods behind its headless Service). */}}
+{{- define "cfpo.generationUrls" -}}
+{{- $service := include "cfpo.componentName" (dict "root" . "component" "generation") }}
+{{- $urls := list }}
+{{- range $index := until (int .Values.generation.replicas) }}
+{{- $urls = append $urls (printf "http://%s-%d.%s:%s" $service $index $service (include "cfpo.port" "generation")) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+
 {{/* Where models and runs live, the same path in every pod: weight files are handed over by path. */}}
 {{- define "cfpo.dataPath" -}}/data{{- end }}
 
@@ -165,7 +175,9 @@ score samples there, the learner its held-out evaluations). */}}
 {{- define "cfpo.env.worker" -}}
 {{ include "cfpo.env.redis" . }}
 - name: CFPO_GENERATION_URL
-  value: {{ include "cfpo.url" (dict "root" . "component" "generation") | quote }}
+  value: {{ include "cfpo.generationUrls" . | quote }}
+- name: CFPO_WEIGHT_TRANSFER
+  value: {{ .Values.weightTransfer | quote }}
 - name: CFPO_REWARD_URL
   value: {{ include "cfpo.url" (dict "root" . "component" "reward") | quote }}
 {{- end }}
@@ -195,6 +207,9 @@ metadata:
     {{- include "cfpo.labels" . | nindent 4 }}
 spec:
   type: {{ .type | default "ClusterIP" }}
+  {{- if .headless }}
+  clusterIP: None
+  {{- end }}
   selector:
     {{- include "cfpo.selectorLabels" . | nindent 4 }}
   ports:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from cfpo.clients.generation import GenerationClient, PolicyVersion, WeightUpdateError
+from cfpo.clients.generation import GenerationClient, GenerationError, PolicyVersion, WeightUpdateError
 from cfpo.models import build_tiny_model
 from cfpo.sample import Sample
 from tests.servers import free_port, python_module, running
@@ -162,7 +162,8 @@ def test_update_changes_outputs_and_matches_transformers(served, tmp_path):
     new_version = served.version + 5
 
     staged = StagedWeights(tmp_path, "run-a")
-    update = FileWeightSync(served.client, served.model, staged).push(new_version, run="run-a", timeout=60)
+    update = FileWeightSync([served.client], tmp_path).push(served.model, new_version, run="run-a", timeout=60)
+    assert update is not None
     served.version = new_version
 
     tensors = {k: v for k, v in served.model.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
@@ -186,7 +187,7 @@ def _greedy(served):
 
 def test_restaging_reaches_generation_only_through_a_push(served, tmp_path):
     staged = StagedWeights(tmp_path, "run-b")
-    FileWeightSync(served.client, served.model, staged).push(served.version + 1, run="run-b", timeout=60)
+    FileWeightSync([served.client], tmp_path).push(served.model, served.version + 1, run="run-b", timeout=60)
     served.version += 1
     file_before, outputs_before = staged.path.stat().st_ino, _greedy(served)
     torch.manual_seed(8)
@@ -249,3 +250,14 @@ def test_many_seeded_requests_at_once_all_complete_and_repeat_exactly(served):
         together = list(pool.map(generate, range(len(prompts))))
     assert all(len(group) == 4 and all(group) for group in together)
     assert generate(3) == together[3]  # a seed gives the same completions alone as in a crowd
+
+
+def test_a_timed_out_pause_leaves_the_server_serving(served):
+    """``/pause`` waits for requests in flight; when it outlasts the client's timeout, the client still resumes."""
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(served.client.generate, served.prompt_ids[0], max_tokens=400, timeout=120)
+        time.sleep(0.3)
+        with pytest.raises(GenerationError, match="timed out"), served.client.paused(timeout=0.05):
+            pass
+        in_flight.result()
+    assert served.client.generate(served.prompt_ids[1], max_tokens=2, timeout=30)  # paused, it would time out
