@@ -507,6 +507,8 @@ def test_scale_out_renders_torchrun_every_generation_pod_and_nccl_access():
 
     learner = container(objs, "learner")
     assert learner["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=8"]
+    memory = {kind: learner["resources"][kind]["memory"] for kind in ("requests", "limits")}
+    assert memory == {"requests": "656Gi", "limits": "656Gi"}  # 16Gi of shm + 8 ranks x 80Gi
     variables = env(learner)
     name = service["metadata"]["name"]
     assert variables["CFPO_GENERATION_URL"]["value"].split(",") == [f"http://{name}-{i}.{name}:8000" for i in range(4)]

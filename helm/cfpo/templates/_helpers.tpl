@@ -133,6 +133,16 @@ need both equal). */}}
 {{- $_ := set $resources "requests" (merge (dict "nvidia.com/gpu" .) ($resources.requests | default dict)) }}
 {{- $_ := set $resources "limits" (merge (dict "nvidia.com/gpu" .) ($resources.limits | default dict)) }}
 {{- end -}}
+{{- with $values.memoryPerRankGiB }}
+{{- /* Each rank loads the model on CPU first, and the memory-backed /dev/shm counts against the limit too. */}}
+{{- $shm := $values.shmSize | default "0Gi" }}
+{{- if not (hasSuffix "Gi" $shm) }}
+{{- fail (printf "%s.shmSize: %s; with memoryPerRankGiB give it in Gi (e.g. 16Gi)" $.component $shm) }}
+{{- end }}
+{{- $memory := printf "%dGi" (add (mul (max 1 (int $values.gpus)) (int .)) (int (trimSuffix "Gi" $shm))) }}
+{{- $_ := set $resources "requests" (merge (dict "memory" $memory) (omit ($resources.requests | default dict) "memory")) }}
+{{- $_ := set $resources "limits" (merge (dict "memory" $memory) (omit ($resources.limits | default dict) "memory")) }}
+{{- end -}}
 resources:
   {{- toYaml $resources | nindent 2 }}
 {{- end }}
