@@ -15,6 +15,7 @@ LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "reinforce"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 DAPO_DEFAULT_EPS_HIGH = 0.28
+MAX_BATCH_SIZE = 65_536  # sequences per rollout step: beyond this, a typo rather than a plan
 Anchor = Literal["behaviour", "proximal"]  # what the trust region's ratio is taken against (LossConfig.ratio_reference)
 
 
@@ -125,10 +126,12 @@ class LearnerConfig(StrictModel):
 
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
-    batch_size: int = Field(32, gt=0, description="sequences per rollout batch (prompts x G)")
-    iterations: int = Field(1, ge=1, description="passes over each batch (the paper's mu)")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per pass (the paper's batch ratio)")
-    micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward; default a whole minibatch")
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH_SIZE, description="sequences per rollout batch (prompts x G)")
+    iterations: int = Field(1, ge=1, le=64, description="passes over each batch (the paper's mu)")
+    minibatches: int = Field(1, ge=1, le=4096, description="optimizer steps per pass (the paper's batch ratio)")
+    micro_batch_size: int | None = Field(
+        None, gt=0, le=MAX_BATCH_SIZE, description="sequences per forward; default a whole minibatch"
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are of logits / T")
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs that have it, else fp32")

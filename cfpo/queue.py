@@ -50,6 +50,23 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
 
+# Every reply takes milliseconds and the longest blocking read 0.2 s: a call still waiting after this long is on a
+# half-open connection or a hung server, and fails (redis.TimeoutError, a RedisError) instead of hanging forever.
+REDIS_SOCKET_TIMEOUT_S = 30.0
+
+
+def connect(redis_url: str, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT_S) -> redis.Redis:
+    """The one way this project opens Redis: connect and reply timeouts, TCP keepalive, and a PING before reusing a
+    connection idle for longer than the timeout, so a dead peer is found before a command is lost to it."""
+    return redis.Redis.from_url(
+        redis_url,
+        socket_connect_timeout=min(socket_timeout, 10.0),
+        socket_timeout=socket_timeout,
+        socket_keepalive=True,
+        health_check_interval=int(socket_timeout),
+    )
+
+
 class QueueSettings(StrictModel):
     redis_url: str = Field(
         default_factory=environment("REDIS_URL", DEFAULT_REDIS_URL),
@@ -132,7 +149,7 @@ class RolloutQueue:
     def __init__(self, run_id: str, settings: QueueSettings | None = None):
         self.keys = RunKeys(run_id)
         self.settings = settings or QueueSettings()
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = connect(self.settings.redis_url)
         self._append_if_room = self.redis.register_script(_APPEND_IF_ROOM)
         self._create_consumer_group()
 
@@ -170,8 +187,9 @@ class RolloutQueue:
     def read(self, consumer: str, count: int = 1, block_ms: int | None = None) -> list[QueueEntry]:
         """Up to ``count`` groups never delivered before, oldest first; they stay pending on ``consumer`` until acked.
 
-        ``block_ms``: wait that long for a first entry (None: do not wait; 0: wait forever). Malformed entries are
-        dead-lettered on the way, so fewer than ``count`` may come back even when more were waiting.
+        ``block_ms``: wait that long for a first entry (None: do not wait; keep it below the socket timeout).
+        Malformed entries are dead-lettered on the way, so fewer than ``count`` may come back even when more were
+        waiting.
         """
         reply = self.redis.xreadgroup(CONSUMER_GROUP, consumer, {self.keys.rollouts: ">"}, count=count, block=block_ms)
         streams = cast(list[list[Any]], reply)  # RESP2: [[stream name, list of _StreamEntry]], or [] for none

@@ -37,7 +37,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -47,7 +46,8 @@ from typing import Any, Literal, NamedTuple, cast, get_args
 import redis
 from pydantic import BaseModel, Field, computed_field
 
-from cfpo.queue import DEFAULT_REDIS_URL, RunKeys
+from cfpo.config import environment
+from cfpo.queue import DEFAULT_REDIS_URL, RunKeys, connect
 from cfpo.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class RunRegistry:
     the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``record_step``, ``is_cancelled``, ``finish``)."""
 
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
-        self.redis = redis.Redis.from_url(redis_url or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+        self.redis = connect(redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)())
         self.history_length = history_length  # step entries kept per run; older ones are trimmed
         self._scripts = {
             name: self.redis.register_script(source)

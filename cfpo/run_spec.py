@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from cfpo.advantages import AdvantageName
-from cfpo.config import LearnerConfig, LossConfig, StrictModel
+from cfpo.config import MAX_BATCH_SIZE, LearnerConfig, LossConfig, StrictModel
 from cfpo.tasks import ArithmeticTask, TaskSpec
 
 
@@ -29,8 +29,8 @@ class StalenessConfig(StrictModel):
     """
 
     mode: Literal["bounded", "fixed"] = "bounded"
-    max_staleness: int = Field(4, ge=0, description="bounded mode: the largest staleness admitted")
-    k: int = Field(0, ge=0, description="fixed mode: the exact staleness of every step after warm-up")
+    max_staleness: int = Field(4, ge=0, le=1000, description="bounded mode: the largest staleness admitted")
+    k: int = Field(0, ge=0, le=1000, description="fixed mode: the exact staleness of every step after warm-up")
 
     @property
     def bound(self) -> int:
@@ -38,16 +38,17 @@ class StalenessConfig(StrictModel):
 
 
 class RolloutConfig(StrictModel):
-    group_size: int = Field(4, ge=2, description="completions per prompt (G)")
-    prompts_per_step: int = Field(4, ge=1)
-    max_tokens: int = Field(64, ge=1, description="completion length limit")
+    group_size: int = Field(4, ge=2, le=1024, description="completions per prompt (G)")
+    prompts_per_step: int = Field(4, ge=1, le=4096)
+    max_tokens: int = Field(64, ge=1, le=131_072, description="completion length limit")
     advantage: AdvantageName = "grpo"
     drop_zero_variance: bool = Field(True, description="replace groups whose rewards are all equal")
     rewards: dict[str, float] | None = Field(None, description="reward functions and weights; default: the task's")
-    request_timeout: float = Field(120.0, gt=0, description="seconds for one generation or reward call")
+    request_timeout: float = Field(120.0, gt=0, le=3600, description="seconds for one generation or reward call")
     max_inflight_groups: int | None = Field(
         None,
         ge=1,
+        le=4096,
         description="groups one rollout worker keeps in flight at once (generating, scoring, waiting for "
         "admission); default: every group admission control can admit at once",
     )
@@ -60,8 +61,10 @@ class EvaluationConfig(StrictModel):
     last one (``every: 0``: before and after only); ``problems: 0`` turns evaluation off.
     """
 
-    problems: int = Field(32, ge=0, description="held-out problems per evaluation (0: no evaluation)")
-    every: int = Field(0, ge=0, description="steps between evaluations (0: only before and after training)")
+    problems: int = Field(32, ge=0, le=100_000, description="held-out problems per evaluation (0: no evaluation)")
+    every: int = Field(
+        0, ge=0, le=1_000_000, description="steps between evaluations (0: only before and after training)"
+    )
 
 
 class RunSpec(StrictModel):
@@ -71,9 +74,12 @@ class RunSpec(StrictModel):
     learner: LearnerConfig = LearnerConfig()
     staleness: StalenessConfig = StalenessConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    steps: int = Field(20, ge=1, description="rollout batches to train on")
-    sync_every: int = Field(1, ge=1, description="optimizer steps between weight pushes to generation")
-    checkpoint_every: int = Field(5, ge=1, description="steps between checkpoints")
+    steps: int = Field(20, ge=1, le=1_000_000, description="rollout batches to train on")
+    sync_every: int = Field(1, ge=1, le=10_000, description="optimizer steps between weight pushes to generation")
+    checkpoint_every: int = Field(5, ge=1, le=1_000_000, description="steps between checkpoints")
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, description="checkpoints kept on disk: the newest K, plus any with a file named keep in it"
+    )
     seed: int = 0
 
     @model_validator(mode="before")
@@ -90,6 +96,11 @@ class RunSpec(StrictModel):
         except ValidationError:
             return data
         batch_size = rollout.prompts_per_step * rollout.group_size
+        if batch_size > MAX_BATCH_SIZE:
+            raise ValueError(
+                f"rollout.prompts_per_step x rollout.group_size: {batch_size} sequences per step, more than "
+                f"{MAX_BATCH_SIZE}; make either smaller"
+            )
         learner = data.get("learner") or {}
         if isinstance(learner, LearnerConfig):
             learner = learner.model_dump()

@@ -23,6 +23,7 @@ import torch
 from cfpo.config import LearnerConfig
 from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored, bucket_key
 from cfpo.sample import Sample
+from trainer.checkpoints import TAG_PREFIX
 from trainer.distributed import gathered, init_distributed, quiet_deepspeed, rank, world_size
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
 from trainer.losses import aggregation_normaliser, policy_loss, trust_region_metrics
@@ -313,7 +314,7 @@ class Learner:
 
     def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:
         """Save engine, optimizer and version under a tag named by the version; returns the tag."""
-        tag = f"version-{self.version}"
+        tag = f"{TAG_PREFIX}{self.version}"
         state = {"version": self.version, **(client_state or {})}
         self.engine.save_checkpoint(str(directory), tag=tag, client_state={CLIENT_STATE_KEY: state})
         return tag

@@ -31,6 +31,7 @@ from cfpo.run_spec import RunSpec
 from cfpo.sample import Sample
 from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
 from trainer.assembler import StepAssembler
+from trainer.checkpoints import prune_checkpoints
 from trainer.distributed import broadcast_from_main
 from trainer.held_out import HeldOutEvaluator
 from trainer.learner import StepResult
@@ -206,6 +207,7 @@ class MainPlane:
 
     def checkpointed(self, entry_ids: list[str]) -> None:
         self.queue.ack(entry_ids)  # only now is their effect safe from a crash
+        prune_checkpoints(self.paths.checkpoints, self.spec.keep_checkpoints)
 
     def evaluation_due(self, completed_steps: int) -> bool:
         return broadcast_from_main(self.evaluator is not None and self.evaluator.due(completed_steps))

@@ -61,8 +61,8 @@ class ArithmeticTask(StrictModel):
     kind: Literal["arithmetic"] = "arithmetic"
     difficulty: tuple[int, ...] = Field((2,), description="level(s) 1-5; with several, each problem draws one")
     seed: int = 0
-    train_size: int = Field(1000, gt=0)
-    eval_size: int = Field(100, gt=0)
+    train_size: int = Field(1000, gt=0, le=10_000_000)
+    eval_size: int = Field(100, gt=0, le=100_000)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of all expressions held out for eval")
     template: str = Field(DEFAULT_TEMPLATE, description="the user message; '{expression}' marks the expression")
 

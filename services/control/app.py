@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
+from cfpo.asgi_guards import BodyLimit, LoopbackHosts
 from cfpo.metrics import (
     CONTROL_REQUESTS,
     CONTROL_RUNS_QUEUED,
@@ -94,6 +95,9 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, setting="max_body_bytes")
+    if settings.token is None:  # then it listens on loopback only (the settings' rule): refuse rebound names
+        app.add_middleware(LoopbackHosts)
 
     @app.middleware("http")
     async def count(request: Request, call_next):

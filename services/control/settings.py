@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from cfpo.asgi_guards import is_loopback
 from cfpo.config import StrictModel, environment
 from cfpo.queue import DEFAULT_REDIS_URL
-
-LOOPBACK_NAMES = ("localhost",)
 
 
 def _token_from_environment() -> SecretStr | None:
@@ -37,6 +35,9 @@ class ControlSettings(StrictModel):
     )
     reap_interval_s: float = Field(5.0, gt=0, description="how often to look for such runs")
     history_length: int = Field(10_000, ge=1, description="per-step metric entries kept per run")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="larger request bodies are refused (413) before they are read, token or not"
+    )
     token: SecretStr | None = Field(
         default_factory=_token_from_environment,
         description="bearer token every route but /health, /metrics and the docs requires: $CFPO_API_TOKEN, or token "
@@ -53,18 +54,9 @@ class ControlSettings(StrictModel):
     @model_validator(mode="after")
     def _no_open_door(self) -> ControlSettings:
         """The API starts runs on the cluster: beyond loopback it must not answer without a token."""
-        if self.token is None and not _is_loopback(self.host):
+        if self.token is None and not is_loopback(self.host):
             raise ValueError(
                 f"host: listening on {self.host} without a token would let anyone who reaches it start and cancel "
                 "runs; set CFPO_API_TOKEN, or listen on 127.0.0.1"
             )
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -71,6 +71,7 @@ def server_command(settings: GenerationSettings) -> tuple[list[str], dict[str, s
         "vllm",  # the model's sampling defaults (top-k, top-p) would bend the log-probs
         "--worker-extension-cls",
         WORKER_EXTENSION,
+        "--disable-uvicorn-access-log",  # rollout workers poll /weight_info many times a second: a line each
         *(["--max-model-len", str(settings.max_model_len)] if settings.max_model_len else []),
         *(["--served-model-name", settings.served_model_name] if settings.served_model_name else []),
         *(["--tensor-parallel-size", str(settings.tensor_parallel_size)] if settings.tensor_parallel_size > 1 else []),

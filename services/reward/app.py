@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ExceptionHandler
 
+from cfpo.asgi_guards import BodyLimit, LoopbackHosts, is_loopback
 from cfpo.metrics import REWARD_REQUEST_SECONDS, REWARD_REQUESTS, Recorder
 from services.reward.functions import REGISTRY
 from services.reward.pool import VerifierPool
@@ -21,28 +22,6 @@ from services.reward.scoring import score_items
 from services.reward.settings import RewardSettings
 
 SCORE_PATH = "/v1/score"
-
-
-class BodyLimit:
-    """Refuses a body over ``max_bytes`` from its Content-Length, before reading it (uvicorn has no limit)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length")
-            problem = None
-            if length is None and b"transfer-encoding" in headers:
-                problem = 411, "request body: send it with a Content-Length header"
-            elif length is not None and int(length) > self.max_bytes:
-                problem = 413, f"request body: {int(length)} bytes is over the limit of {self.max_bytes} (max_body_mb)"
-            if problem:
-                await JSONResponse({"detail": problem[1]}, status_code=problem[0])(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _unprocessable(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -72,7 +51,9 @@ def create_app(settings: RewardSettings, recorder: Recorder) -> FastAPI:
             app.state.pool.close()
 
     app = FastAPI(title="CFPO reward service", description=_description(settings), lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20))
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20), setting="max_body_mb")
+    if is_loopback(settings.host):  # no token: on loopback, refuse names rebound to it
+        app.add_middleware(LoopbackHosts)
     # Starlette types handlers on Exception; it calls this one with the RequestValidationError it is registered for.
     app.add_exception_handler(RequestValidationError, cast(ExceptionHandler, _unprocessable))
 

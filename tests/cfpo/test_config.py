@@ -86,3 +86,28 @@ def test_cispo_lower_bound_is_off_unless_given():
     assert LossConfig(name="cispo").cispo_eps_low is None
     with pytest.raises(ValidationError, match="cispo_eps_low"):
         LossConfig(name="cispo", cispo_eps_low=1.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"rollout": {"group_size": 10**6}}, "rollout.group_size"),
+        ({"rollout": {"max_tokens": 10**9}}, "rollout.max_tokens"),
+        ({"rollout": {"prompts_per_step": 4096, "group_size": 1024}}, "rollout.prompts_per_step x rollout.group_size"),
+        ({"steps": 10**9}, "steps"),
+        ({"learner": {"iterations": 10**4}}, "learner.iterations"),
+        (
+            {"staleness": {"mode": "fixed", "k": 10**6}, "learner": {"loss": {"ratio_reference": "proximal"}}},
+            "staleness",
+        ),
+        ({"evaluation": {"problems": 10**7}}, "evaluation.problems"),
+        ({"task": {"kind": "arithmetic", "train_size": 10**9}}, "task.arithmetic.train_size"),
+    ],
+)
+def test_absurd_sizes_are_refused_naming_the_field(changes, field):
+    from cfpo.config import describe_validation_error
+    from cfpo.run_spec import RunSpec
+
+    with pytest.raises(ValidationError) as refused:
+        RunSpec.model_validate({"model": "models/tiny", **changes})
+    assert describe_validation_error(refused.value).startswith(field)

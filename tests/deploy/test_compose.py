@@ -30,6 +30,7 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 GRAFANA = REPO_ROOT / "deploy/grafana"
 DOCKERFILES = {"cpu": REPO_ROOT / "deploy/docker/Dockerfile", "gpu": REPO_ROOT / "deploy/docker/Dockerfile.gpu"}
 TOKEN = "compose-test-token"
+REDIS_PASSWORD = "composeRedisPassword0"
 
 ALWAYS = {"redis", "model", "reward", "control", "rollout", "prometheus", "grafana"}
 PROFILES = {"cpu": ALWAYS | {"generation-cpu", "learner-cpu"}, "gpu": ALWAYS | {"generation-gpu", "learner-gpu"}}
@@ -72,7 +73,9 @@ def profile(request) -> tuple[str, dict[str, dict]]:
     """(profile, its active services) from the resolved config. Compose v1's `config` prints every service with its
     `profiles` (v2 prints only the active ones), so the selection Compose applies at `up` is applied here."""
     args, env = INVOCATIONS[request.param][0]
-    return request.param, active(resolved(*args, CFPO_API_TOKEN=TOKEN, **env), {request.param})
+    return request.param, active(
+        resolved(*args, CFPO_API_TOKEN=TOKEN, CFPO_REDIS_PASSWORD=REDIS_PASSWORD, **env), {request.param}
+    )
 
 
 def active(config: dict, profiles: set[str]) -> dict[str, dict]:
@@ -127,7 +130,7 @@ def probe_url(service: dict) -> str:
 @needs_compose
 @pytest.mark.parametrize("args, env", [case for cases in INVOCATIONS.values() for case in cases])
 def test_compose_config_accepts_the_file(args, env):
-    result = run_compose(*args, "config", "--quiet", CFPO_API_TOKEN=TOKEN, **env)
+    result = run_compose(*args, "config", "--quiet", CFPO_API_TOKEN=TOKEN, CFPO_REDIS_PASSWORD=REDIS_PASSWORD, **env)
     assert result.returncode == 0, result.stderr
 
 
@@ -156,7 +159,7 @@ def test_api_token_comes_from_the_environment(profile, monkeypatch):
     assert services["control"]["environment"]["CFPO_API_TOKEN"] == TOKEN
     assert [name for name, s in services.items() if "CFPO_API_TOKEN" in (s.get("environment") or {})] == ["control"]
     # Without one, compose passes it empty, and the API, told to listen beyond loopback, refuses to start.
-    control = active(resolved(), {"cpu"})["control"]
+    control = active(resolved(CFPO_REDIS_PASSWORD=REDIS_PASSWORD), {"cpu"})["control"]
     command = control["command"]
     for key, value in control["environment"].items():
         monkeypatch.setenv(key, value)
@@ -186,7 +189,9 @@ def test_only_user_facing_services_publish_ports_on_loopback(profile):
     assert {name for name, s in services.items() if published(s)} == USER_FACING
     for name in USER_FACING:  # unless CFPO_PUBLISH_ADDRESS widens it
         assert {host for host, _ in published(services[name])} == {"127.0.0.1"}, name
-    widened = active(resolved(CFPO_API_TOKEN=TOKEN, CFPO_PUBLISH_ADDRESS="0.0.0.0"), {"cpu"})
+    widened = active(
+        resolved(CFPO_API_TOKEN=TOKEN, CFPO_REDIS_PASSWORD=REDIS_PASSWORD, CFPO_PUBLISH_ADDRESS="0.0.0.0"), {"cpu"}
+    )
     assert {host for name in USER_FACING for host, _ in published(widened[name])} == {"0.0.0.0"}
 
 
@@ -216,6 +221,20 @@ def test_long_running_services_have_health_checks_on_their_own_ports(profile):
         assert service["healthcheck"]["test"][0] == "CMD" and not service["healthcheck"].get("disable"), name
         if name != "redis":  # the others answer HTTP
             assert urlsplit(probe_url(service)).port in container_ports(service), name
+
+
+@needs_compose
+def test_redis_asks_every_client_for_the_password_from_the_environment(profile):
+    _, services = profile
+    redis = services["redis"]
+    assert redis["command"][redis["command"].index("--requirepass") + 1] == REDIS_PASSWORD
+    assert redis["environment"]["REDISCLI_AUTH"] == REDIS_PASSWORD  # the health check's redis-cli
+    urls = {
+        name: s["environment"]["REDIS_URL"] for name, s in services.items() if "REDIS_URL" in s.get("environment", {})
+    }
+    assert urls and set(urls.values()) == {f"redis://:{REDIS_PASSWORD}@redis:6379/0"}
+    missing = run_compose("config", CFPO_API_TOKEN=TOKEN)
+    assert missing.returncode != 0 and "set CFPO_REDIS_PASSWORD" in missing.stderr
 
 
 @needs_compose

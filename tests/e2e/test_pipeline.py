@@ -112,3 +112,13 @@ def test_poisoned_entry_is_set_aside_and_the_run_finishes(start_run):
         [letter] = queue.dead_letters()
         assert queue.dead_letter_count() == 1
     assert "unknown schema version '99'" in letter.reason
+
+
+def test_a_long_run_keeps_only_its_newest_checkpoints(start_run):
+    """A 40-step run checkpointing every 5 steps writes 8 checkpoints and keeps 2 (``keep_checkpoints``)."""
+    run = start_run(_with(steps=40, checkpoint_every=5, rollout__prompts_per_step=2))
+    run.start_learner()
+    run.wait(timeout=400)
+    checkpoints = run.directory / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["version-35", "version-40"]
+    assert (checkpoints / "latest").read_text().strip() == "version-40"

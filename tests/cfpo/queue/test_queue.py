@@ -1,12 +1,15 @@
 """The rollout queue against a real redis-server: delivery, acknowledgement, reclaim, dead letters, backpressure."""
 
+import os
+import signal
 import threading
 import time
 
 import pytest
+import redis as redis_py
 from pydantic import ValidationError
 
-from cfpo.queue import CONSUMER_GROUP, QueueFull, QueueSettings, RolloutQueue, RunKeys
+from cfpo.queue import CONSUMER_GROUP, QueueFull, QueueSettings, RolloutQueue, RunKeys, connect
 from cfpo.rollout_group import encode_group
 from tests.cfpo.queue.groups import MALFORMED, make_group
 
@@ -230,3 +233,18 @@ def test_settings_take_redis_url_from_the_environment(monkeypatch):
     assert QueueSettings().redis_url == "redis://cache.internal:6380/2"
     with pytest.raises(ValidationError, match="max_lenght"):
         QueueSettings(max_lenght=3)
+
+
+def test_a_hung_redis_fails_a_call_instead_of_hanging_it(redis_url):
+    """SIGSTOP keeps the connection open and unanswered, as a half-open connection or a hung server does."""
+    client = connect(redis_url, socket_timeout=1.0)
+    pid = int(client.info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis_py.TimeoutError):
+            client.get("anything")
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.ping()  # and the client works again once the server answers

@@ -1,5 +1,9 @@
 """With a token configured, every run route wants exactly that bearer token; /health, /metrics and the docs do not."""
 
+import socket
+import time
+from urllib.parse import urlsplit
+
 import pytest
 
 from tests.services.control.conftest import control_api, spec
@@ -50,3 +54,24 @@ def test_probes_scrapes_and_docs_need_no_token(api, path):
 def test_without_a_token_configured_the_api_is_open_on_loopback(redis_url, tmp_path):
     with control_api(redis_url, tmp_path / "api.log", token=None) as open_api, open_api.client() as http:
         assert http.get("/v1/runs").status_code == 200
+        # DNS rebinding: a page's requests reach 127.0.0.1 under the page's own host name, and are refused.
+        rebound = http.get("/v1/runs", headers={"Host": "attacker.example:8080"})
+        assert rebound.status_code == 400 and "not a loopback name" in rebound.json()["detail"]
+        assert http.get("/v1/runs", headers={"Host": "localhost"}).status_code == 200
+
+
+def test_a_huge_body_is_refused_before_the_token_and_unread(api):
+    """A 2 GB upload without a token: refused from its declared length at once, never read into memory."""
+    address = urlsplit(api.url)
+    started = time.monotonic()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2147483648\r\n\r\n" + b"{" * 65536  # a start of the body; the rest never comes
+        )
+        reply = raw.makefile("rb")
+        status = reply.readline().decode()
+        headers = dict(line.decode().strip().lower().split(": ", 1) for line in iter(reply.readline, b"\r\n"))
+        body = reply.read(int(headers["content-length"])).decode()
+    assert status.startswith("HTTP/1.1 413") and "max_body_bytes" in body
+    assert time.monotonic() - started < 5

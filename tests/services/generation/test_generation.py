@@ -40,6 +40,7 @@ class Served:
     prompt_ids: list[list[int]]
     eos_token_id: int
     session: int  # the server's session id, shared by vLLM's engine and worker processes
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def served(tmp_path_factory):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         client = GenerationClient(url)
         yield Served(
-            client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id, server.pid
+            client, url, model, 0, [tokenizer(p).input_ids for p in PROMPTS], tokenizer.eos_token_id, server.pid, log
         )
         client.close()
 
@@ -255,9 +256,17 @@ def test_many_seeded_requests_at_once_all_complete_and_repeat_exactly(served):
 def test_a_timed_out_pause_leaves_the_server_serving(served):
     """``/pause`` waits for requests in flight; when it outlasts the client's timeout, the client still resumes."""
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(served.client.generate, served.prompt_ids[0], max_tokens=400, timeout=120)
-        time.sleep(0.3)
+        # 8 x 400 tokens: long enough on a busy machine that it is still running when /pause comes
+        in_flight = pool.submit(served.client.generate, served.prompt_ids[0], n=8, max_tokens=400, timeout=120)
+        time.sleep(0.2)
         with pytest.raises(GenerationError, match="timed out"), served.client.paused(timeout=0.05):
             pass
         in_flight.result()
     assert served.client.generate(served.prompt_ids[1], max_tokens=2, timeout=30)  # paused, it would time out
+
+
+def test_polling_the_version_writes_no_log_lines(served):
+    """Rollout workers ask for the served version many times a second; the log must not grow with it."""
+    for _ in range(20):
+        served.client.version()
+    assert "GET /weight_info HTTP" not in served.log.read_text()  # uvicorn's access line (the route list names it)
