@@ -30,7 +30,8 @@ class RunWorkerSettings(StrictModel):
     run_id: str | None = Field(None, min_length=1, description="the run's id (its Redis keys are run:<id>:...)")
     worker: bool = Field(False, description="take the runs of the control API's registry instead")
     generation_urls: list[str] = Field(
-        default_factory=lambda: environment("CFPO_GENERATION_URL", DEFAULT_GENERATION_URL)().split(","),
+        default_factory=environment("CFPO_GENERATION_URL", DEFAULT_GENERATION_URL),
+        validate_default=True,  # the environment's value is split and checked as a flag's would be
         min_length=1,
         description="generation servers: one, or several independent ones, each its own vLLM ($CFPO_GENERATION_URL, "
         "separated by commas)",
