@@ -44,6 +44,9 @@ class RunWorkerSettings(StrictModel):
     metrics_host: str = Field(
         "127.0.0.1", min_length=1, description="address /metrics listens on (containers: 0.0.0.0)"
     )
+    metrics_retention_s: float = Field(
+        120.0, ge=0, description="seconds an ended run's series stay on /metrics (for the last scrapes), then go"
+    )
 
     @field_validator("generation_urls", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ happens to answer a scrape. To add a service's metrics, add ``Metric`` constants
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
@@ -67,10 +68,32 @@ class PrometheusRecorder:
             else:
                 made = prom.Histogram(m.name, m.help, m.labels, buckets=m.buckets, registry=self._registry)
             self._metrics[m.name] = made
+        self._label_names = {m.name: tuple(m.labels) for m in metrics}
+        self._series: dict[str, set[tuple[str, ...]]] = {name: set() for name in self._metrics}
+        self._lock = threading.Lock()
 
     def _child(self, metric: Metric, labels: dict[str, str]):
         made = self._metrics[metric.name]
-        return made.labels(**labels) if labels else made
+        if not labels:
+            return made
+        with self._lock:
+            self._series[metric.name].add(tuple(labels[name] for name in metric.labels))
+        return made.labels(**labels)
+
+    def forget_run(self, run: str) -> int:
+        """Remove every series labelled ``run``: a long-lived worker would otherwise export each run it ever
+        trained until it restarts. Returns how many went."""
+        removed = 0
+        with self._lock:
+            for name, series in self._series.items():
+                labels = self._label_names[name]
+                if "run" not in labels:
+                    continue
+                for values in [v for v in series if v[labels.index("run")] == run]:
+                    self._metrics[name].remove(*values)
+                    series.discard(values)
+                    removed += 1
+        return removed
 
     def inc(self, metric: Metric, amount: float = 1.0, **labels: str) -> None:
         self._child(metric, labels).inc(amount)
@@ -91,6 +114,13 @@ class PrometheusRecorder:
         from prometheus_client import generate_latest
 
         return generate_latest(self._registry)
+
+
+def forget_run_later(recorder: PrometheusRecorder, run: str, after_s: float) -> None:
+    """Remove ``run``'s series once the scrapes after its end have had time to take its last values."""
+    timer = threading.Timer(after_s, recorder.forget_run, args=(run,))
+    timer.daemon = True
+    timer.start()
 
 
 class RayRecorder:

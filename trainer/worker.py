@@ -20,7 +20,7 @@ from typing import Literal
 from cfpo.clients.generation import GenerationClient
 from cfpo.clients.reward import RewardClient
 from cfpo.entrypoint import load_or_exit
-from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder
+from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder, forget_run_later
 from cfpo.queue import QueueSettings, RolloutQueue
 from cfpo.registry import FinalState, Heartbeat, RunRegistry, RunStateError
 from cfpo.run_spec import RunSpec
@@ -170,6 +170,7 @@ def serve_queued_runs(process: LearnerProcess, poll_seconds: float = 1.0) -> Non
                 else:
                     reason = None
             _finish(registry, claim.run_id, state, reason)
+            forget_run_later(process.recorder, claim.run_id, process.settings.metrics_retention_s)
             if state == "failed" and world_size() > 1:
                 raise SystemExit(f"run {claim.run_id} failed; the learner's ranks restart together")
 

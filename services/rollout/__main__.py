@@ -14,7 +14,7 @@ import threading
 from cfpo.clients.generation import GenerationPool
 from cfpo.clients.reward import RewardClient
 from cfpo.entrypoint import Entrypoint, load_or_exit, log_to_stderr
-from cfpo.metrics import ROLLOUT_METRICS, PrometheusRecorder
+from cfpo.metrics import ROLLOUT_METRICS, PrometheusRecorder, forget_run_later
 from cfpo.queue import QueueSettings, RolloutQueue
 from cfpo.registry import RunNotFound, RunRegistry
 from cfpo.run_spec import RunSpec
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
     clients = (GenerationPool(settings.generation_urls), RewardClient(settings.reward_url))
     stopping = threading.Event()
     if settings.worker:
-        _serve_running_runs(settings.redis_url, clients, recorder, stopping)
+        _serve_running_runs(settings.redis_url, clients, recorder, stopping, settings.metrics_retention_s)
         return
     assert settings.spec is not None and settings.run_id is not None  # the settings' own rule
     made = _serve(
@@ -75,6 +75,7 @@ def _serve_running_runs(
     clients: tuple[GenerationPool, RewardClient],
     recorder: PrometheusRecorder,
     stopping: threading.Event,
+    metrics_retention_s: float,
     poll_seconds: float = 1.0,
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -97,6 +98,7 @@ def _serve_running_runs(
             made = _serve(run.spec, run.id, redis_url, clients, recorder, stopping, still_wanted=still_running)
             log.info("run %s: %d groups from this worker", run.id, made)
             finished.add(run.id)
+            forget_run_later(recorder, run.id, metrics_retention_s)  # this worker is done with it
 
 
 if __name__ == "__main__":
