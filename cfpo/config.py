@@ -45,6 +45,13 @@ def weight_transfer_setting() -> Any:
     )
 
 
+def http_url(url: str) -> str:
+    """``url``, or a ValueError saying it is not an http(s) URL (a bare host:port is the usual slip)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r}: expected an http:// or https:// URL")
+    return url
+
+
 def require_cuda(transfer: str, cuda_available: bool) -> None:
     """vLLM's NCCL and IPC engines are CUDA-only; on a machine without CUDA they fail late (or hang in a
     rendezvous), so refuse them at start."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cfpo.config import ConfigError, StrictModel, describe_validation_error, environment, load_config
+from cfpo.config import ConfigError, StrictModel, describe_validation_error, environment, http_url, load_config
 from cfpo.queue import DEFAULT_REDIS_URL
 
 Settings = typing.TypeVar("Settings", bound=StrictModel)
@@ -60,8 +60,7 @@ class RunWorkerSettings(StrictModel):
     @classmethod
     def _are_urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{url!r}: expected an http:// or https:// URL")
+            http_url(url)
         if len(set(urls)) != len(urls):
             raise ValueError("a server is listed twice; each takes its own share of the groups")
         return urls

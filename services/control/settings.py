@@ -7,7 +7,7 @@ import os
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from cfpo.asgi_guards import is_loopback
-from cfpo.config import StrictModel, environment
+from cfpo.config import StrictModel, environment, http_url
 from cfpo.queue import DEFAULT_REDIS_URL
 
 
@@ -47,9 +47,7 @@ class ControlSettings(StrictModel):
     @field_validator("generation_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r}: expected an http:// or https:// URL")
-        return None if url is None else url.rstrip("/")
+        return None if url is None else http_url(url).rstrip("/")
 
     @model_validator(mode="after")
     def _no_open_door(self) -> ControlSettings:

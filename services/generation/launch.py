@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from services.generation.settings import GenerationSettings
+from services.generation.settings import GenerationSettings, resolve_device
 from services.generation.worker_extension import BUSY_LOOP_ENV
 
 WORKER_EXTENSION = "services.generation.worker_extension.WeightUpdateExtension"
@@ -23,14 +23,6 @@ WORKER_EXTENSION = "services.generation.worker_extension.WeightUpdateExtension"
 # worker_extension). On CPU the spin takes a core the learner shares, while a decode step there takes milliseconds
 # and a wake-up from the socket a fraction of one.
 CPU_BUSY_LOOP_S = 0.002
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cpu_binding_on_every_core() -> dict[str, str]:

@@ -50,11 +50,13 @@ class GenerationSettings(StrictModel):
     @model_validator(mode="after")
     def _transfer_fits_the_device(self) -> GenerationSettings:
         if self.weight_transfer != "file":
-            require_cuda(self.weight_transfer, self.device == "cuda" or (self.device == "auto" and _has_cuda()))
+            require_cuda(self.weight_transfer, resolve_device(self.device) == "cuda")
         return self
 
 
-def _has_cuda() -> bool:
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
