@@ -10,8 +10,11 @@ Why it is built this way (docs/architecture.md, "Decisions": the queue):
   producers wait (backpressure) and raise ``QueueFull`` after a timeout.
 - A malformed entry is moved to the dead-letter stream with its reason, counted, and acknowledged, so one bad
   producer cannot stall the learner or be redelivered forever.
-- For staleness admission control (``cfpo.staleness``) rollout workers take slots from one counter
-  (``reserve_slot``), and the learner publishes its policy version (``current_version``).
+- For staleness admission control (``cfpo.staleness``) rollout workers take slots (``reserve_slot``), and the
+  learner publishes its policy version (``current_version``). A slot is a lease, not a gift: its holder renews it
+  while it works, appending the group ends it, and one that runs out (its worker died or stalled) or is released
+  (its worker stopped) goes to the next worker that asks, lowest slot first. A late duplicate this may cause is
+  dropped by the learner, by slot (``trainer.assembler``), so every slot is applied exactly once.
 
 Every key is under ``run:<id>:``. Any Redis >= 6.2 (XAUTOCLAIM) works.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -43,12 +46,49 @@ T = TypeVar("T")
 _StreamEntry = tuple[bytes, dict[bytes, bytes]] | tuple[None, None]
 
 # Append only while the stream holds fewer than ARGV[1] entries; nil when full. Atomic, so concurrent producers
-# can never overshoot the bound together.
+# can never overshoot the bound together. The append ends the lease of slot ARGV[2], whoever holds it now.
 _APPEND_IF_ROOM = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 """
 
+
+# Slot leases: a sorted set of leased slots scored by deadline (Redis's own clock, so workers' clocks never
+# matter) and a hash of their holders. Reserve: the lowest slot whose lease ran out, else the next new one below
+# ARGV[3]; -1 when neither exists.
+_RESERVE_SLOT = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local slot = nil
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t)) do
+  if slot == nil or tonumber(member) < slot then slot = tonumber(member) end
+end
+if slot == nil then
+  if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[3]) then return -1 end
+  slot = redis.call('INCR', KEYS[3]) - 1
+end
+redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), slot)
+redis.call('HSET', KEYS[2], slot, ARGV[1])
+return slot
+"""
+
+# Renew (ARGV[2] seconds from now) or release (ARGV[2] = 0: expired now) the slots in ARGV[3..] that ARGV[1]
+# still holds; a slot re-issued to another worker is left to it. Returns how many were ARGV[1]'s.
+_EXTEND_LEASES = """
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[2])
+local held = 0
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
+    held = held + 1
+    redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
+    if tonumber(ARGV[2]) == 0 then redis.call('HDEL', KEYS[2], ARGV[i]) end
+  end
+end
+return held
+"""
 
 # Every reply takes milliseconds and the longest blocking read 0.2 s: a call still waiting after this long is on a
 # half-open connection or a hung server, and fails (redis.TimeoutError, a RedisError) instead of hanging forever.
@@ -67,6 +107,12 @@ def connect(redis_url: str, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT_S) -
     )
 
 
+# Also a setting of the rollout worker, which makes the queue's.
+SLOT_LEASE_FIELD = Field(
+    60.0, gt=0, description="a reserved slot neither appended nor renewed for this long goes to another worker"
+)
+
+
 class QueueSettings(StrictModel):
     redis_url: str = Field(
         default_factory=environment("REDIS_URL", DEFAULT_REDIS_URL),
@@ -75,6 +121,7 @@ class QueueSettings(StrictModel):
     max_depth: int = Field(64, ge=1, description="groups unread + pending beyond which append waits")
     append_timeout_s: float = Field(300.0, gt=0, description="how long append waits for room before QueueFull")
     poll_interval_s: float = Field(0.05, gt=0, description="how often a waiting producer or version wait re-checks")
+    slot_lease_s: float = SLOT_LEASE_FIELD
     dead_letter_max_len: int = Field(
         10_000, ge=1, description="dead letters kept (older ones are trimmed; the dead-letter count is never reset)"
     )
@@ -115,6 +162,14 @@ class RunKeys:
         return f"run:{self.run_id}:next-slot"
 
     @property
+    def slot_leases(self) -> str:
+        return f"run:{self.run_id}:slot-leases"
+
+    @property
+    def slot_holders(self) -> str:
+        return f"run:{self.run_id}:slot-holders"
+
+    @property
     def next_prompt(self) -> str:
         return f"run:{self.run_id}:next-prompt"
 
@@ -151,6 +206,8 @@ class RolloutQueue:
         self.settings = settings or QueueSettings()
         self.redis = connect(self.settings.redis_url)
         self._append_if_room = self.redis.register_script(_APPEND_IF_ROOM)
+        self._reserve_slot = self.redis.register_script(_RESERVE_SLOT)
+        self._extend_leases = self.redis.register_script(_EXTEND_LEASES)
         self._create_consumer_group()
 
     def _create_consumer_group(self) -> None:
@@ -164,15 +221,20 @@ class RolloutQueue:
     # producer side
 
     def append(self, group: RolloutGroup, timeout_s: float | None = None) -> str:
-        """Append ``group``, waiting while the queue is full (default: the settings' timeout); return its stream id."""
+        """Append ``group``, waiting while the queue is full (default: the settings' timeout); return its stream id.
+
+        This ends the lease of the group's slot."""
         if group.run_id != self.keys.run_id:
             raise ValueError(f"run_id: group of run {group.run_id!r} appended to the queue of run {self.keys.run_id!r}")
         args: list[EncodableT] = [
             self.settings.max_depth,
+            group.slot,
             *(part for pair in encode_group(group).items() for part in pair),
         ]
         entry_id = self._poll(
-            lambda: self._append_if_room(keys=[self.keys.rollouts], args=args),
+            lambda: self._append_if_room(
+                keys=[self.keys.rollouts, self.keys.slot_leases, self.keys.slot_holders], args=args
+            ),
             self.settings.append_timeout_s if timeout_s is None else timeout_s,
         )
         if entry_id is None:
@@ -276,9 +338,38 @@ class RolloutQueue:
 
     # staleness admission control (cfpo.staleness): slots and the learner's policy version
 
-    def reserve_slot(self) -> int:
-        """The next admission-control slot (0, 1, 2, ...), each given to exactly one of the run's rollout workers."""
-        return self.redis.incr(self.keys.next_slot) - 1
+    def reserve_slot(self, holder: str, total_slots: int) -> int | None:
+        """Lease ``holder`` an admission-control slot below ``total_slots`` for the settings' ``slot_lease_s``: the
+        lowest one whose lease ran out, else the next new one (0, 1, 2, ...). None: every slot is leased or filled
+        now (ask again: a lease may run out; ``unfilled_slots`` says whether any is left)."""
+        slot = self._reserve_slot(
+            keys=[self.keys.slot_leases, self.keys.slot_holders, self.keys.next_slot],
+            args=[holder, self.settings.slot_lease_s, total_slots],
+        )
+        return None if slot < 0 else slot
+
+    def renew_slots(self, holder: str, slots: Collection[int]) -> int:
+        """Extend the leases ``holder`` still has on ``slots`` by ``slot_lease_s``; returns how many it has."""
+        return self._change_leases(holder, slots, self.settings.slot_lease_s)
+
+    def release_slots(self, holder: str, slots: Collection[int]) -> int:
+        """End ``holder``'s leases on ``slots`` now, so that the next worker to ask gets them; returns how many."""
+        return self._change_leases(holder, slots, 0)
+
+    def _change_leases(self, holder: str, slots: Collection[int], seconds: float) -> int:
+        if not slots:
+            return 0
+        return self._extend_leases(
+            keys=[self.keys.slot_leases, self.keys.slot_holders], args=[holder, seconds, *sorted(slots)]
+        )
+
+    def unfilled_slots(self, total_slots: int) -> int:
+        """Slots below ``total_slots`` no group was appended for: never issued, or leased (running or run out)."""
+        with self.redis.pipeline() as transaction:  # both counts from the same instant
+            transaction.get(self.keys.next_slot)
+            transaction.zcard(self.keys.slot_leases)
+            issued, leased = transaction.execute()
+        return max(0, total_slots - int(issued or 0)) + leased
 
     def reserve_prompt(self) -> int:
         """The next index into the run's prompt order (a replaced zero-variance group takes a fresh prompt)."""

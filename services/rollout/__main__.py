@@ -1,7 +1,9 @@
 """``cfpo serve rollout`` = ``python -m services.rollout``: a rollout worker, from its settings.
 
 ``--spec SPEC.yaml --run-id ID`` serves one run started by hand until it has all its groups; ``--worker`` serves
-whichever runs the control API's registry shows running, one after another, until stopped.
+whichever runs the control API's registry shows running, one after another, until stopped. A worker whose work on
+a run fails (generation or reward down past its retries, a full queue, Redis gone) hands its slots back and tries
+that run again after ``run_retry_s``, instead of exiting.
 """
 
 from __future__ import annotations
@@ -40,25 +42,26 @@ def main(argv: list[str]) -> None:
     clients = (GenerationPool(settings.generation_urls), RewardClient(settings.reward_url))
     stopping = threading.Event()
     if settings.worker:
-        _serve_running_runs(settings.redis_url, clients, recorder, stopping, settings.metrics_retention_s)
+        _serve_running_runs(settings, clients, recorder, stopping)
         return
     assert settings.spec is not None and settings.run_id is not None  # the settings' own rule
-    made = _serve(
-        load_or_exit(RunSpec, settings.spec), settings.run_id, settings.redis_url, clients, recorder, stopping
-    )
+    made = _serve(load_or_exit(RunSpec, settings.spec), settings.run_id, settings, clients, recorder, stopping)
     log.info("done: %d groups", made)
 
 
 def _serve(
     spec: RunSpec,
     run_id: str,
-    redis_url: str,
+    settings: RolloutSettings,
     clients: tuple[GenerationPool, RewardClient],
     recorder: PrometheusRecorder,
     stopping: threading.Event,
     still_wanted=lambda: True,
 ) -> int:
-    with RolloutQueue(run_id, QueueSettings(redis_url=redis_url, max_depth=spec.queue_capacity)) as queue:
+    queue_settings = QueueSettings(
+        redis_url=settings.redis_url, max_depth=spec.queue_capacity, slot_lease_s=settings.slot_lease_s
+    )
+    with RolloutQueue(run_id, queue_settings) as queue:
         worker = RolloutWorker(spec, run_id, queue, *clients, recorder, still_wanted=still_wanted)
 
         def stop(*_: object) -> None:
@@ -71,16 +74,15 @@ def _serve(
 
 
 def _serve_running_runs(
-    redis_url: str,
+    settings: RolloutSettings,
     clients: tuple[GenerationPool, RewardClient],
     recorder: PrometheusRecorder,
     stopping: threading.Event,
-    metrics_retention_s: float,
     poll_seconds: float = 1.0,
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    finished: set[str] = set()  # runs whose slots this worker saw exhausted
-    with RunRegistry(redis_url) as registry:
+    finished: set[str] = set()  # runs whose slots this worker saw all filled
+    with RunRegistry(settings.redis_url) as registry:
         log.info("rollout worker waiting for running runs")
         while not stopping.is_set():
             runs = [r for r in registry.list_runs(state="running") if r.id not in finished]
@@ -95,10 +97,19 @@ def _serve_running_runs(
                 except RunNotFound:
                     return False
 
-            made = _serve(run.spec, run.id, redis_url, clients, recorder, stopping, still_wanted=still_running)
+            try:
+                made = _serve(run.spec, run.id, settings, clients, recorder, stopping, still_wanted=still_running)
+            except Exception:  # one run's failure must not end the worker: the run may recover, others may come
+                log.exception(
+                    "run %s: work failed; its slots are handed back, trying again in %.0f s",
+                    run.id,
+                    settings.run_retry_s,
+                )
+                stopping.wait(settings.run_retry_s)
+                continue
             log.info("run %s: %d groups from this worker", run.id, made)
             finished.add(run.id)
-            forget_run_later(recorder, run.id, metrics_retention_s)  # this worker is done with it
+            forget_run_later(recorder, run.id, settings.metrics_retention_s)  # this worker is done with it
 
 
 if __name__ == "__main__":

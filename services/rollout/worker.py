@@ -2,7 +2,8 @@
 
 Each group is reserved a slot; the worker generates it only when staleness admission control allows, so the
 learner never consumes data older than the run permits, and nothing generated is thrown away for lateness.
-Several workers may serve one run: slots and prompts are handed out by Redis counters.
+Several workers may serve one run: slots are leased to them (``services.rollout.leases``), prompts handed out by
+a Redis counter. A worker that dies loses no slot: its leases run out and another worker fills them.
 
 Concurrency: a worker runs ``spec.inflight_groups`` lanes, threads that each take a slot, pick a generation server
 (the one with the fewest lanes on it), wait for that server's admission, generate there, score and append it, then
@@ -37,12 +38,14 @@ from cfpo.run_spec import RunSpec
 from cfpo.staleness import may_generate, within_bound
 from cfpo.tasks import Problem, batches, load_task, render_prompt
 from services.rollout.group import decoded, sample_completions, score_answers, weighed_samples
+from services.rollout.leases import SlotLeases
 
 log = logging.getLogger("cfpo.rollout")
 T = TypeVar("T")
 
 MAX_ZERO_VARIANCE_REPLACEMENTS = 8  # then keep the group (zero advantages) rather than starve the learner
 ADMISSION_POLL_SECONDS = 0.05
+SLOT_POLL_SECONDS = 1.0  # how often a lane with no free slot asks again
 
 
 class ForeignWeights(RuntimeError):
@@ -93,27 +96,43 @@ class RolloutWorker:
 
         The first lane to fail stops the others (each finishes the call it is in) and its error is raised."""
         lanes = self.spec.inflight_groups
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"rollout-{self.run_id}") as pool:
-            futures = [pool.submit(self._lane) for _ in range(lanes)]
+        with (
+            SlotLeases(self.queue, self.total_slots) as leases,
+            ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"rollout-{self.run_id}") as pool,
+        ):
+            futures = [pool.submit(self._lane, leases) for _ in range(lanes)]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             if any(future.exception() for future in done):
                 self.stop.set()
         return sum(future.result() for future in futures)
 
-    def _lane(self) -> int:
-        """One group in flight at a time: reserve a slot, fill it, append it; returns the groups it made."""
+    def _lane(self, leases: SlotLeases) -> int:
+        """One group in flight at a time: lease a slot, fill it, append it; returns the groups it made.
+
+        With no slot free, it waits while any is unfilled: a lease that runs out (a dead worker's) comes back."""
         made = 0
         while not self.stop.is_set():
-            slot = self.queue.reserve_slot()
-            if slot >= self.total_slots:
-                break
+            slot = leases.reserve()
+            if slot is None:
+                if leases.all_filled():
+                    break
+                self._pause(SLOT_POLL_SECONDS)
+                continue
             group = self.fill(slot)
             if group is None:
                 break
             self.queue.append(group)
+            leases.filled(slot)
             self.recorder.inc(ROLLOUT_GROUPS, run=self.run_id)
             made += 1
         return made
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, unless the run ended meanwhile (then stop)."""
+        if self.still_wanted():
+            self.stop.wait(seconds)
+        else:
+            self.stop.set()
 
     def fill(self, slot: int) -> RolloutGroup | None:
         """Generate, score and weigh one group for ``slot``; replaces zero-variance groups if the run says so."""

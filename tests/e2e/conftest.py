@@ -145,14 +145,17 @@ def start_run(stack, tmp_path, request):
     """Write a spec, start its rollout workers; the test starts (and restarts) the learner."""
     runs: list[Run] = []
 
-    def start(spec: dict, *, workers: int = 1, generation_url: str | None = None) -> Run:
-        """``generation_url``: where the workers (not the learner) reach generation, default the stack's server."""
+    def start(
+        spec: dict, *, workers: int = 1, generation_url: str | None = None, rollout_args: tuple[str, ...] = ()
+    ) -> Run:
+        """``generation_url``: where the workers (not the learner) reach generation, default the stack's server;
+        ``rollout_args``: more flags for the workers."""
         run_id = f"{request.node.name.replace('[', '-').rstrip(']')}-{len(runs)}"
         spec_path = tmp_path / f"{run_id}.yaml"
         spec_path.write_text(yaml.safe_dump({"model": str(stack.model_dir), **spec}))
         processes = [
             subprocess.Popen(
-                python_module("services.rollout", "--spec", str(spec_path), "--run-id", run_id),
+                python_module("services.rollout", "--spec", str(spec_path), "--run-id", run_id, *rollout_args),
                 stdout=(tmp_path / f"{run_id}-rollout-{i}.log").open("wb"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

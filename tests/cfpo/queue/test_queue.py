@@ -196,12 +196,67 @@ def test_concurrent_producers_stay_within_the_bound_and_lose_nothing(make_queue,
 
 def test_slots_are_reserved_once_each_across_workers(make_queue):
     workers = [make_queue() for _ in range(4)]
-    threads = [in_thread(lambda w=w: [w.reserve_slot() for _ in range(25)]) for w in workers]
+    threads = [
+        in_thread(lambda n=n, w=w: [w.reserve_slot(f"w{n}", 100) for _ in range(25)]) for n, w in enumerate(workers)
+    ]
     slots = []
     for thread, outcome in threads:
         thread.join(5)
         slots += outcome["result"]
     assert sorted(slots) == list(range(100))
+    assert workers[0].reserve_slot("w0", 100) is None  # all leased
+    assert workers[0].unfilled_slots(100) == 100
+
+
+def test_a_slot_whose_lease_runs_out_goes_to_the_next_worker_lowest_first(make_queue, run_id):
+    dead, alive = make_queue(slot_lease_s=0.3), make_queue(slot_lease_s=30)
+    assert [dead.reserve_slot("dead", 10) for _ in range(3)] == [0, 1, 2]
+    assert alive.reserve_slot("alive", 10) == 3  # the dead worker's leases still run
+    time.sleep(0.4)
+    assert [alive.reserve_slot("alive", 10) for _ in range(4)] == [0, 1, 2, 4]
+    assert dead.renew_slots("dead", [0, 1, 2]) == 0  # a worker back from a stall cannot take them back
+    assert dead.release_slots("dead", [0, 1, 2]) == 0
+
+
+def test_a_renewed_lease_is_kept_and_a_released_one_is_reissued_at_once(make_queue):
+    holder, other = make_queue(slot_lease_s=0.5), make_queue(slot_lease_s=30)
+    assert [holder.reserve_slot("holder", 10) for _ in range(2)] == [0, 1]
+    for _ in range(4):  # 0.8 s in all, beyond the 0.5 s lease
+        time.sleep(0.2)
+        assert holder.renew_slots("holder", [0, 1]) == 2
+    assert other.reserve_slot("other", 10) == 2
+    assert other.renew_slots("other", [0]) == 0  # not its slot: nothing renewed
+    assert holder.release_slots("holder", [1]) == 1
+    assert other.reserve_slot("other", 10) == 1
+    assert holder.renew_slots("holder", [1]) == 0
+
+
+def test_appending_a_group_ends_its_slots_lease_and_a_late_duplicate_still_arrives(make_queue, run_id):
+    slow, fast, learner = make_queue(slot_lease_s=0.2), make_queue(slot_lease_s=30), make_queue()
+    assert slow.reserve_slot("slow", 2) == 0
+    assert fast.reserve_slot("fast", 2) == 1
+    time.sleep(0.3)
+    assert fast.reserve_slot("fast", 2) == 0  # slow's lease ran out
+    fast.append(make_group(run_id, "p-fast", slot=0))
+    fast.append(make_group(run_id, "p-fast", slot=1))
+    assert fast.unfilled_slots(2) == 0
+    assert fast.reserve_slot("fast", 2) is None
+    slow.append(make_group(run_id, "p-slow", slot=0))  # the stalled worker's late group for the same slot
+    assert [(e.group.slot, e.group.prompt_id) for e in learner.read("learner-0", count=10)] == [
+        (0, "p-fast"),
+        (1, "p-fast"),
+        (0, "p-slow"),  # the learner drops it by slot (tests/trainer: the assembler)
+    ]
+    assert fast.unfilled_slots(2) == 0
+
+
+def test_unfilled_slots_count_the_never_issued_and_the_leased(make_queue, run_id):
+    queue = make_queue()
+    assert queue.unfilled_slots(5) == 5
+    assert queue.reserve_slot("w", 5) == 0
+    assert queue.unfilled_slots(5) == 5
+    queue.append(make_group(run_id, slot=0))
+    assert queue.unfilled_slots(5) == 4
 
 
 def test_policy_version_is_published_and_read(make_queue, run_id):

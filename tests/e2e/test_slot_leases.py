@@ -1,0 +1,65 @@
+"""A rollout worker that dies or stops mid-run loses no slot: its leases go to the worker still running, and the
+run applies every slot exactly once (the reliability review's D3)."""
+
+import signal
+import socket
+import time
+
+import pytest
+
+from tests.e2e.conftest import toy_spec_with
+
+pytestmark = pytest.mark.slow
+
+STEPS, PROMPTS = 6, 4
+
+
+def _holders(run) -> dict[int, str]:
+    with run.queue() as queue:
+        return {int(slot): holder.decode() for slot, holder in queue.redis.hgetall(queue.keys.slot_holders).items()}
+
+
+def _slots_of(run, pid: int) -> list[int]:
+    return sorted(slot for slot, holder in _holders(run).items() if holder.startswith(f"{socket.gethostname()}:{pid}:"))
+
+
+def _wait_until_it_holds_slots(run, worker, after_steps: int) -> None:
+    run.wait_for_steps(after_steps)
+    deadline = time.monotonic() + 60
+    while not _slots_of(run, worker.pid):
+        assert time.monotonic() < deadline, "the worker held no slot for 60 s"
+        time.sleep(0.05)
+
+
+def _applied_slots(run) -> list[int]:
+    return sorted(slot for line in run.applied() for slot in line["slots"])
+
+
+def test_a_killed_workers_slots_are_filled_by_the_other_worker(start_run):
+    spec = toy_spec_with(steps=STEPS, rollout__prompts_per_step=PROMPTS, checkpoint_every=STEPS)
+    run = start_run(spec, workers=2, rollout_args=("--slot-lease-s", "3"))
+    run.start_learner()
+    doomed, survivor = run.workers
+    _wait_until_it_holds_slots(run, doomed, after_steps=2)
+    doomed.send_signal(signal.SIGKILL)  # no chance to hand anything back
+    doomed.wait(10)
+
+    run.wait()
+    assert _applied_slots(run) == list(range(STEPS * PROMPTS))  # every slot once, the dead worker's included
+    assert survivor.wait(60) == 0
+    assert not _holders(run)  # no lease left behind
+
+
+def test_a_stopped_worker_hands_its_slots_back_at_once(start_run):
+    spec = toy_spec_with(steps=STEPS, rollout__prompts_per_step=PROMPTS, checkpoint_every=STEPS)
+    run = start_run(spec, workers=2, rollout_args=("--slot-lease-s", "600"))  # a lease longer than the test
+    run.start_learner()
+    stopped, survivor = run.workers
+    _wait_until_it_holds_slots(run, stopped, after_steps=2)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(60) == 0
+    assert _slots_of(run, stopped.pid) == []  # released: the survivor may take them now, not in 600 s
+
+    run.wait()
+    assert _applied_slots(run) == list(range(STEPS * PROMPTS))
+    assert survivor.wait(60) == 0
