@@ -344,7 +344,9 @@ CONTROL_RUNS_SUBMITTED = Metric("cfpo_control_runs_submitted", "counter", "Runs 
 CONTROL_RUNS_REAPED = Metric(
     "cfpo_control_runs_reaped",
     "counter",
-    "Running runs ended because their worker stopped heartbeating.",
+    "Running runs whose worker stopped heartbeating, by outcome: requeued (to be resumed), failed (out of restarts), "
+    "cancelled (a cancel was asked).",
+    ("outcome",),
 )
 CONTROL_RUNS_QUEUED = Metric("cfpo_control_runs_queued", "gauge", "Runs waiting for a worker, at the last scrape.")
 CONTROL_RUNS_RUNNING = Metric("cfpo_control_runs_running", "gauge", "Runs held by a worker, at the last scrape.")

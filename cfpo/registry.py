@@ -12,23 +12,29 @@ Why it is built this way (docs/architecture.md, "Decisions": runs are work items
   went quiet, so a dead worker never leaves a run "running" forever.
 - States: queued -> running -> succeeded | failed | cancelled (or queued -> cancelled). Terminal states are final.
   A cancel of a running run only raises a flag (``is_cancelled``): the worker stops at a step boundary and calls
-  ``finish(run_id, "cancelled")``.
+  ``finish(run_id, lease, "cancelled")``.
+- A claim is a lease with a fencing token (``lease``, one more at every claim). A run goes back to the queue,
+  at its head, when its worker hands it back (``release``: the learner got SIGTERM and checkpointed) or goes
+  silent (``reap``, up to ``max_restarts`` times; then it fails); the next claim resumes it from its checkpoint.
+  Every worker-side write names its lease and is refused (``LeaseLost``) once the run was taken over, so a stalled
+  learner that wakes up cannot record a step, push weights (the learner checks first: ``heartbeat``) or end it.
 
 Worker side, in full::
 
     registry = RunRegistry(redis_url)
     claim = registry.claim_next("learner-0")              # None when nothing is queued
     if claim is not None:
-        run_id, spec = claim
-        with registry.heartbeating(run_id, "learner-0"):  # a thread beats every few seconds
-            for step in range(spec.steps):
+        run_id, spec, lease = claim
+        with registry.heartbeating(run_id, lease):       # a thread beats every few seconds
+            registry.rewind(run_id, lease, start_step)    # a resumed run forgets the steps it replays
+            for step in range(start_step, spec.steps):
                 if registry.is_cancelled(run_id):
-                    registry.finish(run_id, "cancelled")
+                    registry.finish(run_id, lease, "cancelled")
                     break
                 ...                                       # train the step
-                registry.record_step(run_id, step, version, metrics)
+                registry.record_step(run_id, lease, step, version, metrics)
             else:
-                registry.finish(run_id, "succeeded")      # or "failed" with a reason on an error
+                registry.finish(run_id, lease, "succeeded")  # or "failed" with a reason on an error
 """
 
 from __future__ import annotations
@@ -66,6 +72,22 @@ _PRELUDE = """
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local function record_of(id) return ARGV[1] .. id .. ARGV[2] end
+local function requeue(record, id, reason, queued)
+  redis.call('HSET', record, 'state', 'queued', 'restart_reason', reason)
+  redis.call('HINCRBY', record, 'restarts', 1)
+  redis.call('LPUSH', queued, id)
+end
+"""
+
+# Worker-side scripts: 'ok' when the run is running under lease ARGV[4], else why not.
+_FENCE = """
+local function fenced(record, lease)
+  local state, held = unpack(redis.call('HMGET', record, 'state', 'lease'))
+  if not state then return 'missing' end
+  if state ~= 'running' then return state end
+  if held ~= lease then return 'stale lease ' .. lease .. ': the run was taken over (lease ' .. held .. ')' end
+  return 'ok'
+end
 """
 
 # KEYS: record, index, queued. ARGV: prefix, suffix, id, field/value pairs of the new record.
@@ -88,56 +110,91 @@ while true do
   if not id then return false end
   local record = record_of(id)
   if redis.call('HGET', record, 'state') == 'queued' then
-    redis.call('HSET', record, 'state', 'running', 'worker', ARGV[3], 'started_at', now, 'heartbeat_at', now)
+    redis.call('HSET', record, 'state', 'running', 'worker', ARGV[3], 'heartbeat_at', now)
+    redis.call('HSETNX', record, 'started_at', now)
+    local lease = redis.call('HINCRBY', record, 'lease', 1)
     redis.call('ZADD', KEYS[2], now, id)
-    return {id, redis.call('HGET', record, 'spec')}
+    return {id, redis.call('HGET', record, 'spec'), lease}
   end
 end
 """
 )
 
-# KEYS: record, active. ARGV: prefix, suffix, id, worker. Returns 'ok' or why not.
+# KEYS: record, active. ARGV: prefix, suffix, id, lease. Returns 'ok' or why not.
 _HEARTBEAT = (
     _PRELUDE
+    + _FENCE
     + """
-local state, worker = unpack(redis.call('HMGET', KEYS[1], 'state', 'worker'))
-if not state then return 'missing' end
-if state ~= 'running' then return state end
-if worker ~= ARGV[4] then return 'held by worker ' .. worker .. ', not ' .. ARGV[4] end
+local outcome = fenced(KEYS[1], ARGV[4])
+if outcome ~= 'ok' then return outcome end
 redis.call('HSET', KEYS[1], 'heartbeat_at', now)
 redis.call('ZADD', KEYS[2], now, ARGV[3])
 return 'ok'
 """
 )
 
-# KEYS: record, steps, active. ARGV: prefix, suffix, id, step, version, latest metrics, entry, history length.
-# A recorded step is also a heartbeat. The entry gets the time here: '{"time": now, ' .. the rest of ARGV[7].
+# KEYS: record, steps, active. ARGV: prefix, suffix, id, lease, step, version, latest metrics, entry, history
+# length. A recorded step is also a heartbeat. The entry gets the time here: '{"time": now, ' .. the rest of ARGV[8].
 _RECORD_STEP = (
     _PRELUDE
+    + _FENCE
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
-if state ~= 'running' then return state end
-redis.call('RPUSH', KEYS[2], '{"time": ' .. now .. ', ' .. string.sub(ARGV[7], 2))
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
-redis.call('HSET', KEYS[1], 'steps_done', tonumber(ARGV[4]) + 1, 'version', ARGV[5], 'metrics', ARGV[6],
+local outcome = fenced(KEYS[1], ARGV[4])
+if outcome ~= 'ok' then return outcome end
+redis.call('RPUSH', KEYS[2], '{"time": ' .. now .. ', ' .. string.sub(ARGV[8], 2))
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
+redis.call('HSET', KEYS[1], 'steps_done', tonumber(ARGV[5]) + 1, 'version', ARGV[6], 'metrics', ARGV[7],
            'heartbeat_at', now)
 redis.call('ZADD', KEYS[3], now, ARGV[3])
 return 'ok'
 """
 )
 
-# KEYS: record, active. ARGV: prefix, suffix, id, final state, reason ('' for none). Only a running run finishes;
-# a cancelled one keeps the reason given with the cancel unless the worker names another.
+# KEYS: record, steps. ARGV: prefix, suffix, id, lease, first step. A run resumed from a checkpoint at ARGV[5]
+# replays the steps from there: their entries go, so the history holds each step once.
+_REWIND = (
+    _PRELUDE
+    + _FENCE
+    + """
+local outcome = fenced(KEYS[1], ARGV[4])
+if outcome ~= 'ok' then return outcome end
+local first = tonumber(ARGV[5])
+while true do
+  local last = redis.call('LINDEX', KEYS[2], -1)
+  if not last or cjson.decode(last)['step'] < first then break end
+  redis.call('RPOP', KEYS[2])
+end
+redis.call('HSET', KEYS[1], 'steps_done', first)
+return 'ok'
+"""
+)
+
+# KEYS: record, queued, active. ARGV: prefix, suffix, id, lease, reason. The worker hands the run back to the head
+# of the queue (it checkpointed and is stopping); the next claim resumes it.
+_RELEASE = (
+    _PRELUDE
+    + _FENCE
+    + """
+local outcome = fenced(KEYS[1], ARGV[4])
+if outcome ~= 'ok' then return outcome end
+requeue(KEYS[1], ARGV[3], ARGV[5], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return 'ok'
+"""
+)
+
+# KEYS: record, active. ARGV: prefix, suffix, id, lease, final state, reason ('' for none). Only a running run
+# finishes; a cancelled one keeps the reason given with the cancel unless the worker names another.
 _FINISH = (
     _PRELUDE
+    + _FENCE
     + """
-local state, cancel_reason = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel_reason'))
-if not state then return 'missing' end
-if state ~= 'running' then return state end
-local reason = ARGV[5]
-if reason == '' and ARGV[4] == 'cancelled' then reason = cancel_reason or 'cancelled' end
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished_at', now)
+local outcome = fenced(KEYS[1], ARGV[4])
+if outcome ~= 'ok' then return outcome end
+local cancel_reason = redis.call('HGET', KEYS[1], 'cancel_reason')
+local reason = ARGV[6]
+if reason == '' and ARGV[5] == 'cancelled' then reason = cancel_reason or 'cancelled' end
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', now)
 if reason == '' then redis.call('HDEL', KEYS[1], 'reason') else redis.call('HSET', KEYS[1], 'reason', reason) end
 redis.call('ZREM', KEYS[2], ARGV[3])
 return 'ok'
@@ -161,7 +218,9 @@ return state
 """
 )
 
-# KEYS: active. ARGV: prefix, suffix, timeout in seconds. Ends every running run whose last heartbeat is older.
+# KEYS: active, queued. ARGV: prefix, suffix, timeout in seconds, most restarts. Every running run whose last
+# heartbeat is older goes back to the queue for another worker to resume, or, once it has had its restarts (or a
+# cancel was asked), ends. Returns {id, what happened} pairs.
 _REAP = (
     _PRELUDE
     + """
@@ -169,18 +228,23 @@ local timeout = tonumber(ARGV[3])
 local reaped = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(now) - timeout))) do
   local record = record_of(id)
-  local state, worker, beat, cancel_reason = unpack(redis.call('HMGET', record, 'state', 'worker', 'heartbeat_at',
-                                                               'cancel_reason'))
+  local state, worker, beat, cancel_reason, restarts = unpack(redis.call('HMGET', record, 'state', 'worker',
+                                                                         'heartbeat_at', 'cancel_reason', 'restarts'))
   if state == 'running' then
     local silence = string.format('no heartbeat from worker %s for %.1f s (timeout %s s)', worker,
                                   tonumber(now) - tonumber(beat), ARGV[3])
     if cancel_reason then
-      redis.call('HSET', record, 'state', 'cancelled', 'reason', cancel_reason .. '; then ' .. silence)
+      redis.call('HSET', record, 'state', 'cancelled', 'reason', cancel_reason .. '; then ' .. silence,
+                 'finished_at', now)
+      table.insert(reaped, {id, 'cancelled'})
+    elseif tonumber(restarts or '0') < tonumber(ARGV[4]) then
+      requeue(record, id, silence, KEYS[2])
+      table.insert(reaped, {id, 'requeued'})
     else
-      redis.call('HSET', record, 'state', 'failed', 'reason', silence)
+      redis.call('HSET', record, 'state', 'failed', 'finished_at', now,
+                 'reason', silence .. string.format('; restarted %s times already', restarts or '0'))
+      table.insert(reaped, {id, 'failed'})
     end
-    redis.call('HSET', record, 'finished_at', now)
-    table.insert(reaped, id)
   end
   redis.call('ZREM', KEYS[1], id)
 end
@@ -198,6 +262,10 @@ class RunNotFound(LookupError):
 
 class RunStateError(RuntimeError):
     """The run is not in a state that allows the call (e.g. finishing a run that was already reaped)."""
+
+
+class LeaseLost(RunStateError):
+    """The run is no longer this claim's: it went back to the queue, or another worker took it over."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +309,9 @@ class RunRecord(BaseModel):
     steps_done: int = Field(0, description="steps recorded so far (the last recorded step index + 1)")
     version: int | None = Field(None, description="the learner's policy version after the last recorded step")
     metrics: dict[str, Any] = Field({}, description="the last recorded step's metrics")
+    lease: int = Field(0, description="fencing token of the latest claim (one more at every claim)")
+    restarts: int = Field(0, description="times the run went back to the queue to be resumed from its checkpoint")
+    restart_reason: str | None = Field(None, description="why it last went back to the queue")
 
     @computed_field  # type: ignore[prop-decorator]  # mypy rejects decorated properties; pydantic documents this
     @property
@@ -275,13 +346,14 @@ class StepRecord(BaseModel):
 class Claim(NamedTuple):
     run_id: str
     spec: RunSpec
+    lease: int  # the fencing token every worker-side call names
 
 
 class Heartbeat:
-    """Beats for a run from a daemon thread; ``lost`` is set once the run is no longer the worker's."""
+    """Beats for a run from a daemon thread; ``lost`` is set once the run is no longer the lease's."""
 
-    def __init__(self, registry: RunRegistry, run_id: str, worker: str, every_s: float):
-        self.registry, self.run_id, self.worker, self.every_s = registry, run_id, worker, every_s
+    def __init__(self, registry: RunRegistry, run_id: str, lease: int, every_s: float):
+        self.registry, self.run_id, self.lease, self.every_s = registry, run_id, lease, every_s
         self.lost = threading.Event()
         self.reason: str | None = None
         self._stop = threading.Event()
@@ -290,7 +362,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                self.registry.heartbeat(self.run_id, self.worker)
+                self.registry.heartbeat(self.run_id, self.lease)
             except (RunStateError, RunNotFound) as error:
                 self.reason = str(error)
                 self.lost.set()
@@ -309,7 +381,8 @@ class Heartbeat:
 
 class RunRegistry:
     """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``cancel``, ``history``, ``reap``) and
-    the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``record_step``, ``is_cancelled``, ``finish``)."""
+    the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``rewind``, ``record_step``, ``is_cancelled``,
+    ``release``, ``finish``)."""
 
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
         self.redis = connect(redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)())
@@ -321,6 +394,8 @@ class RunRegistry:
                 ("claim", _CLAIM),
                 ("heartbeat", _HEARTBEAT),
                 ("record_step", _RECORD_STEP),
+                ("rewind", _REWIND),
+                ("release", _RELEASE),
                 ("finish", _FINISH),
                 ("cancel", _CANCEL),
                 ("reap", _REAP),
@@ -387,9 +462,12 @@ class RunRegistry:
         entries = (StepRecord.model_validate_json(raw) for raw in self.redis.lrange(keys.steps, 0, -1))
         return [entry for entry in entries if since is None or entry.step > since][:limit]
 
-    def reap(self, timeout_s: float) -> list[str]:
-        """Fail (or, if a cancel was asked, cancel) every running run without a heartbeat for ``timeout_s``."""
-        return [i.decode() for i in self._run("reap", [ACTIVE_KEY], timeout_s)]
+    def reap(self, timeout_s: float, max_restarts: int) -> list[tuple[str, str]]:
+        """Requeue every running run without a heartbeat for ``timeout_s``, to be resumed by the next worker; fail
+        one restarted ``max_restarts`` times already, and cancel one whose cancel was asked. Returns (run id,
+        "requeued" | "failed" | "cancelled") pairs."""
+        reaped = self._run("reap", [ACTIVE_KEY, QUEUED_KEY], timeout_s, max_restarts)
+        return [(run_id.decode(), outcome.decode()) for run_id, outcome in reaped]
 
     def counts(self) -> dict[str, int]:
         """Queued and running runs right now (cheap: two lengths), for gauges."""
@@ -405,32 +483,46 @@ class RunRegistry:
     # worker side
 
     def claim_next(self, worker: str) -> Claim | None:
-        """Take the oldest queued run for ``worker`` (atomically: no other worker gets it); None if none is queued."""
+        """Take the oldest queued run for ``worker`` (atomically: no other worker gets it); None if none is queued.
+
+        A run handed back or requeued after its worker went silent is at the head of the queue; its claim has the
+        next lease, and the checkpoint in its run directory says where to resume."""
         _check_worker(worker)
         claimed = self._run("claim", [QUEUED_KEY, ACTIVE_KEY], worker)
         if claimed is None:
             return None
-        run_id, spec = claimed
-        return Claim(run_id.decode(), RunSpec.model_validate_json(spec))
+        run_id, spec, lease = claimed
+        return Claim(run_id.decode(), RunSpec.model_validate_json(spec), int(lease))
 
-    def heartbeat(self, run_id: str, worker: str) -> None:
-        """Say ``worker`` is alive and still on the run; raises RunStateError once the run is not its own."""
+    def heartbeat(self, run_id: str, lease: int) -> None:
+        """Say the holder of ``lease`` is alive and still on the run; raises LeaseLost (or RunStateError, once the run
+        ended) when it is not. Also the check before a weight push."""
         keys = _keys(run_id)
-        self._checked(run_id, self._run("heartbeat", [keys.record, ACTIVE_KEY], run_id, worker))
+        self._checked(run_id, self._run("heartbeat", [keys.record, ACTIVE_KEY], run_id, lease))
 
     @contextlib.contextmanager
-    def heartbeating(self, run_id: str, worker: str, every_s: float = 5.0) -> Iterator[Heartbeat]:
+    def heartbeating(self, run_id: str, lease: int, every_s: float = 5.0) -> Iterator[Heartbeat]:
         """Heartbeat from a background thread while the block runs; yields the ``Heartbeat`` (see its ``lost``).
 
         Beat several times per reaper timeout (the API's default timeout is 60 s)."""
-        self.heartbeat(run_id, worker)
-        beat = Heartbeat(self, run_id, worker, every_s).start()
+        self.heartbeat(run_id, lease)
+        beat = Heartbeat(self, run_id, lease, every_s).start()
         try:
             yield beat
         finally:
             beat.stop()
 
-    def record_step(self, run_id: str, step: int, version: int, metrics: dict[str, Any]) -> None:
+    def rewind(self, run_id: str, lease: int, first_step: int) -> None:
+        """The run resumes at ``first_step``: drop the recorded steps from there on (they are trained again)."""
+        keys = _keys(run_id)
+        self._checked(run_id, self._run("rewind", [keys.record, keys.steps], run_id, lease, first_step))
+
+    def release(self, run_id: str, lease: int, reason: str) -> None:
+        """Hand a running run back to the head of the queue (its state is checkpointed), for the next claim."""
+        keys = _keys(run_id)
+        self._checked(run_id, self._run("release", [keys.record, QUEUED_KEY, ACTIVE_KEY], run_id, lease, reason))
+
+    def record_step(self, run_id: str, lease: int, step: int, version: int, metrics: dict[str, Any]) -> None:
         """Record step ``step`` (0-based) done at policy ``version``; also a heartbeat. Non-finite numbers are kept
         as the strings "nan", "inf", "-inf" (JSON has no such numbers)."""
         keys = _keys(run_id)
@@ -443,6 +535,7 @@ class RunRegistry:
             "record_step",
             [keys.record, keys.steps, ACTIVE_KEY],
             run_id,
+            lease,
             int(step),
             int(version),
             latest,
@@ -451,12 +544,12 @@ class RunRegistry:
         )
         self._checked(run_id, reply)
 
-    def finish(self, run_id: str, state: FinalState, reason: str | None = None) -> None:
+    def finish(self, run_id: str, lease: int, state: FinalState, reason: str | None = None) -> None:
         """End a running run. ``cancelled`` without a reason keeps the reason given with the cancel."""
         if state not in FINAL_STATES:
             raise ValueError(f"state: {state!r} is not one of {FINAL_STATES}")
         keys = _keys(run_id)
-        self._checked(run_id, self._run("finish", [keys.record, ACTIVE_KEY], run_id, state, reason or ""))
+        self._checked(run_id, self._run("finish", [keys.record, ACTIVE_KEY], run_id, lease, state, reason or ""))
 
     def is_cancelled(self, run_id: str) -> bool:
         """Whether a cancel was asked (the worker should stop at the next step boundary)."""
@@ -470,8 +563,12 @@ class RunRegistry:
         outcome = reply.decode()
         if outcome == "missing":
             raise RunNotFound(run_id)
-        if outcome in FINAL_STATES or outcome == "queued":
+        if outcome in FINAL_STATES:
             raise RunStateError(f"run {run_id}: {outcome}, not running")
+        if outcome == "queued":
+            raise LeaseLost(f"run {run_id}: back in the queue, no longer this worker's")
+        if outcome.startswith("stale lease"):
+            raise LeaseLost(f"run {run_id}: {outcome}")
         if outcome != "ok":
             raise RunStateError(f"run {run_id}: {outcome}")
 

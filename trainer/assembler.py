@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from cfpo.queue import QueueEntry, RolloutQueue
 
@@ -17,6 +18,10 @@ READ_BLOCK_MS = 200
 
 class DataTimeout(TimeoutError):
     """No worker produced what the learner needs in time."""
+
+
+class Interrupted(Exception):
+    """The run must stop while the learner waits for a step's groups (the message says why)."""
 
 
 class StepAssembler:
@@ -32,11 +37,12 @@ class StepAssembler:
             self._add(entry)
         return len(entries)
 
-    def take(self, step: int, timeout: float) -> list[QueueEntry]:
-        """The groups of ``step`` in slot order, waiting up to ``timeout`` seconds for them."""
+    def take(self, step: int, timeout: float, stop_reason: Callable[[], str | None]) -> list[QueueEntry]:
+        """The groups of ``step`` in slot order, waiting up to ``timeout`` seconds for them; raises Interrupted as
+        soon as ``stop_reason`` (asked between reads) gives one."""
         first = step * self.prompts_per_step
         slots = range(first, first + self.prompts_per_step)
-        self._read_until(slots, timeout, f"step {step}")
+        self._read_until(slots, timeout, f"step {step}", stop_reason)
         self.next_step = step + 1
         return [self.buffer.pop(slot) for slot in slots]
 
@@ -45,10 +51,14 @@ class StepAssembler:
         consumed = self.next_step * self.prompts_per_step
         self._read_until(range(consumed, slot_limit), timeout, f"slots below {slot_limit}")
 
-    def _read_until(self, slots: range, timeout: float, what: str) -> None:
+    def _read_until(
+        self, slots: range, timeout: float, what: str, stop_reason: Callable[[], str | None] = lambda: None
+    ) -> None:
         """Read the stream until every slot in ``slots`` is buffered."""
         deadline = time.monotonic() + timeout
         while not all(slot in self.buffer for slot in slots):
+            if reason := stop_reason():
+                raise Interrupted(reason)
             if time.monotonic() > deadline:
                 raise DataTimeout(f"no rollout data for {what} after {timeout:.0f} s: are rollout workers running?")
             for entry in self.queue.read(self.consumer, count=64, block_ms=READ_BLOCK_MS):

@@ -30,7 +30,7 @@ from cfpo.rollout_group import RolloutGroup
 from cfpo.run_spec import RunSpec
 from cfpo.sample import Sample
 from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
-from trainer.assembler import StepAssembler
+from trainer.assembler import Interrupted, StepAssembler
 from trainer.checkpoints import prune_checkpoints
 from trainer.distributed import broadcast_from_main
 from trainer.held_out import HeldOutEvaluator
@@ -41,11 +41,16 @@ CONSUMER = "learner"
 
 
 class RunControl(Protocol):
-    """What a run registry asks of the learner between steps (absent for a run started by hand)."""
+    """Who else has a say in a run: the registry it was claimed from, or, for a run started by hand, the signals."""
+
+    def begin(self, start_step: int) -> None: ...
 
     def record(self, step: int, version: int, metrics: dict) -> None: ...
 
     def stop_reason(self) -> str | None: ...
+
+    def fence(self) -> None:
+        """Raise unless this process may still push weights for the run (it was not taken over)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class RunPlane(Protocol):
 
     def next_step(self, step: int) -> StepData: ...
 
+    def fence(self) -> None: ...
+
     def optimizer_stepped(self) -> None: ...
 
     def before_push(self, version: int) -> None: ...
@@ -117,6 +124,9 @@ class FollowerPlane:
 
     def next_step(self, step: int) -> StepData:
         return broadcast_from_main(StepData())
+
+    def fence(self) -> None:
+        pass
 
     def optimizer_stepped(self) -> None:
         pass
@@ -156,7 +166,7 @@ class MainPlane:
         generation: GenerationClient,
         *,
         data_timeout: float,
-        control: RunControl | None,
+        control: RunControl,
         rewards: RewardClient | None,
     ):
         self.spec, self.run_id, self.paths, self.queue, self.recorder = spec, run_id, paths, queue, recorder
@@ -174,20 +184,26 @@ class MainPlane:
     def begin(self, start_step: int, version: int, restored_ids: list[str]) -> None:
         # A crash between saving and acknowledging leaves these pending; they are in the checkpoint already.
         self.queue.ack(restored_ids)
+        self.control.begin(start_step)
         self._truncate_logs(start_step)
         self.assembler.next_step = start_step
         recovered = self.assembler.recover()
         log.info("starting at step %d, version %d (%d entries recovered)", start_step, version, recovered)
 
     def next_step(self, step: int) -> StepData:
-        reason = self.control.stop_reason() if self.control else None
-        if reason:
-            log.info("run %s stops before step %d: %s", self.run_id, step, reason)
-            return broadcast_from_main(StepData(stop_reason=reason))
         waiting = time.perf_counter()
-        entries = self.assembler.take(step, self.data_timeout)
+        try:
+            if reason := self.control.stop_reason():
+                raise Interrupted(reason)
+            entries = self.assembler.take(step, self.data_timeout, self.control.stop_reason)
+        except Interrupted as stop:
+            log.info("run %s stops before step %d: %s", self.run_id, step, stop)
+            return broadcast_from_main(StepData(stop_reason=str(stop)))
         data = StepData([e.group for e in entries], [e.id for e in entries], time.perf_counter() - waiting)
         return broadcast_from_main(data)
+
+    def fence(self) -> None:
+        self.control.fence()
 
     def optimizer_stepped(self) -> None:
         self.recorder.inc(LEARNER_STEPS, 1.0, **self.labels)
@@ -256,8 +272,7 @@ class MainPlane:
             }
             self._append(self.paths.metrics, row)
             self._export(row)
-        if self.control:
-            self.control.record(step, results[-1].version, row)
+        self.control.record(step, results[-1].version, row)
         self._append(self.paths.applied, {"step": step, "slots": [g.slot for g in groups], "ids": data.entry_ids})
 
     def _truncate_logs(self, start_step: int) -> None:

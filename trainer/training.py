@@ -32,14 +32,15 @@ class TrainingRun:
         self.learner = Learner(spec.model, spec.learner)
         self.served_version: int | None = None
 
-    def train(self, resume: bool = False) -> Literal["succeeded", "cancelled"]:
-        """Train every remaining step; stops early (``cancelled``) when the run's control says so."""
+    def train(self, resume: bool = False) -> Literal["succeeded", "stopped"]:
+        """Train every remaining step; stops early at a step boundary, checkpointed (``stopped``), when the run's
+        control says so."""
         try:
             return self._train_remaining_steps(resume)
         finally:
             self.weight_sync.release(self.run_id)
 
-    def _train_remaining_steps(self, resume: bool) -> Literal["succeeded", "cancelled"]:
+    def _train_remaining_steps(self, resume: bool) -> Literal["succeeded", "stopped"]:
         start_step, restored_ids = self._restore() if resume else (0, [])
         self.plane.begin(start_step, self.learner.version, restored_ids)
         self._push(self.learner.version)  # generation must serve this learner's weights, whatever it served before
@@ -49,7 +50,7 @@ class TrainingRun:
             data = self.plane.next_step(step)
             if data.stop_reason:
                 self._checkpoint(step, unacknowledged)
-                return "cancelled"
+                return "stopped"
             results = []
             for result in self.learner.optimizer_steps(data.samples):
                 results.append(result)
@@ -90,6 +91,7 @@ class TrainingRun:
         self.plane.evaluate(completed_steps, self.learner.version)
 
     def _push(self, version: int) -> None:
+        self.plane.fence()
         update = self.weight_sync.push(self.learner.engine.module, version, run=self.run_id)
         self.plane.pushed(version, update)
         self.served_version = version

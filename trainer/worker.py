@@ -4,6 +4,11 @@ A worker claims the oldest queued run, heartbeats while it trains it, and record
 ends that run only, and the worker goes on to the next. Under torchrun, rank 0 alone claims, heartbeats, serves
 /metrics and records; it hands each claim to the other ranks, which train beside it. A failed run leaves the
 ranks out of step, so there rank 0 records the failure and exits, and the launcher restarts the group.
+
+SIGTERM stops the run at the next step boundary (or while waiting for its data) with a checkpoint: a worker hands
+its run back to the queue for the next claim to resume, a run started by hand exits with status 143 and resumes
+with ``--resume``. A claim of a run that was handed back, or requeued after its learner went silent, resumes from
+the checkpoint in the run directory, which every learner worker shares.
 """
 
 from __future__ import annotations
@@ -15,35 +20,73 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cfpo.clients.generation import GenerationClient
 from cfpo.clients.reward import RewardClient
 from cfpo.entrypoint import load_or_exit
 from cfpo.metrics import LEARNER_METRICS, PrometheusRecorder, forget_run_later
 from cfpo.queue import QueueSettings, RolloutQueue
-from cfpo.registry import FinalState, Heartbeat, RunRegistry, RunStateError
+from cfpo.registry import Claim, FinalState, Heartbeat, LeaseLost, RunRegistry, RunStateError
 from cfpo.run_spec import RunSpec
 from trainer.distributed import broadcast_from_main, init_distributed, is_main, world_size
 from trainer.settings import LearnerSettings
 from trainer.weight_sync import WeightSync, open_weight_sync
 
+if TYPE_CHECKING:
+    from trainer.run_plane import RunControl  # its module loads torch; the process loads it once training starts
+
 log = logging.getLogger("cfpo.learner")
 
 
 class RegistryControl:
-    """The learner's view of its run in the registry: record each step, stop when cancelled or no longer ours."""
+    """A claimed run's say: record each step under the claim's lease, stop when cancelled, when SIGTERM came or once
+    the run is no longer this claim's (``cause`` says which), and push only while the lease holds."""
 
-    def __init__(self, registry: RunRegistry, run_id: str, heartbeat: Heartbeat):
-        self.registry, self.run_id, self.heartbeat = registry, run_id, heartbeat
+    def __init__(self, registry: RunRegistry, claim: Claim, heartbeat: Heartbeat, stopping: threading.Event):
+        self.registry, self.run_id, self.lease = registry, claim.run_id, claim.lease
+        self.heartbeat, self.stopping = heartbeat, stopping
+        self.cause: Literal["lost", "stopping", "cancelled"] | None = None
+
+    def begin(self, start_step: int) -> None:
+        self.registry.rewind(self.run_id, self.lease, start_step)
 
     def record(self, step: int, version: int, metrics: dict) -> None:
-        self.registry.record_step(self.run_id, step, version, metrics)
+        self.registry.record_step(self.run_id, self.lease, step, version, metrics)
 
     def stop_reason(self) -> str | None:
         if self.heartbeat.lost.is_set():
+            self.cause = "lost"
             return f"the run is no longer this worker's: {self.heartbeat.reason}"
-        return "cancelled through the API" if self.registry.is_cancelled(self.run_id) else None
+        if self.stopping.is_set():
+            self.cause = "stopping"
+            return "the learner is stopping (SIGTERM)"
+        if self.registry.is_cancelled(self.run_id):
+            self.cause = "cancelled"
+            return "cancelled through the API"
+        return None
+
+    def fence(self) -> None:
+        self.registry.heartbeat(self.run_id, self.lease)  # raises LeaseLost once another claim holds the run
+
+
+class StandaloneControl:
+    """A run started by hand: nothing to record elsewhere; it stops on SIGTERM."""
+
+    def __init__(self, stopping: threading.Event):
+        self.stopping = stopping
+
+    def begin(self, start_step: int) -> None:
+        pass
+
+    def record(self, step: int, version: int, metrics: dict) -> None:
+        pass
+
+    def stop_reason(self) -> str | None:
+        return "the learner is stopping (SIGTERM)" if self.stopping.is_set() else None
+
+    def fence(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -78,8 +121,9 @@ class LearnerProcess:
             server.close()
 
     def train(
-        self, spec: RunSpec, run_id: str, run_dir: Path, resume: bool, control: RegistryControl | None = None
-    ) -> Literal["succeeded", "cancelled"]:
+        self, spec: RunSpec, run_id: str, run_dir: Path, resume: bool, control: RunControl
+    ) -> Literal["succeeded", "stopped"]:
+        """Train the run; ``control`` is rank 0's (the other ranks follow rank 0's decisions)."""
         import torch
 
         from trainer.run_plane import FollowerPlane, MainPlane, RunPaths, RunPlane
@@ -121,28 +165,27 @@ def serve(settings: LearnerSettings) -> None:
     """Train the one run the settings name, or, with ``worker``, queued runs until SIGTERM."""
     if world_size() > 1:
         init_distributed()  # the ranks talk from the start (a worker's claims), not only once a run begins
+    stopping = threading.Event()
+    # On every rank (the launcher signals them all); rank 0's decides, the others follow it.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     process = LearnerProcess.start(settings)
     try:
         if not settings.worker:
             assert settings.spec is not None and settings.run_id is not None and settings.run_dir is not None
-            process.train(load_or_exit(RunSpec, settings.spec), settings.run_id, settings.run_dir, settings.resume)
+            spec, control = load_or_exit(RunSpec, settings.spec), StandaloneControl(stopping)
+            if process.train(spec, settings.run_id, settings.run_dir, settings.resume, control) == "stopped":
+                log.info("run %s stopped with a checkpoint; --resume goes on from it", settings.run_id)
+                raise SystemExit(128 + signal.SIGTERM)
         elif is_main():
-            serve_queued_runs(process)
+            serve_queued_runs(process, stopping)
         else:
-            follow_queued_runs(process)
+            follow_queued_runs(process, stopping)
     finally:
         process.close()
 
 
-def _stop_on_sigterm() -> threading.Event:
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    return stopping
-
-
-def serve_queued_runs(process: LearnerProcess, poll_seconds: float = 1.0) -> None:
+def serve_queued_runs(process: LearnerProcess, stopping: threading.Event, poll_seconds: float = 1.0) -> None:
     name = f"learner-{socket.gethostname()}"
-    stopping = _stop_on_sigterm()
     with RunRegistry(process.settings.redis_url) as registry:
         log.info("worker %s waiting for queued runs", name)
         while True:
@@ -156,36 +199,59 @@ def serve_queued_runs(process: LearnerProcess, poll_seconds: float = 1.0) -> Non
             run_dir = process.settings.runs_dir / claim.run_id
             resume = (run_dir / "checkpoints" / "latest").exists()
             broadcast_from_main(Assignment(claim.run_id, claim.spec, resume))
-            log.info("claimed run %s -> %s", claim.run_id, run_dir)
-            state: FinalState
-            reason: str | None
-            with registry.heartbeating(claim.run_id, name) as heartbeat:
-                try:
-                    state = process.train(
-                        claim.spec, claim.run_id, run_dir, resume, RegistryControl(registry, claim.run_id, heartbeat)
-                    )
-                except Exception as error:  # the run failed; the worker lives on for the next one
-                    log.exception("run %s failed", claim.run_id)
-                    state, reason = "failed", f"{type(error).__name__}: {error}"
-                else:
-                    reason = None
-            _finish(registry, claim.run_id, state, reason)
+            log.info("claimed run %s (lease %d) -> %s%s", claim.run_id, claim.lease, run_dir, " (resuming)" * resume)
+            failed = _train_claim(process, registry, claim, run_dir, resume, stopping, name)
             forget_run_later(process.recorder, claim.run_id, process.settings.metrics_retention_s)
-            if state == "failed" and world_size() > 1:
+            if failed and world_size() > 1:
                 raise SystemExit(f"run {claim.run_id} failed; the learner's ranks restart together")
 
 
-def follow_queued_runs(process: LearnerProcess) -> None:
+def _train_claim(
+    process: LearnerProcess,
+    registry: RunRegistry,
+    claim: Claim,
+    run_dir: Path,
+    resume: bool,
+    stopping: threading.Event,
+    name: str,
+) -> bool:
+    """Train a claimed run and tell the registry how it went: ended, handed back or, once taken over, nothing.
+    Returns whether it failed."""
+    with registry.heartbeating(claim.run_id, claim.lease) as heartbeat:
+        control = RegistryControl(registry, claim, heartbeat, stopping)
+        try:
+            outcome = process.train(claim.spec, claim.run_id, run_dir, resume, control)
+        except LeaseLost as lost:
+            log.warning("run %s: %s; leaving it to its new holder", claim.run_id, lost)
+            return False
+        except Exception as error:  # the run failed; the worker lives on for the next one
+            log.exception("run %s failed", claim.run_id)
+            _finish(registry, claim, "failed", f"{type(error).__name__}: {error}")
+            return True
+    if outcome == "succeeded" or control.cause == "cancelled":
+        _finish(registry, claim, "cancelled" if outcome == "stopped" else "succeeded", None)
+    elif control.cause == "stopping":
+        try:
+            registry.release(claim.run_id, claim.lease, f"learner worker {name} stopped (SIGTERM); it checkpointed")
+            log.info("run %s handed back to the queue, to be resumed from its checkpoint", claim.run_id)
+        except RunStateError as error:
+            log.warning("run %s: %s", claim.run_id, error)
+    else:
+        log.warning("run %s: no longer this worker's; leaving it", claim.run_id)
+    return False
+
+
+def follow_queued_runs(process: LearnerProcess, stopping: threading.Event) -> None:
     """A rank other than 0: train each run rank 0 claims, until it says stop."""
-    _stop_on_sigterm()  # the launcher signals every rank; rank 0 decides when the group stops
     while not (assignment := broadcast_from_main(Assignment())).stop:
         if assignment.run_id is not None and assignment.spec is not None:
             run_dir = process.settings.runs_dir / assignment.run_id
-            process.train(assignment.spec, assignment.run_id, run_dir, assignment.resume)
+            control = StandaloneControl(stopping)  # unused: rank 0's decisions come by broadcast
+            process.train(assignment.spec, assignment.run_id, run_dir, assignment.resume, control)
 
 
-def _finish(registry: RunRegistry, run_id: str, state: FinalState, reason: str | None) -> None:
+def _finish(registry: RunRegistry, claim: Claim, state: FinalState, reason: str | None) -> None:
     try:
-        registry.finish(run_id, state, reason)
+        registry.finish(claim.run_id, claim.lease, state, reason)
     except RunStateError as error:  # reaped or finished elsewhere meanwhile: the registry already has its end
-        log.warning("run %s: %s", run_id, error)
+        log.warning("run %s: %s", claim.run_id, error)

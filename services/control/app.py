@@ -78,9 +78,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         log.info("auth: %s", "bearer token required" if settings.token else "OFF (no CFPO_API_TOKEN; loopback only)")
         log.info("model check: %s", _model_check_text(settings))
-        reaper = asyncio.create_task(
-            reap_forever(registry, settings.heartbeat_timeout_s, settings.reap_interval_s, recorder)
-        )
+        reaper = asyncio.create_task(reap_forever(registry, settings, recorder))
         try:
             yield
         finally:

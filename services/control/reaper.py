@@ -1,4 +1,5 @@
-"""The reaper: a background task of the API that ends runs whose worker stopped heartbeating.
+"""The reaper: a background task of the API that requeues (or, past their restarts, fails) runs whose worker
+stopped heartbeating.
 
 Any number of API processes may run it: each pass is one atomic script in Redis, so a run is reaped once.
 """
@@ -12,16 +13,18 @@ import redis
 
 from cfpo.metrics import CONTROL_RUNS_REAPED, Recorder
 from cfpo.registry import RunRegistry
+from services.control.settings import ControlSettings
 
 log = logging.getLogger("cfpo.control")
 
 
-async def reap_forever(registry: RunRegistry, timeout_s: float, interval_s: float, recorder: Recorder) -> None:
+async def reap_forever(registry: RunRegistry, settings: ControlSettings, recorder: Recorder) -> None:
+    timeout_s = settings.heartbeat_timeout_s
     while True:
         try:
-            for run_id in await asyncio.to_thread(registry.reap, timeout_s):
-                log.warning("run %s: its worker sent no heartbeat for %s s; ended", run_id, timeout_s)
-                recorder.inc(CONTROL_RUNS_REAPED)
+            for run_id, outcome in await asyncio.to_thread(registry.reap, timeout_s, settings.max_restarts):
+                log.warning("run %s: its worker sent no heartbeat for %s s; %s", run_id, timeout_s, outcome)
+                recorder.inc(CONTROL_RUNS_REAPED, outcome=outcome)
         except redis.RedisError as error:  # Redis away for a while: try again next time
             log.error("reaper: %s", error)
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(settings.reap_interval_s)

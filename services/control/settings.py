@@ -31,7 +31,10 @@ class ControlSettings(StrictModel):
     )
     generation_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for generation's model list")
     heartbeat_timeout_s: float = Field(
-        60.0, gt=0, description="a running run whose worker is silent this long is marked failed"
+        60.0, gt=0, description="a running run whose worker is silent this long goes back to the queue, to be resumed"
+    )
+    max_restarts: int = Field(
+        3, ge=0, le=1000, description="times a silent worker's run is requeued; the next silence fails it"
     )
     reap_interval_s: float = Field(5.0, gt=0, description="how often to look for such runs")
     history_length: int = Field(10_000, ge=1, description="per-step metric entries kept per run")

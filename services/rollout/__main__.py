@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
         _serve_running_runs(settings, clients, recorder, stopping)
         return
     assert settings.spec is not None and settings.run_id is not None  # the settings' own rule
-    made = _serve(load_or_exit(RunSpec, settings.spec), settings.run_id, settings, clients, recorder, stopping)
+    made, _ = _serve(load_or_exit(RunSpec, settings.spec), settings.run_id, settings, clients, recorder, stopping)
     log.info("done: %d groups", made)
 
 
@@ -57,7 +57,9 @@ def _serve(
     recorder: PrometheusRecorder,
     stopping: threading.Event,
     still_wanted=lambda: True,
-) -> int:
+) -> tuple[int, bool]:
+    """Work on the run until it has all its groups, it is no longer wanted or SIGTERM came; returns the groups this
+    worker made and whether every slot of the run is filled."""
     queue_settings = QueueSettings(
         redis_url=settings.redis_url, max_depth=spec.queue_capacity, slot_lease_s=settings.slot_lease_s
     )
@@ -70,7 +72,8 @@ def _serve(
 
         # SIGTERM ends this run's work and the process; a run that ends elsewhere ends only the former.
         signal.signal(signal.SIGTERM, stop)
-        return worker.run()
+        made = worker.run()
+        return made, queue.unfilled_slots(worker.total_slots) == 0
 
 
 def _serve_running_runs(
@@ -81,7 +84,9 @@ def _serve_running_runs(
     poll_seconds: float = 1.0,
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    finished: set[str] = set()  # runs whose slots this worker saw all filled
+    # Runs whose slots this worker saw all filled. One it left unfilled (it was requeued while its learner restarts,
+    # or this worker stopped) is served again when it runs again.
+    finished: set[str] = set()
     with RunRegistry(settings.redis_url) as registry:
         log.info("rollout worker waiting for running runs")
         while not stopping.is_set():
@@ -98,7 +103,9 @@ def _serve_running_runs(
                     return False
 
             try:
-                made = _serve(run.spec, run.id, settings, clients, recorder, stopping, still_wanted=still_running)
+                made, complete = _serve(
+                    run.spec, run.id, settings, clients, recorder, stopping, still_wanted=still_running
+                )
             except Exception:  # one run's failure must not end the worker: the run may recover, others may come
                 log.exception(
                     "run %s: work failed; its slots are handed back, trying again in %.0f s",
@@ -107,9 +114,10 @@ def _serve_running_runs(
                 )
                 stopping.wait(settings.run_retry_s)
                 continue
-            log.info("run %s: %d groups from this worker", run.id, made)
-            finished.add(run.id)
-            forget_run_later(recorder, run.id, settings.metrics_retention_s)  # this worker is done with it
+            log.info("run %s: %d groups from this worker%s", run.id, made, "" if complete else "; slots left")
+            if complete:
+                finished.add(run.id)
+                forget_run_later(recorder, run.id, settings.metrics_retention_s)  # this worker is done with it
 
 
 if __name__ == "__main__":

@@ -65,13 +65,18 @@ def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
     run_id = submitted_id(cfpo("submit", str(spec_file)).output)
 
     def work() -> None:
-        assert registry.claim_next(worker).run_id == run_id
+        claim = registry.claim_next(worker)
+        assert claim.run_id == run_id
         for step in range(3):
             time.sleep(0.2)
             registry.record_step(
-                run_id, step, step + 1, {"reward_mean": 0.5, "behaviour_kl_k3": 0.0125, "behaviour_clip_frac": 0.25}
+                run_id,
+                claim.lease,
+                step,
+                step + 1,
+                {"reward_mean": 0.5, "behaviour_kl_k3": 0.0125, "behaviour_clip_frac": 0.25},
             )
-        registry.finish(run_id, "succeeded")
+        registry.finish(run_id, claim.lease, "succeeded")
 
     thread = threading.Thread(target=work)
     thread.start()

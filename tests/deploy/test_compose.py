@@ -246,6 +246,12 @@ def test_redis_persists_append_only_on_a_named_volume(profile):
     assert source == "redis-data" and not read_only
 
 
+def test_the_learner_is_given_time_to_checkpoint_and_hand_its_run_back(profile):
+    name, services = profile
+    assert services[f"learner-{name}"]["stop_grace_period"] == "10m"
+    assert services["control"]["stop_grace_period"] == "30s"
+
+
 @needs_compose
 def test_generation_and_learner_share_the_data_and_weights_volumes(profile):
     name, services = profile

@@ -364,6 +364,14 @@ def test_pods_run_unprivileged_with_probes_and_resources(values):
     assert pod(objs, "generation")["spec"]["securityContext"]["runAsUser"] == 1000
 
 
+def test_the_learner_is_given_time_to_checkpoint_and_hand_its_run_back():
+    assert pod(objects(), "learner")["spec"]["terminationGracePeriodSeconds"] == 600
+    assert pod(objects({"learner": {"terminationGracePeriodSeconds": 60}}), "learner")["spec"][
+        "terminationGracePeriodSeconds"
+    ] == 60
+    assert "terminationGracePeriodSeconds" not in pod(objects(), "rollout")["spec"]  # the default 30 s suffices
+
+
 # --- scaling and monitoring ----------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """End-to-end runs of the asynchronous pipeline on the tiny model."""
 
 import re
+import signal
 import statistics
 
 import httpx
@@ -99,6 +100,21 @@ def test_killed_learner_resumes_with_every_entry_applied_once(start_run):
         depth = queue.depth()
         assert (depth.unread, depth.pending) == (0, 0)  # everything applied was acknowledged
         assert queue.dead_letter_count() == 0
+
+
+def test_a_stopped_learner_checkpoints_where_it_stopped_and_resumes_there(start_run):
+    run = start_run(_with(steps=12, checkpoint_every=100))  # no periodic checkpoint before the end
+    run.start_learner()
+    run.wait_for_steps(4)
+    run.learner.send_signal(signal.SIGTERM)
+    assert run.learner.wait(60) == 128 + signal.SIGTERM, run.log_tail()  # stopped, not finished
+    stopped_at = len(run.applied())
+    assert stopped_at >= 4 and "--resume goes on from it" in run.log_tail()
+    run.start_learner("--resume")
+    run.wait()
+    starts = re.findall(r"starting at step (\d+),", run.log_tail(100_000))
+    assert int(starts[-1]) == stopped_at  # the SIGTERM's checkpoint: no step lost, none replayed
+    assert sorted(slot for line in run.applied() for slot in line["slots"]) == list(range(12 * 4))
 
 
 def test_poisoned_entry_is_set_aside_and_the_run_finishes(start_run):

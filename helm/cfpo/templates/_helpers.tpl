@@ -91,6 +91,9 @@ the security context, and the component's placement. */}}
 {{- define "cfpo.podSpec" -}}
 {{- $values := index .root.Values .component -}}
 automountServiceAccountToken: false
+{{- with $values.terminationGracePeriodSeconds }}
+terminationGracePeriodSeconds: {{ . }}
+{{- end }}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from cfpo.registry import RunStateError
+from cfpo.registry import LeaseLost, RunStateError
 from tests.services.control.conftest import HEARTBEAT_TIMEOUT_S, control_api, spec
 
 
@@ -28,10 +28,10 @@ def test_a_run_goes_queued_running_succeeded_with_its_metrics(client, registry, 
     run = submit(client, name="lifecycle")
     assert (run["state"], run["name"], run["steps_done"], run["steps"]) == ("queued", "lifecycle", 0, 3)
 
-    run_id, claimed_spec = registry.claim_next(worker)
+    run_id, claimed_spec, lease = registry.claim_next(worker)
     assert run_id == run["id"] and claimed_spec.steps == 3
     assert registry.claim_next(worker + "-other") is None  # one worker per run
-    with registry.heartbeating(run_id, worker, every_s=0.2) as beat:
+    with registry.heartbeating(run_id, lease, every_s=0.2) as beat:
         running = client.get(f"/v1/runs/{run_id}").json()
         assert (running["state"], running["worker"]) == ("running", worker)
         time.sleep(HEARTBEAT_TIMEOUT_S * 1.5)  # longer than the reaper's timeout: the heartbeats keep it running
@@ -39,11 +39,12 @@ def test_a_run_goes_queued_running_succeeded_with_its_metrics(client, registry, 
         for step in range(3):
             registry.record_step(
                 run_id,
+                lease,
                 step,
                 version=step + 1,
                 metrics={"reward_mean": 0.1 * step, "kl_k3": 0.01, "staleness_mean": 0.5},
             )
-        registry.finish(run_id, "succeeded")
+        registry.finish(run_id, lease, "succeeded")
 
     done = client.get(f"/v1/runs/{run_id}").json()
     assert (done["state"], done["reason"], done["steps_done"], done["version"]) == ("succeeded", None, 3, 3)
@@ -68,20 +69,19 @@ def test_a_cancelled_queued_run_is_never_claimed(client, registry, worker):
 
 def test_a_cancelled_running_run_is_flagged_until_its_worker_stops(client, registry, worker):
     run = submit(client)
-    run_id, _ = registry.claim_next(worker)
+    run_id, _, lease = registry.claim_next(worker)
     assert not registry.is_cancelled(run_id)
     flagged = client.post(f"/v1/runs/{run_id}/cancel", json={"reason": "enough"}).json()
     assert (flagged["state"], flagged["cancel_reason"]) == ("running", "enough")
     assert registry.is_cancelled(run_id)  # what the worker checks between steps
-    registry.finish(run_id, "cancelled")
+    registry.finish(run_id, lease, "cancelled")
     ended = client.get(f"/v1/runs/{run['id']}").json()
     assert (ended["state"], ended["reason"]) == ("cancelled", "enough")
 
 
 def test_a_finished_run_cannot_be_cancelled(client, registry, worker):
     run = submit(client)
-    registry.claim_next(worker)
-    registry.finish(run["id"], "failed", "out of memory")
+    registry.finish(run["id"], registry.claim_next(worker).lease, "failed", "out of memory")
     response = client.post(f"/v1/runs/{run['id']}/cancel")
     assert response.status_code == 409 and "already failed" in response.json()["detail"]
     assert client.get(f"/v1/runs/{run['id']}").json()["reason"] == "out of memory"
@@ -96,20 +96,27 @@ def test_unknown_runs_are_404(client, method, path, run_id):
     assert response.status_code == 404 and "no such run" in response.json()["detail"]
 
 
-def test_a_run_whose_worker_dies_fails_with_the_reason(client, registry, worker):
+def test_a_run_whose_worker_dies_is_requeued_for_the_next_worker_then_fails_out_of_restarts(client, registry, worker):
     submit(client)
-    run_id, _ = registry.claim_next(worker)
-    registry.heartbeat(run_id, worker)
-    registry.record_step(run_id, 0, 1, {"reward_mean": 0.5})
-    # ... and the worker is gone: no more heartbeats. The API's reaper ends the run.
-    failed = wait_for_state(client, run_id, "failed", timeout=HEARTBEAT_TIMEOUT_S + 5)
-    assert f"no heartbeat from worker {worker}" in failed["reason"]
-    assert failed["steps_done"] == 1 and failed["finished_at"] is not None
-    with pytest.raises(RunStateError, match="failed"):  # a worker that wakes up learns the run is not its own
-        registry.heartbeat(run_id, worker)
-    with pytest.raises(RunStateError):
-        registry.record_step(run_id, 1, 2, {})
-    assert "cfpo_control_runs_reaped_total" in client.get("/metrics").text
+    run_id, _, first_lease = registry.claim_next(worker)
+    registry.record_step(run_id, first_lease, 0, 1, {"reward_mean": 0.5})
+    # ... and the worker is gone: no more heartbeats. The API's reaper puts the run back at the head of the queue.
+    requeued = wait_for_state(client, run_id, "queued", timeout=HEARTBEAT_TIMEOUT_S + 5)
+    assert f"no heartbeat from worker {worker}" in requeued["restart_reason"] and requeued["restarts"] == 1
+    assert requeued["steps_done"] == 1 and requeued["finished_at"] is None
+    with pytest.raises(LeaseLost):  # a worker that wakes up learns the run is not its own
+        registry.heartbeat(run_id, first_lease)
+    for restarts in (1, 2, 3):  # the next claims resume it, and die too
+        claim = registry.claim_next(f"{worker}-{restarts}")
+        assert (claim.run_id, claim.lease) == (run_id, first_lease + restarts)
+        ended = wait_for_state(client, run_id, "queued" if restarts < 3 else "failed", HEARTBEAT_TIMEOUT_S + 5)
+    assert f"no heartbeat from worker {worker}-3" in ended["reason"]
+    assert "restarted 3 times already" in ended["reason"] and ended["finished_at"] is not None
+    with pytest.raises(RunStateError, match="failed"):
+        registry.record_step(run_id, claim.lease, 1, 2, {})
+    reaped = client.get("/metrics").text
+    assert 'cfpo_control_runs_reaped_total{outcome="requeued"}' in reaped
+    assert 'cfpo_control_runs_reaped_total{outcome="failed"}' in reaped
 
 
 def test_a_cancelled_run_whose_worker_dies_ends_cancelled(client, registry, worker):
@@ -124,9 +131,9 @@ def test_restarting_the_api_loses_nothing(redis_url, tmp_path, registry, worker)
     with contextlib.ExitStack() as worker_alive:  # the worker heartbeats on while the API restarts
         with control_api(redis_url, tmp_path / "first.log") as first, first.client() as http:
             running = submit(http)
-            run_id, _ = registry.claim_next(worker)
-            worker_alive.enter_context(registry.heartbeating(run_id, worker, every_s=0.2))
-            registry.record_step(run_id, 0, 1, {"reward_mean": 1.0})
+            run_id, _, lease = registry.claim_next(worker)
+            worker_alive.enter_context(registry.heartbeating(run_id, lease, every_s=0.2))
+            registry.record_step(run_id, lease, 0, 1, {"reward_mean": 1.0})
             queued = submit(http, name="survives")
         with control_api(redis_url, tmp_path / "second.log") as second, second.client() as http:
             assert http.get(f"/v1/runs/{queued['id']}").json() == queued

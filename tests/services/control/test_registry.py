@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from cfpo.registry import RunNotFound, RunRegistry, RunStateError
+from cfpo.registry import LeaseLost, RunNotFound, RunRegistry, RunStateError
 from cfpo.run_spec import RunSpec
 
 SPEC = RunSpec(model="/models/tiny", steps=5, learner={"loss": {"ratio_reference": "behaviour"}})
@@ -30,16 +30,16 @@ def test_each_queued_run_goes_to_exactly_one_of_many_claiming_workers(redis_url,
 
 def test_runs_are_claimed_oldest_first_with_their_spec(registry, worker):
     first, second = registry.submit(SPEC, name="first"), registry.submit(SPEC.model_copy(update={"seed": 7}))
-    assert registry.claim_next(worker) == (first.id, SPEC)
+    assert registry.claim_next(worker) == (first.id, SPEC, 1)
     assert registry.claim_next(worker).spec.seed == 7 and registry.get(second.id).state == "running"
 
 
 def test_the_history_is_capped_and_the_latest_step_kept(redis_url, worker):
     with RunRegistry(redis_url, history_length=3) as registry:
         run_id = registry.submit(SPEC).id
-        registry.claim_next(worker)
+        lease = registry.claim_next(worker).lease
         for step in range(5):
-            registry.record_step(run_id, step, step + 1, {"loss": 1.0 / (step + 1)})
+            registry.record_step(run_id, lease, step, step + 1, {"loss": 1.0 / (step + 1)})
         assert [entry.step for entry in registry.history(run_id)] == [2, 3, 4]
         record = registry.get(run_id)
         assert (record.steps_done, record.version, record.metrics) == (5, 5, {"loss": 0.2})
@@ -51,9 +51,10 @@ def test_metrics_json_cannot_hold_are_kept_readable(registry, worker):
             return 0.25
 
     run_id = registry.submit(SPEC).id
-    registry.claim_next(worker)
+    lease = registry.claim_next(worker).lease
     registry.record_step(
         run_id,
+        lease,
         0,
         1,
         {
@@ -75,32 +76,60 @@ def test_metrics_json_cannot_hold_are_kept_readable(registry, worker):
 
 def test_a_heartbeat_thread_notices_when_the_run_is_no_longer_its_own(registry, worker):
     run_id = registry.submit(SPEC).id
-    registry.claim_next(worker)
-    with registry.heartbeating(run_id, worker, every_s=0.05) as beat:
-        registry.finish(run_id, "succeeded")
+    lease = registry.claim_next(worker).lease
+    with registry.heartbeating(run_id, lease, every_s=0.05) as beat:
+        registry.finish(run_id, lease, "succeeded")
         assert beat.lost.wait(2) and "succeeded" in beat.reason
 
 
-def test_only_the_claiming_worker_heartbeats_and_only_running_runs_finish(registry, worker):
+def test_only_the_current_lease_heartbeats_and_only_running_runs_finish(registry, worker):
     run_id = registry.submit(SPEC).id
-    with pytest.raises(RunStateError, match="queued"):
-        registry.finish(run_id, "succeeded")
-    registry.claim_next(worker)
-    with pytest.raises(RunStateError, match=f"held by worker {worker}, not someone-else"):
-        registry.heartbeat(run_id, "someone-else")
+    with pytest.raises(LeaseLost, match="queue"):
+        registry.finish(run_id, 1, "succeeded")
+    lease = registry.claim_next(worker).lease
+    with pytest.raises(LeaseLost, match=f"stale lease {lease + 1}: the run was taken over \\(lease {lease}\\)"):
+        registry.heartbeat(run_id, lease + 1)
     with pytest.raises(ValueError, match="state"):
-        registry.finish(run_id, "running")
-    registry.finish(run_id, "failed", "diverged")
+        registry.finish(run_id, lease, "running")
+    registry.finish(run_id, lease, "failed", "diverged")
     with pytest.raises(RunStateError, match="failed"):
-        registry.finish(run_id, "succeeded")
+        registry.finish(run_id, lease, "succeeded")
     assert registry.get(run_id).reason == "diverged"
+
+
+def test_a_run_handed_back_is_claimed_next_under_a_new_lease_and_fences_the_old_one(registry, worker):
+    handed_back, waiting = registry.submit(SPEC).id, registry.submit(SPEC).id
+    old = registry.claim_next(worker).lease
+    for step in range(3):
+        registry.record_step(handed_back, old, step, step + 1, {"loss": 1.0})
+    registry.release(handed_back, old, "learner stopped (SIGTERM)")
+    record = registry.get(handed_back)
+    assert (record.state, record.restarts, record.restart_reason) == ("queued", 1, "learner stopped (SIGTERM)")
+
+    claim = registry.claim_next(worker + "-new")
+    assert (claim.run_id, claim.lease) == (handed_back, old + 1)  # ahead of the run queued before it
+    registry.rewind(handed_back, claim.lease, 2)  # its checkpoint holds steps 0-1: step 2 is trained again
+    registry.record_step(handed_back, claim.lease, 2, 3, {"loss": 0.5})
+    assert [(e.step, e.metrics["loss"]) for e in registry.history(handed_back)] == [(0, 1.0), (1, 1.0), (2, 0.5)]
+    assert registry.get(handed_back).steps_done == 3
+    for stale_write in (
+        lambda: registry.heartbeat(handed_back, old),
+        lambda: registry.record_step(handed_back, old, 3, 4, {}),
+        lambda: registry.release(handed_back, old, "again"),
+        lambda: registry.finish(handed_back, old, "succeeded"),
+    ):
+        with pytest.raises(LeaseLost, match="stale lease"):
+            stale_write()
+    assert registry.get(handed_back).state == "running" and registry.get(waiting).state == "queued"
+    registry.finish(handed_back, claim.lease, "succeeded")
+    registry.cancel(waiting)
 
 
 def test_unknown_runs_raise_not_found(registry):
     for call in (
         lambda: registry.get("nope"),
         lambda: registry.is_cancelled("nope"),
-        lambda: registry.heartbeat("bad:id", "w"),
+        lambda: registry.heartbeat("bad:id", 1),
         lambda: registry.history("nope"),
     ):
         with pytest.raises(RunNotFound):
