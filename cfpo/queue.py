@@ -8,8 +8,8 @@ Why it is built this way (docs/architecture.md, "Decisions": the queue):
 - Acknowledged entries are deleted, so the stream's length is exactly the queue depth (unread + pending), and
   bounding it is one atomic check-and-append (a Lua script). Unread entries are never trimmed: a full queue makes
   producers wait (backpressure) and raise ``QueueFull`` after a timeout.
-- A malformed entry is moved to the dead-letter stream with its reason, counted, and acknowledged, so one bad
-  producer cannot stall the learner or be redelivered forever.
+- A malformed entry (or one the consumer's ``check`` refuses) is moved to the dead-letter stream with its reason,
+  counted, and acknowledged, so one bad producer cannot stall or crash the learner or be redelivered forever.
 - For staleness admission control (``cfpo.staleness``) rollout workers take slots (``reserve_slot``), and the
   learner publishes its policy version (``current_version``). A slot is a lease, not a gift: its holder renews it
   while it works, appending the group ends it, and one that runs out (its worker died or stalled) or is released
@@ -123,7 +123,7 @@ class QueueSettings(StrictModel):
     poll_interval_s: float = Field(0.05, gt=0, description="how often a waiting producer or version wait re-checks")
     slot_lease_s: float = SLOT_LEASE_FIELD
     dead_letter_max_len: int = Field(
-        10_000, ge=1, description="dead letters kept (older ones are trimmed; the dead-letter count is never reset)"
+        64, ge=1, description="dead letters kept for inspection (older ones go; the dead-letter count is never reset)"
     )
 
 
@@ -173,6 +173,20 @@ class RunKeys:
     def next_prompt(self) -> str:
         return f"run:{self.run_id}:next-prompt"
 
+    @property
+    def every_key(self) -> tuple[str, ...]:
+        """All of the run's queue: what goes once the run has ended and its retention passed."""
+        return (
+            self.rollouts,
+            self.dead_letter,
+            self.dead_letter_count,
+            self.policy_version,
+            self.next_slot,
+            self.next_prompt,
+            self.slot_leases,
+            self.slot_holders,
+        )
+
 
 @dataclass(frozen=True)
 class QueueEntry:
@@ -198,12 +212,20 @@ class QueueDepth:
         return self.unread + self.pending
 
 
-class RolloutQueue:
-    """The rollout stream of one run, for both its producers (``append``) and its consumer (``read``/``ack``)."""
+# Why a well-formed group does not belong in this run's stream (None: it does); the consumer's own rules.
+EntryCheck = Callable[[RolloutGroup], str | None]
 
-    def __init__(self, run_id: str, settings: QueueSettings | None = None):
+
+class RolloutQueue:
+    """The rollout stream of one run, for both its producers (``append``) and its consumer (``read``/``ack``).
+
+    ``check``: what the consumer refuses beyond the wire format (the learner: slots the run lacks, token ids its
+    model lacks); such entries are dead-lettered like malformed ones."""
+
+    def __init__(self, run_id: str, settings: QueueSettings | None = None, check: EntryCheck | None = None):
         self.keys = RunKeys(run_id)
         self.settings = settings or QueueSettings()
+        self.check = check
         self.redis = connect(self.settings.redis_url)
         self._append_if_room = self.redis.register_script(_APPEND_IF_ROOM)
         self._reserve_slot = self.redis.register_script(_RESERVE_SLOT)
@@ -315,6 +337,8 @@ class RolloutQueue:
                 group = decode_group(fields)
                 if group.run_id != self.keys.run_id:
                     raise MalformedEntry(f"run_id: {group.run_id!r} in the queue of run {self.keys.run_id!r}")
+                if self.check is not None and (refused := self.check(group)):
+                    raise MalformedEntry(refused)
                 entries.append(QueueEntry(entry_id.decode(), group))
             except MalformedEntry as error:
                 self._dead_letter(entry_id, fields, error.reason)
@@ -329,7 +353,7 @@ class RolloutQueue:
                 self.keys.dead_letter,
                 cast(dict[FieldT, EncodableT], letter),  # bytes to bytes is one of those (dict is invariant)
                 maxlen=self.settings.dead_letter_max_len,
-                approximate=True,
+                approximate=False,  # exact: each dead letter may be a whole group, and Redis's memory is budgeted
             )
             transaction.incr(self.keys.dead_letter_count)
             transaction.xack(self.keys.rollouts, CONSUMER_GROUP, entry_id)

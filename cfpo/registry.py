@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, cast, get_args
 
 import redis
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
-from cfpo.config import environment
+from cfpo.config import describe_validation_error, environment
 from cfpo.queue import DEFAULT_REDIS_URL, RunKeys, connect
 from cfpo.run_spec import RunSpec
 
@@ -65,6 +65,7 @@ FINAL_STATES: tuple[str, ...] = get_args(FinalState)
 INDEX_KEY = "runs:index"  # every run id, scored by submission time
 QUEUED_KEY = "runs:queued"  # ids waiting for a worker, oldest first
 ACTIVE_KEY = "runs:active"  # ids of running runs, scored by their last heartbeat
+ENDED_KEY = "runs:ended"  # ids of ended runs whose queue is still kept, scored by when they ended
 RECORD_PREFIX, RECORD_SUFFIX = "run:", ":record"  # scripts build record keys of ids they pop from these two parts
 
 # Every script starts here: `now` is Redis's clock, one clock for every process that touches a run.
@@ -183,7 +184,7 @@ return 'ok'
 """
 )
 
-# KEYS: record, active. ARGV: prefix, suffix, id, lease, final state, reason ('' for none). Only a running run
+# KEYS: record, active, ended. ARGV: prefix, suffix, id, lease, final state, reason ('' for none). Only a running run
 # finishes; a cancelled one keeps the reason given with the cancel unless the worker names another.
 _FINISH = (
     _PRELUDE
@@ -197,11 +198,12 @@ if reason == '' and ARGV[5] == 'cancelled' then reason = cancel_reason or 'cance
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', now)
 if reason == '' then redis.call('HDEL', KEYS[1], 'reason') else redis.call('HSET', KEYS[1], 'reason', reason) end
 redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], now, ARGV[3])
 return 'ok'
 """
 )
 
-# KEYS: record, queued. ARGV: prefix, suffix, id, reason. A queued run ends now; a running one gets the flag.
+# KEYS: record, queued, ended. ARGV: prefix, suffix, id, reason. A queued run ends now; a running one gets the flag.
 # Returns the state the run had.
 _CANCEL = (
     _PRELUDE
@@ -211,6 +213,7 @@ if not state then return 'missing' end
 if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[4], 'cancel_reason', ARGV[4], 'finished_at', now)
   redis.call('LREM', KEYS[2], 0, ARGV[3])
+  redis.call('ZADD', KEYS[3], now, ARGV[3])
 elseif state == 'running' and not redis.call('HGET', KEYS[1], 'cancel_reason') then
   redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[4])
 end
@@ -218,7 +221,7 @@ return state
 """
 )
 
-# KEYS: active, queued. ARGV: prefix, suffix, timeout in seconds, most restarts. Every running run whose last
+# KEYS: active, queued, ended. ARGV: prefix, suffix, timeout in seconds, most restarts. Every running run whose last
 # heartbeat is older goes back to the queue for another worker to resume, or, once it has had its restarts (or a
 # cancel was asked), ends. Returns {id, what happened} pairs.
 _REAP = (
@@ -236,6 +239,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumbe
     if cancel_reason then
       redis.call('HSET', record, 'state', 'cancelled', 'reason', cancel_reason .. '; then ' .. silence,
                  'finished_at', now)
+      redis.call('ZADD', KEYS[3], now, id)
       table.insert(reaped, {id, 'cancelled'})
     elseif tonumber(restarts or '0') < tonumber(ARGV[4]) then
       requeue(record, id, silence, KEYS[2])
@@ -243,6 +247,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumbe
     else
       redis.call('HSET', record, 'state', 'failed', 'finished_at', now,
                  'reason', silence .. string.format('; restarted %s times already', restarts or '0'))
+      redis.call('ZADD', KEYS[3], now, id)
       table.insert(reaped, {id, 'failed'})
     end
   end
@@ -299,7 +304,12 @@ class RunRecord(BaseModel):
     name: str | None = None
     state: RunState
     reason: str | None = Field(None, description="why the run failed or was cancelled")
-    spec: RunSpec
+    spec: RunSpec | None = Field(description="the run's spec; null when the stored one no longer validates")
+    spec_error: str | None = Field(
+        None,
+        description="why the stored spec no longer validates (the spec schema changed since the run was submitted); "
+        "such a run is shown but never worked on: a claim fails it with this reason",
+    )
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -315,12 +325,14 @@ class RunRecord(BaseModel):
 
     @computed_field  # type: ignore[prop-decorator]  # mypy rejects decorated properties; pydantic documents this
     @property
-    def steps(self) -> int:
-        return self.spec.steps
+    def steps(self) -> int | None:
+        return None if self.spec is None else self.spec.steps
 
     @computed_field  # type: ignore[prop-decorator]  # mypy rejects decorated properties; pydantic documents this
     @property
-    def staleness(self) -> Staleness:
+    def staleness(self) -> Staleness | None:
+        if self.spec is None:
+            return None
         latest = self.metrics.get("staleness_mean")
         return Staleness(
             mode=self.spec.staleness.mode,
@@ -331,7 +343,10 @@ class RunRecord(BaseModel):
     @classmethod
     def from_hash(cls, run_id: str, fields: dict[bytes, bytes]) -> RunRecord:
         data: dict[str, Any] = {key.decode(): value.decode() for key, value in fields.items()}
-        data["spec"] = RunSpec.model_validate_json(data["spec"])
+        try:
+            data["spec"] = RunSpec.model_validate_json(data["spec"])
+        except ValidationError as error:  # stored under an older schema: show the run, say why it cannot run
+            data["spec"], data["spec_error"] = None, describe_validation_error(error)
         data["metrics"] = json.loads(data.get("metrics", "{}"))
         return cls(id=run_id, **data)
 
@@ -380,9 +395,9 @@ class Heartbeat:
 
 
 class RunRegistry:
-    """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``cancel``, ``history``, ``reap``) and
-    the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``rewind``, ``record_step``, ``is_cancelled``,
-    ``release``, ``finish``)."""
+    """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``cancel``, ``history``, ``reap``,
+    ``drop_ended_queues``) and the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``rewind``,
+    ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
 
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
         self.redis = connect(redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)())
@@ -447,7 +462,7 @@ class RunRegistry:
     def cancel(self, run_id: str, reason: str = "cancelled through the API") -> RunRecord:
         """End a queued run now; ask a running one to stop (its worker sees ``is_cancelled``). Repeats are no-ops."""
         keys = _keys(run_id)
-        before = self._run("cancel", [keys.record, QUEUED_KEY], run_id, reason).decode()
+        before = self._run("cancel", [keys.record, QUEUED_KEY, ENDED_KEY], run_id, reason).decode()
         if before == "missing":
             raise RunNotFound(run_id)
         if before in ("succeeded", "failed"):
@@ -466,8 +481,22 @@ class RunRegistry:
         """Requeue every running run without a heartbeat for ``timeout_s``, to be resumed by the next worker; fail
         one restarted ``max_restarts`` times already, and cancel one whose cancel was asked. Returns (run id,
         "requeued" | "failed" | "cancelled") pairs."""
-        reaped = self._run("reap", [ACTIVE_KEY, QUEUED_KEY], timeout_s, max_restarts)
+        reaped = self._run("reap", [ACTIVE_KEY, QUEUED_KEY, ENDED_KEY], timeout_s, max_restarts)
         return [(run_id.decode(), outcome.decode()) for run_id, outcome in reaped]
+
+    def drop_ended_queues(self, retention_s: float) -> list[str]:
+        """Delete the queues (rollout stream, dead letters, slots, version) of runs that ended over ``retention_s``
+        ago; their records and histories stay. Returns their ids."""
+        seconds, microseconds = self.redis.time()
+        cutoff = seconds + microseconds / 1e6 - retention_s
+        ids = [i.decode() for i in cast(list[bytes], self.redis.zrangebyscore(ENDED_KEY, "-inf", f"({cutoff}"))]
+        if ids:
+            with self.redis.pipeline() as transaction:
+                for run_id in ids:
+                    transaction.delete(*RunKeys(run_id).every_key)
+                transaction.zrem(ENDED_KEY, *ids)
+                transaction.execute()
+        return ids
 
     def counts(self) -> dict[str, int]:
         """Queued and running runs right now (cheap: two lengths), for gauges."""
@@ -488,11 +517,15 @@ class RunRegistry:
         A run handed back or requeued after its worker went silent is at the head of the queue; its claim has the
         next lease, and the checkpoint in its run directory says where to resume."""
         _check_worker(worker)
-        claimed = self._run("claim", [QUEUED_KEY, ACTIVE_KEY], worker)
-        if claimed is None:
-            return None
-        run_id, spec, lease = claimed
-        return Claim(run_id.decode(), RunSpec.model_validate_json(spec), int(lease))
+        while (claimed := self._run("claim", [QUEUED_KEY, ACTIVE_KEY], worker)) is not None:
+            run_id, spec, lease = claimed[0].decode(), claimed[1], int(claimed[2])
+            try:
+                return Claim(run_id, RunSpec.model_validate_json(spec), lease)
+            except ValidationError as error:  # no worker can run it: fail it with the reason, take the next
+                reason = f"its stored spec no longer validates: {describe_validation_error(error)}"
+                log.error("run %s: %s", run_id, reason)
+                self.finish(run_id, lease, "failed", reason)
+        return None
 
     def heartbeat(self, run_id: str, lease: int) -> None:
         """Say the holder of ``lease`` is alive and still on the run; raises LeaseLost (or RunStateError, once the run
@@ -549,7 +582,9 @@ class RunRegistry:
         if state not in FINAL_STATES:
             raise ValueError(f"state: {state!r} is not one of {FINAL_STATES}")
         keys = _keys(run_id)
-        self._checked(run_id, self._run("finish", [keys.record, ACTIVE_KEY], run_id, lease, state, reason or ""))
+        self._checked(
+            run_id, self._run("finish", [keys.record, ACTIVE_KEY, ENDED_KEY], run_id, lease, state, reason or "")
+        )
 
     def is_cancelled(self, run_id: str) -> bool:
         """Whether a cancel was asked (the worker should stop at the next step boundary)."""

@@ -96,6 +96,22 @@ def encode_group(group: RolloutGroup) -> dict[bytes, bytes]:
     return {b"schema": str(SCHEMA_VERSION).encode(), b"body": json.dumps(body, separators=(",", ":")).encode()}
 
 
+# Upper bounds of the wire form (checked against encode_group by tests/cfpo/queue): per completion token, an int32 id,
+# a float32 log-prob and a mask byte in base64 (4/3 characters per byte); per prompt token, an int32 once per group;
+# per sample and per entry, the JSON around them and the stream entry's own keeping in Redis.
+WIRE_BYTES_PER_COMPLETION_TOKEN = 12
+WIRE_BYTES_PER_PROMPT_TOKEN = 6
+WIRE_BYTES_PER_SAMPLE = 400
+WIRE_BYTES_PER_ENTRY = 1024
+
+
+def max_entry_bytes(group_size: int, prompt_tokens: int, completion_tokens: int) -> int:
+    """The most a group of ``group_size`` completions of up to ``completion_tokens`` tokens, on a prompt of up to
+    ``prompt_tokens``, takes as a stream entry: for sizing Redis before a run starts."""
+    per_sample = WIRE_BYTES_PER_SAMPLE + WIRE_BYTES_PER_COMPLETION_TOKEN * completion_tokens
+    return WIRE_BYTES_PER_ENTRY + WIRE_BYTES_PER_PROMPT_TOKEN * prompt_tokens + group_size * per_sample
+
+
 def decode_group(fields: Mapping[bytes, bytes]) -> RolloutGroup:
     """The group in the stream fields ``fields``; raises MalformedEntry with a readable reason if it is invalid."""
     unexpected = sorted(k.decode(errors="replace") for k in set(fields) - {b"schema", b"body"})
@@ -111,6 +127,8 @@ def decode_group(fields: Mapping[bytes, bytes]) -> RolloutGroup:
         body = json.loads(fields[b"body"])
     except ValueError as error:
         raise MalformedEntry(f"body: not JSON: {error}") from None
+    except RecursionError:  # JSON nested deeper than Python's parser recurses; no valid group nests at all
+        raise MalformedEntry("body: JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise MalformedEntry("body: expected a JSON object")
     return _group_from_wire(body)

@@ -126,6 +126,7 @@ class LearnerProcess:
         """Train the run; ``control`` is rank 0's (the other ranks follow rank 0's decisions)."""
         import torch
 
+        from trainer.entry_check import RunEntryCheck
         from trainer.run_plane import FollowerPlane, MainPlane, RunPaths, RunPlane
         from trainer.threads import learner_threads
         from trainer.training import TrainingRun
@@ -136,7 +137,7 @@ class LearnerProcess:
             plane: RunPlane = FollowerPlane()
             if is_main():
                 queue_settings = QueueSettings(redis_url=self.settings.redis_url, max_depth=spec.queue_capacity)
-                queue = resources.enter_context(RolloutQueue(run_id, queue_settings))
+                queue = resources.enter_context(RolloutQueue(run_id, queue_settings, RunEntryCheck.for_run(spec)))
                 plane = MainPlane(
                     spec,
                     run_id,

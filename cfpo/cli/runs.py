@@ -68,6 +68,12 @@ def submit(
     console.print(f"submitted run [bold]{record['id']}[/bold] ({record['state']})", highlight=False)
 
 
+def _loss_and_model(run: dict) -> tuple[str, str]:
+    """A stored spec that no longer validates comes back as null (``spec_error`` says why)."""
+    spec = run["spec"]
+    return (spec["learner"]["loss"]["name"], spec["model"]) if spec else ("(invalid spec)", "(invalid spec)")
+
+
 @run_app.command("list")
 def list_runs(
     state: str = typer.Option(None, help="only runs in this state"), limit: int = typer.Option(20, min=1, max=1000)
@@ -81,9 +87,8 @@ def list_runs(
             run["id"],
             run["name"] or "",
             _state(run),
-            f"{run['steps_done']}/{run['steps']}",
-            run["spec"]["learner"]["loss"]["name"],
-            run["spec"]["model"],
+            f"{run['steps_done']}/{run['steps'] or '?'}",
+            *_loss_and_model(run),
             _when(run["created_at"]),
             run["reason"] or "",
         )
@@ -102,11 +107,15 @@ def show(run_id: str = typer.Argument(..., help="the run's id")) -> None:
         ("state", _state(run)),
         ("reason", run["reason"]),
         ("cancel asked", run["cancel_reason"]),
-        ("model", run["spec"]["model"]),
-        ("loss", run["spec"]["learner"]["loss"]["name"]),
-        ("steps", f"{run['steps_done']}/{run['steps']}"),
+        ("spec", run["spec_error"] and f"no longer valid: {run['spec_error']}"),
+        ("model", _loss_and_model(run)[1]),
+        ("loss", _loss_and_model(run)[0]),
+        ("steps", f"{run['steps_done']}/{run['steps'] or '?'}"),
         ("version", run["version"]),
-        ("staleness", f"{staleness['mode']}, bound {staleness['bound']}, latest mean {staleness['latest_mean']}"),
+        (
+            "staleness",
+            staleness and f"{staleness['mode']}, bound {staleness['bound']}, latest mean {staleness['latest_mean']}",
+        ),
         ("worker", run["worker"]),
         ("created", _when(run["created_at"])),
         ("started", _when(run["started_at"])),

@@ -28,6 +28,7 @@ from cfpo.registry import RunRecord, RunRegistry
 from cfpo.run_spec import RunSpec
 from services.control import errors
 from services.control.auth import token_checker
+from services.control.budget import OverBudget, check_budget
 from services.control.reaper import reap_forever
 from services.control.schemas import CancelRequest, HistoryQuery, ListQuery, RunList, StepHistory, SubmitRequest
 from services.control.served_models import ServedModels, check_served
@@ -121,6 +122,7 @@ def create_app(
     def submit(body: SubmitRequest, response: Response) -> RunRecord:
         """Validate a run spec and queue the run; 409 if generation serves another model."""
         spec = _storable(body)
+        _within_budget(spec, registry, settings.redis_budget_mib)
         if served_models is not None:
             check_served(spec.model, served_models())
         record = registry.submit(spec, name=body.name)
@@ -170,6 +172,15 @@ def create_app(
         return Response(await recorder.exposition(), media_type=recorder.content_type)
 
     return app
+
+
+def _within_budget(spec: RunSpec, registry: RunRegistry, budget_mib: int) -> None:
+    runs = [run for state in ("queued", "running") for run in registry.list_runs(state, limit=10_000)]
+    active = [run.spec for run in runs if run.spec is not None]
+    try:
+        check_budget(spec, active, budget_mib)
+    except OverBudget as error:
+        raise RequestValidationError([{"loc": ("body",), "msg": str(error), "type": "value_error"}]) from None
 
 
 def _storable(body: SubmitRequest) -> RunSpec:

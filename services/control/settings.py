@@ -38,6 +38,15 @@ class ControlSettings(StrictModel):
     )
     reap_interval_s: float = Field(5.0, gt=0, description="how often to look for such runs")
     history_length: int = Field(10_000, ge=1, description="per-step metric entries kept per run")
+    redis_budget_mib: int = Field(
+        512,
+        ge=1,
+        description="Redis memory the queues of queued and running runs may take; a submit beyond it is refused "
+        "(422). Keep it below Redis's maxmemory, which also holds run records and histories",
+    )
+    ended_run_retention_s: float = Field(
+        86_400.0, ge=0, description="seconds an ended run's queue and dead letters are kept (its record stays)"
+    )
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="larger request bodies are refused (413) before they are read, token or not"
     )

@@ -90,11 +90,12 @@ def _serve_running_runs(
     with RunRegistry(settings.redis_url) as registry:
         log.info("rollout worker waiting for running runs")
         while not stopping.is_set():
-            runs = [r for r in registry.list_runs(state="running") if r.id not in finished]
+            # A stored spec that no longer validates is shown by the API; the learner's claim fails its run.
+            runs = [(r, r.spec) for r in registry.list_runs(state="running") if r.id not in finished and r.spec]
             if not runs:
                 stopping.wait(poll_seconds)
                 continue
-            run = min(runs, key=lambda r: r.created_at)
+            run, spec = min(runs, key=lambda pair: pair[0].created_at)
 
             def still_running(run_id: str = run.id) -> bool:
                 try:
@@ -103,9 +104,7 @@ def _serve_running_runs(
                     return False
 
             try:
-                made, complete = _serve(
-                    run.spec, run.id, settings, clients, recorder, stopping, still_wanted=still_running
-                )
+                made, complete = _serve(spec, run.id, settings, clients, recorder, stopping, still_wanted=still_running)
             except Exception:  # one run's failure must not end the worker: the run may recover, others may come
                 log.exception(
                     "run %s: work failed; its slots are handed back, trying again in %.0f s",

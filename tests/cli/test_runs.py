@@ -116,3 +116,17 @@ def test_an_invalid_spec_names_the_field(cfpo, tmp_path):
     result = cfpo("submit", str(path))
     assert result.exit_code == 1
     assert "HTTP 422: loss: unknown field (did you mean learner.loss.name?)" in result.output
+
+
+def test_a_stored_spec_that_no_longer_validates_is_shown_as_such_and_its_claim_fails_it(cfpo, spec_file, registry):
+    run_id = submitted_id(cfpo("submit", str(spec_file)).output)
+    # What a schema change after submission looks like in Redis: a key this version no longer knows.
+    registry.redis.hset(f"run:{run_id}:record", "spec", '{"model": "/models/tiny", "steps": 3, "renamed_key": 1}')
+    listed = cfpo("list")
+    assert listed.exit_code == 0 and run_id in listed.output and "(invalid spec)" in listed.output, listed.output
+    shown = cfpo("show", run_id)
+    assert shown.exit_code == 0 and "no longer valid: renamed_key: Extra inputs are not permitted" in shown.output, shown.output
+
+    assert registry.claim_next("learner-test") is None  # no worker can run it: the claim fails it, with why
+    failed = registry.get(run_id)
+    assert failed.state == "failed" and "stored spec no longer validates: renamed_key" in failed.reason

@@ -242,6 +242,8 @@ def test_redis_persists_append_only_on_a_named_volume(profile):
     _, services = profile
     redis = services["redis"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["command"][redis["command"].index("--maxmemory") + 1] == "1024mb"  # refuses writes, not OOM-killed
+    assert redis["command"][redis["command"].index("--maxmemory-policy") + 1] == "noeviction"
     source, read_only = volumes(redis)["/data"]
     assert source == "redis-data" and not read_only
 

@@ -364,11 +364,20 @@ def test_pods_run_unprivileged_with_probes_and_resources(values):
     assert pod(objs, "generation")["spec"]["securityContext"]["runAsUser"] == 1000
 
 
+def test_redis_refuses_writes_past_maxmemory_and_the_api_budget_sits_below_it():
+    objs = objects()
+    command = pod(objs, "redis")["spec"]["containers"][0]["command"]
+    assert command[command.index("--maxmemory") + 1] == "768mb"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "--redis-budget-mib=512" in pod(objs, "control")["spec"]["containers"][0]["command"]
+    with pytest.raises(helm.HelmError, match="redisBudgetMiB: 800 is not below redis.maxmemoryMiB 768"):
+        render({"control": {"redisBudgetMiB": 800}})
+
+
 def test_the_learner_is_given_time_to_checkpoint_and_hand_its_run_back():
     assert pod(objects(), "learner")["spec"]["terminationGracePeriodSeconds"] == 600
-    assert pod(objects({"learner": {"terminationGracePeriodSeconds": 60}}), "learner")["spec"][
-        "terminationGracePeriodSeconds"
-    ] == 60
+    shorter = pod(objects({"learner": {"terminationGracePeriodSeconds": 60}}), "learner")
+    assert shorter["spec"]["terminationGracePeriodSeconds"] == 60
     assert "terminationGracePeriodSeconds" not in pod(objects(), "rollout")["spec"]  # the default 30 s suffices
 
 

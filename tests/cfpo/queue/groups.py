@@ -65,6 +65,11 @@ MALFORMED = [
     pytest.param(_without(b"body"), "missing field 'body'", id="missing-body"),
     pytest.param(lambda f: {**f, b"extra": b"1"}, "unexpected field(s) ['extra']", id="unexpected-field"),
     pytest.param(lambda f: {**f, b"body": b"{"}, "body: not JSON", id="not-json"),
+    pytest.param(
+        lambda f: {**f, b"body": b'{"timings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"},
+        "body: JSON nested too deeply",
+        id="deep-nesting",
+    ),
     pytest.param(_edit_body(lambda b: b.pop("run_id")), "run_id: Field required", id="missing-run-id"),
     pytest.param(_edit_body(lambda b: b.pop("prompt_ids")), "prompt_ids: missing", id="missing-prompt-ids"),
     pytest.param(

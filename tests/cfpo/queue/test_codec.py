@@ -5,7 +5,14 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from cfpo.rollout_group import SCHEMA_VERSION, MalformedEntry, RolloutGroup, decode_group, encode_group
+from cfpo.rollout_group import (
+    SCHEMA_VERSION,
+    MalformedEntry,
+    RolloutGroup,
+    decode_group,
+    encode_group,
+    max_entry_bytes,
+)
 from cfpo.sample import Sample
 from tests.cfpo.queue.groups import MALFORMED, f32, make_group
 
@@ -60,6 +67,40 @@ def test_wire_form_is_compact():
     group = make_group("run-a", rewards=(1.0, 0.0, 0.5, 0.25), length=tokens)
     size = sum(len(v) for v in encode_group(group).values())
     assert size < 4 * tokens * 11  # ~10.7 bytes per completion token (ids + log-probs); JSON decimals take ~25
+
+
+@pytest.mark.parametrize("group_size, prompt_tokens, completion_tokens", [(2, 1, 1), (4, 100, 50), (16, 1024, 4096)])
+def test_the_entry_size_bound_holds_for_the_largest_values_and_is_not_loose(
+    group_size, prompt_tokens, completion_tokens
+):
+    """Redis's memory budget (services/control/budget.py) rests on this bound: the widest ids and log-probs, a mask,
+    the longest timings and names still fit, and a typical group is not far below it."""
+    samples = [
+        Sample(
+            prompt_ids=[2**31 - 1] * prompt_tokens,
+            completion_ids=[2**31 - 1] * completion_tokens,
+            behaviour_logprobs=[-1.2345678901234567e-30] * completion_tokens,
+            completion_mask=[True] * completion_tokens,
+            advantage=-1.2345678901234567e300,
+            reward=-1.2345678901234567e300,
+            min_version=2**31 - 1,
+            max_version=2**31 - 1,
+        )
+        for _ in range(group_size)
+    ]
+    group = RolloutGroup(
+        run_id="r" * 64,
+        prompt_id="p" * 128,
+        slot=2**31 - 1,
+        samples=samples,
+        zero_variance_discarded=8,
+        timings={stage: 1.2345678901234567e300 for stage in ("admission_wait", "generate", "reward")},
+    )
+    encoded = sum(len(key) + len(value) for key, value in encode_group(group).items())
+    bound = max_entry_bytes(group_size, prompt_tokens, completion_tokens)
+    assert encoded <= bound
+    if completion_tokens >= 50:
+        assert bound < 1.5 * encoded
 
 
 @pytest.mark.parametrize("corrupt, reason", MALFORMED)
