@@ -56,6 +56,15 @@ class RewardClient:
     def close(self) -> None:
         self._http.close()
 
+    def functions(self) -> list[str]:
+        """The names of the reward functions the service has (``GET /v1/functions``)."""
+        try:
+            response = self._http.get("/v1/functions")
+            response.raise_for_status()
+            return sorted(response.json()["functions"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            raise RewardError(f"GET {self.base_url}/v1/functions: {str(error) or type(error).__name__}") from None
+
     def score(self, items: list[ScoreItem], *, rewards: dict[str, float] | None = None) -> list[ItemReward]:
         """One score per item, in order; ``rewards`` overrides the tasks' reward functions and weights."""
         body: dict[str, Any] = {"items": [item.model_dump(exclude_none=True) for item in items]}

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     served = (
         None
         if settings.generation_url is None
-        else generation_models(settings.generation_url, settings.generation_timeout_s)
+        else generation_models(settings.generation_url, settings.lookup_timeout_s)
     )
     app = create_app(settings, registry, PrometheusRecorder(CONTROL_METRICS), served)
     uvicorn.run(app, host=settings.host, port=settings.port)

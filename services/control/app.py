@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
 from cfpo.asgi_guards import BodyLimit, LoopbackHosts
+from cfpo.clients.reward import RewardClient
 from cfpo.metrics import (
     CONTROL_REQUESTS,
     CONTROL_RUNS_QUEUED,
@@ -33,6 +34,7 @@ from services.control.reaper import reap_forever
 from services.control.schemas import CancelRequest, HistoryQuery, ListQuery, RunList, StepHistory, SubmitRequest
 from services.control.served_models import ServedModels, check_served
 from services.control.settings import ControlSettings
+from services.control.spec_checks import SpecProblem, check_reward_names, check_task_files
 
 log = logging.getLogger("cfpo.control")
 
@@ -74,6 +76,7 @@ def create_app(
     settings: ControlSettings, registry: RunRegistry, recorder: PrometheusRecorder, served_models: ServedModels | None
 ) -> FastAPI:
     """``served_models``: how to ask generation what it serves; None skips the model check."""
+    rewards = RewardClient(settings.reward_url, timeout=settings.lookup_timeout_s) if settings.reward_url else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -87,6 +90,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
             registry.close()
+            if rewards is not None:
+                rewards.close()
 
     app = FastAPI(
         title="CFPO control API",
@@ -123,6 +128,7 @@ def create_app(
         """Validate a run spec and queue the run; 409 if generation serves another model."""
         spec = _storable(body)
         _within_budget(spec, registry, settings.redis_budget_mib)
+        _usable(spec, settings, rewards)
         if served_models is not None:
             check_served(spec.model, served_models())
         record = registry.submit(spec, name=body.name)
@@ -172,6 +178,17 @@ def create_app(
         return Response(await recorder.exposition(), media_type=recorder.content_type)
 
     return app
+
+
+def _usable(spec: RunSpec, settings: ControlSettings, rewards: RewardClient | None) -> None:
+    try:
+        if settings.check_task_files:
+            check_task_files(spec)
+        if rewards is not None and spec.rollout.rewards:
+            check_reward_names(spec, rewards.functions())
+    except SpecProblem as problem:
+        loc = ("body", *problem.loc)
+        raise RequestValidationError([{"loc": loc, "msg": f"Value error, {problem}", "type": "value_error"}]) from None
 
 
 def _within_budget(spec: RunSpec, registry: RunRegistry, budget_mib: int) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.routing import Match
 from starlette.types import ExceptionHandler
 
+from cfpo.clients.reward import RewardError
 from cfpo.registry import RunNotFound, RunStateError
 from services.control.served_models import GenerationUnavailable, ModelMismatch
 
@@ -48,6 +49,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RunStateError, status(409))
     app.add_exception_handler(ModelMismatch, status(409))
     app.add_exception_handler(GenerationUnavailable, status(503))
+    app.add_exception_handler(RewardError, status(503))  # the reward service could not say its functions
     app.add_exception_handler(redis.RedisError, typing.cast(ExceptionHandler, registry_down))
 
 

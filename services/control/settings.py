@@ -29,7 +29,17 @@ class ControlSettings(StrictModel):
         description="generation service whose served model every run must use (default: $CFPO_GENERATION_URL); "
         "unset: the model check is skipped",
     )
-    generation_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for generation's model list")
+    lookup_timeout_s: float = Field(
+        10.0, gt=0, description="seconds to wait for generation's model list or the reward service's functions"
+    )
+    reward_url: str | None = Field(
+        default_factory=environment("CFPO_REWARD_URL"),
+        description="reward service whose functions a run's rollout.rewards must name (default: $CFPO_REWARD_URL); "
+        "unset: the check is skipped",
+    )
+    check_task_files: bool = Field(
+        True, description="refuse a file task whose files this process cannot read (it must see the data volume)"
+    )
     heartbeat_timeout_s: float = Field(
         60.0, gt=0, description="a running run whose worker is silent this long goes back to the queue, to be resumed"
     )
@@ -56,7 +66,7 @@ class ControlSettings(StrictModel):
         "in the --config file (never a flag: the process list would show it)",
     )
 
-    @field_validator("generation_url")
+    @field_validator("generation_url", "reward_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         return None if url is None else http_url(url).rstrip("/")

@@ -1,4 +1,4 @@
-"""The FastAPI app: POST /v1/score, GET /health, GET /metrics, OpenAPI docs at /docs.
+"""The FastAPI app: POST /v1/score, GET /v1/functions, GET /health, GET /metrics, OpenAPI docs at /docs.
 
 The same app runs under uvicorn (``python -m services.reward``) and as Ray Serve replicas; only the metrics
 recorder differs. Each app owns one warm verifier pool, started and stopped with the app's lifespan.
@@ -22,6 +22,7 @@ from services.reward.scoring import score_items
 from services.reward.settings import RewardSettings
 
 SCORE_PATH = "/v1/score"
+FUNCTIONS_PATH = "/v1/functions"
 
 
 async def _unprocessable(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -82,6 +83,12 @@ def create_app(settings: RewardSettings, recorder: Recorder) -> FastAPI:
     async def score(body: score_request, request: Request) -> ScoreResponse:
         """Score each item with its task's weighted reward functions (or the override given)."""
         return ScoreResponse(rewards=await score_items(body, settings.tasks, request.app.state.pool, recorder))
+
+    @app.get(FUNCTIONS_PATH)
+    async def functions() -> dict[str, dict[str, str]]:
+        """The reward functions a run spec's ``rollout.rewards`` may name (plugins included), with descriptions:
+        the control API checks a spec against them at submit."""
+        return {"functions": {f.name: f.description for f in REGISTRY.values()}}
 
     @app.get("/health", responses={503: {"description": "verifier pool is down"}})
     async def health(request: Request) -> JSONResponse:

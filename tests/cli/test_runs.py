@@ -125,7 +125,9 @@ def test_a_stored_spec_that_no_longer_validates_is_shown_as_such_and_its_claim_f
     listed = cfpo("list")
     assert listed.exit_code == 0 and run_id in listed.output and "(invalid spec)" in listed.output, listed.output
     shown = cfpo("show", run_id)
-    assert shown.exit_code == 0 and "no longer valid: renamed_key: Extra inputs are not permitted" in shown.output, shown.output
+    assert shown.exit_code == 0 and "no longer valid: renamed_key: Extra inputs are not permitted" in shown.output, (
+        shown.output
+    )
 
     assert registry.claim_next("learner-test") is None  # no worker can run it: the claim fails it, with why
     failed = registry.get(run_id)

@@ -248,6 +248,11 @@ def test_redis_persists_append_only_on_a_named_volume(profile):
     assert source == "redis-data" and not read_only
 
 
+def test_the_control_api_sees_the_data_volume_read_only_to_check_task_files(profile):
+    _, services = profile
+    assert volumes(services["control"])["/data"] == ("cfpo-data", True)
+
+
 def test_the_learner_is_given_time_to_checkpoint_and_hand_its_run_back(profile):
     name, services = profile
     assert services[f"learner-{name}"]["stop_grace_period"] == "10m"

@@ -26,12 +26,13 @@ KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 CRD_GROUPS = ("monitoring.coreos.com/",)
 PIPELINE = ("generation", "learner", "rollout", "reward", "control")
 DATA = "/data"
+RELEASE = "cfpo"
 SMOLLM2 = f"{DATA}/models/smollm2-135m-instruct"
 
 
 def render(values: dict | None = None, chart: Path = CHART) -> dict[str, str]:
     with helm.Chart.load(chart) as loaded:
-        return loaded.render(values or {}, name="cfpo", namespace="ml")
+        return loaded.render(values or {}, name=RELEASE, namespace="ml")
 
 
 def objects(values: dict | None = None, chart: Path = CHART) -> list[dict]:
@@ -102,7 +103,7 @@ def test_every_manifest_validates_against_kubernetes(values):
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds.count("Deployment") == 4 and kinds.count("StatefulSet") == 2 and kinds.count("NetworkPolicy") == 2
+    assert kinds.count("Deployment") == 4 and kinds.count("StatefulSet") == 2 and kinds.count("NetworkPolicy") == 3
     assert {"StatefulSet", "PersistentVolumeClaim", "Secret", "Service"} <= set(kinds)
 
 
@@ -300,11 +301,43 @@ def test_generation_admits_only_the_pipeline_and_scrapers(values):
         "rollout",
         "control",
     ]
-    assert scrapers["from"] == [
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
-    ]
+    assert scrapers["from"] == [MONITORING_PROMETHEUS]  # in a named namespace, not any pod that takes the label
     for rule in policy["ingress"]:
         assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
+MONITORING_PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def test_reward_admits_only_this_releases_pipeline_and_scrapers():
+    objs = objects()
+    policy = one(objs, "NetworkPolicy", "reward")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod(objs, "reward")["metadata"]["labels"].items()
+    pipeline, scrapers = policy["ingress"]
+    assert [c for c in PIPELINE if any(selects(peer, c) for peer in pipeline["from"])] == [
+        "learner",
+        "rollout",
+        "control",
+    ]
+    for peer in pipeline["from"]:  # this release's pods only: another release's learner is not admitted
+        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    assert scrapers["from"] == [MONITORING_PROMETHEUS]
+    assert [rule["ports"] for rule in policy["ingress"]] == [[{"port": 8011, "protocol": "TCP"}]] * 2
+
+
+def test_the_control_api_checks_specs_against_the_reward_service_and_the_data_volume():
+    objs = objects()
+    control = pod(objs, "control")["spec"]
+    env = {e["name"]: e.get("value") for e in control["containers"][0]["env"]}
+    assert env["CFPO_REWARD_URL"].endswith(":8011")
+    [mount] = control["containers"][0]["volumeMounts"]
+    rollout_mount = next(
+        m for m in pod(objs, "rollout")["spec"]["containers"][0]["volumeMounts"] if m["name"] == "data"
+    )
+    assert mount["readOnly"] is True and mount["mountPath"] == rollout_mount["mountPath"]
 
 
 def test_no_scrapers_means_no_open_rule():

@@ -43,7 +43,7 @@ def control_api(redis_url: str, log: Path, *args: str, token: str | None = TOKEN
     argv = python_module("services.control", "--port", str(port), "--redis-url", redis_url, *FAST_REAPER, *args)
     # Only the child's environment: the session-wide API must not leave its token in this process's environment,
     # where every later server (a whole stack) would inherit it.
-    env = {k: v for k, v in os.environ.items() if k not in ("CFPO_GENERATION_URL", "CFPO_API_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("CFPO_GENERATION_URL", "CFPO_REWARD_URL", "CFPO_API_TOKEN")}
     if token:
         env["CFPO_API_TOKEN"] = token
     with running(argv, f"http://127.0.0.1:{port}/health", log=log, timeout=60, env=env):

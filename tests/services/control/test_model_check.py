@@ -64,7 +64,7 @@ def generation():
 @pytest.fixture(scope="module")
 def checked_api(redis_url, generation, tmp_path_factory):
     log = tmp_path_factory.mktemp("control-checked") / "api.log"
-    with control_api(redis_url, log, "--generation-url", generation.url, "--generation-timeout-s", "2") as api:
+    with control_api(redis_url, log, "--generation-url", generation.url, "--lookup-timeout-s", "2") as api:
         yield api
 
 
@@ -101,7 +101,7 @@ def test_the_spec_is_validated_before_generation_is_asked(checked_api):
 def test_unreachable_generation_is_503_not_a_queued_run(redis_url, tmp_path):
     with (
         control_api(
-            redis_url, tmp_path / "api.log", "--generation-url", "http://127.0.0.1:9", "--generation-timeout-s", "1"
+            redis_url, tmp_path / "api.log", "--generation-url", "http://127.0.0.1:9", "--lookup-timeout-s", "1"
         ) as api,
         api.client() as http,
     ):
