@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -186,7 +187,7 @@ def serve(settings: LearnerSettings) -> None:
 
 
 def serve_queued_runs(process: LearnerProcess, stopping: threading.Event, poll_seconds: float = 1.0) -> None:
-    name = f"learner-{socket.gethostname()}"
+    name = f"learner-{socket.gethostname()}-{os.getpid()}"  # pods share no host name; processes on one host do
     with RunRegistry(process.settings.redis_url) as registry:
         log.info("worker %s waiting for queued runs", name)
         while True:

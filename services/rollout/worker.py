@@ -20,9 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import TypeVar
 
+from cfpo.clients import Retry
 from cfpo.clients.generation import GenerationClient, GenerationError, GenerationPool, PolicyVersion
 from cfpo.clients.reward import RewardClient, RewardError
 from cfpo.metrics import (
@@ -54,13 +54,6 @@ class ForeignWeights(RuntimeError):
 
 class OutOfBound(RuntimeError):
     """Completions came from policy versions the run's staleness bound does not allow for their slot."""
-
-
-@dataclass(frozen=True)
-class Retry:
-    attempts: int = 5
-    first_backoff: float = 0.5
-    max_backoff: float = 8.0
 
 
 class RolloutWorker:
@@ -229,25 +222,12 @@ class RolloutWorker:
 
     def _with_retries(self, stage: str, call: Callable[[], T]) -> T:
         """Retry a failed generation or reward call with exponential backoff; each call has its own timeout."""
-        backoff = self.retry.first_backoff
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                return call()
-            except (GenerationError, RewardError) as error:
-                self.recorder.inc(ROLLOUT_ERRORS, run=self.run_id, stage=stage)
-                if attempt == self.retry.attempts:
-                    raise
-                log.warning(
-                    "%s failed (attempt %d/%d): %s; retrying in %.1f s",
-                    stage,
-                    attempt,
-                    self.retry.attempts,
-                    error,
-                    backoff,
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self.retry.max_backoff)
-        raise ValueError("retry.attempts: must be at least 1")
+        return self.retry.call(
+            stage,
+            call,
+            (GenerationError, RewardError),
+            lambda _: self.recorder.inc(ROLLOUT_ERRORS, run=self.run_id, stage=stage),
+        )
 
 
 class _ServedVersion:

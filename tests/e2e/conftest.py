@@ -7,9 +7,11 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -24,6 +26,7 @@ class Stack:
     generation_url: str
     reward_url: str
     model_dir: Path
+    generation_pid: int  # its process group's leader, for the fault tests that stall it
 
     def env(self) -> dict[str, str]:
         return {
@@ -41,9 +44,10 @@ def stack(redis_url, tiny_model_dir, tmp_path_factory):  # noqa: F811
     reward = python_module("services.reward", "--port", str(reward_port))
     with (
         running(reward, f"http://127.0.0.1:{reward_port}/health", log=logs / "reward.log"),
-        running(generation, f"http://127.0.0.1:{generation_port}/health", log=logs / "generation.log"),
+        running(generation, f"http://127.0.0.1:{generation_port}/health", log=logs / "generation.log") as served,
     ):
-        yield Stack(redis_url, f"http://127.0.0.1:{generation_port}", f"http://127.0.0.1:{reward_port}", tiny_model_dir)
+        urls = f"http://127.0.0.1:{generation_port}", f"http://127.0.0.1:{reward_port}"
+        yield Stack(redis_url, *urls, tiny_model_dir, served.pid)
 
 
 @dataclass
@@ -171,3 +175,66 @@ def start_run(stack, tmp_path, request):
     for run in runs:
         for process in [*run.workers, *([run.learner] if run.learner else [])]:
             stop(process, grace=10)
+
+
+API_TOKEN = "e2e-token"
+
+
+@dataclass
+class WorkerStack:
+    """The deployed shape on the stack: a control API and learner and rollout workers in worker mode."""
+
+    stack: Stack
+    client: httpx.Client
+    runs_dir: Path
+    start: Callable[[str], subprocess.Popen]  # "learner" or "rollout": one more worker, as the chart runs them
+    workers: dict[str, subprocess.Popen]  # the first learner and rollout worker
+
+    def spec(self, **changes) -> dict:
+        return {**TOY_SPEC, "model": str(self.stack.model_dir), **changes}
+
+    def wait_for(self, run_id: str, done: Callable[[dict], bool], timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.client.get(f"/v1/runs/{run_id}").json()
+            if done(run):
+                return run
+            time.sleep(0.5)
+        raise AssertionError(f"run {run_id} still {run['state']} at step {run['steps_done']} after {timeout} s")
+
+
+@pytest.fixture
+def worker_stack(stack, tmp_path) -> Iterator[WorkerStack]:
+    """Control API (model check against the real generation service, reaper after 6 s of silence) and one learner
+    and one rollout worker; more with ``start``."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**_env(stack), "CFPO_API_TOKEN": API_TOKEN}
+    control = python_module(
+        "services.control",
+        "--port",
+        str(port),
+        "--generation-url",
+        stack.generation_url,
+        "--heartbeat-timeout-s",
+        "6",
+        "--reap-interval-s",
+        "1",
+    )
+    started: list[subprocess.Popen] = []
+
+    def start(name: str) -> subprocess.Popen:
+        argv = {
+            "learner": python_module("trainer", "--worker", "--runs-dir", str(tmp_path / "runs")),
+            "rollout": python_module("services.rollout", "--worker"),
+        }[name]
+        log = (tmp_path / f"{name}-{len(started)}.log").open("wb")
+        started.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env))
+        return started[-1]
+
+    with running(control, f"{url}/health", log=tmp_path / "control.log", env=env):
+        workers = {"learner": start("learner"), "rollout": start("rollout")}
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30) as client:
+            yield WorkerStack(stack, client, tmp_path / "runs", start, workers)
+        for process in started:
+            stop(process, grace=15)

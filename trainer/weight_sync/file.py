@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from cfpo.clients.generation import GenerationClient, WeightUpdate
+from cfpo.clients import Retry
+from cfpo.clients.generation import GenerationClient, GenerationError, WeightUpdate
 from trainer.distributed import is_main
 from trainer.weight_sync import full_parameters, on_every_server
 
 _HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, the JSON header, then the tensor bytes
 _DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+PUSH_RETRY = Retry(attempts=4, first_backoff=1.0)  # a stalled or restarting server: about 7 s before giving up
 
 
 class StagedWeights:
@@ -96,7 +98,12 @@ class FileWeightSync:
             path = StagedWeights(self.directory, run).write(model)
         staging_seconds = time.perf_counter() - started
         updates = on_every_server(
-            self.servers, lambda server: server.update_weights(path, version, run=run, timeout=timeout)
+            self.servers,
+            lambda server: PUSH_RETRY.call(
+                f"weight push to {server.base_url}",
+                lambda: server.update_weights(path, version, run=run, timeout=timeout),
+                (GenerationError,),  # a failed update leaves the old weights served: loading again is safe
+            ),
         )
         slowest = max(updates, key=lambda update: update.seconds)
         return dataclasses.replace(slowest, staging_seconds=staging_seconds)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import toy_spec_with
+from tests.faults.conftest import counted
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +32,9 @@ def _wait_until_it_holds_slots(run, worker, after_steps: int) -> None:
         time.sleep(0.05)
 
 
-def _applied_slots(run) -> list[int]:
-    return sorted(slot for line in run.applied() for slot in line["slots"])
+def _counts(scenario: str, run):
+    log = run.directory.parent / f"{run.run_id}-learner.log"
+    return counted(scenario, run.run_id, run.directory, [log], run.stack.redis_url, lost=0)
 
 
 def test_a_killed_workers_slots_are_filled_by_the_other_worker(start_run):
@@ -45,7 +47,7 @@ def test_a_killed_workers_slots_are_filled_by_the_other_worker(start_run):
     doomed.wait(10)
 
     run.wait()
-    assert _applied_slots(run) == list(range(STEPS * PROMPTS))  # every slot once, the dead worker's included
+    assert _counts("rollout worker kill -9 mid-group", run).exactly_once(STEPS * PROMPTS)  # the dead one's too
     assert survivor.wait(60) == 0
     assert not _holders(run)  # no lease left behind
 
@@ -61,5 +63,5 @@ def test_a_stopped_worker_hands_its_slots_back_at_once(start_run):
     assert _slots_of(run, stopped.pid) == []  # released: the survivor may take them now, not in 600 s
 
     run.wait()
-    assert _applied_slots(run) == list(range(STEPS * PROMPTS))
+    assert _counts("rollout worker SIGTERM mid-group", run).exactly_once(STEPS * PROMPTS)
     assert survivor.wait(60) == 0
