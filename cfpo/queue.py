@@ -57,15 +57,16 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 
 # Slot leases: a sorted set of leased slots scored by deadline (Redis's own clock, so workers' clocks never
 # matter) and a hash of their holders. Reserve: the lowest slot whose lease ran out, else the next new one below
-# ARGV[3]; -1 when neither exists.
+# ARGV[3]; -1 when neither exists. ARGV[4] = 'expired': only a slot whose lease ran out (below ARGV[3]).
 _RESERVE_SLOT = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local slot = nil
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t)) do
-  if slot == nil or tonumber(member) < slot then slot = tonumber(member) end
+  if tonumber(member) < tonumber(ARGV[3]) and (slot == nil or tonumber(member) < slot) then slot = tonumber(member) end
 end
 if slot == nil then
+  if ARGV[4] == 'expired' then return -1 end
   if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[3]) then return -1 end
   slot = redis.call('INCR', KEYS[3]) - 1
 end
@@ -366,9 +367,16 @@ class RolloutQueue:
         """Lease ``holder`` an admission-control slot below ``total_slots`` for the settings' ``slot_lease_s``: the
         lowest one whose lease ran out, else the next new one (0, 1, 2, ...). None: every slot is leased or filled
         now (ask again: a lease may run out; ``unfilled_slots`` says whether any is left)."""
+        return self._reserve(holder, total_slots, "any")
+
+    def reserve_expired_slot(self, holder: str, below: int) -> int | None:
+        """Lease ``holder`` the lowest slot below ``below`` whose lease ran out (a dead worker's), if any."""
+        return self._reserve(holder, below, "expired")
+
+    def _reserve(self, holder: str, below: int, which: str) -> int | None:
         slot = self._reserve_slot(
             keys=[self.keys.slot_leases, self.keys.slot_holders, self.keys.next_slot],
-            args=[holder, self.settings.slot_lease_s, total_slots],
+            args=[holder, self.settings.slot_lease_s, below, which],
         )
         return None if slot < 0 else slot
 

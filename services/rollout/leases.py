@@ -51,6 +51,20 @@ class SlotLeases:
                 self._held.add(slot)
         return slot
 
+    def trade_down(self, slot: int) -> int:
+        """A lower slot whose lease ran out, in place of ``slot`` (handed back), or ``slot`` itself. A lane waiting
+        for admission on a later slot takes it: the learner needs it first, and with every lane waiting on later
+        slots a dead worker's earlier ones would otherwise never be filled."""
+        lower = self.queue.reserve_expired_slot(self.holder, below=slot)
+        if lower is None:
+            return slot
+        with self._lock:
+            self._held.add(lower)
+            self._held.discard(slot)
+        self.queue.release_slots(self.holder, [slot])
+        log.info("took slot %d, whose lease ran out, in place of slot %d", lower, slot)
+        return lower
+
     def filled(self, slot: int) -> None:
         """``slot``'s group is appended: the append ended its lease."""
         with self._lock:

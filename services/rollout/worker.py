@@ -111,11 +111,11 @@ class RolloutWorker:
                     break
                 self._pause(SLOT_POLL_SECONDS)
                 continue
-            group = self.fill(slot)
+            group = self.fill(slot, leases)
             if group is None:
                 break
             self.queue.append(group)
-            leases.filled(slot)
+            leases.filled(group.slot)
             self.recorder.inc(ROLLOUT_GROUPS, run=self.run_id)
             made += 1
         return made
@@ -127,12 +127,14 @@ class RolloutWorker:
         else:
             self.stop.set()
 
-    def fill(self, slot: int) -> RolloutGroup | None:
-        """Generate, score and weigh one group for ``slot``; replaces zero-variance groups if the run says so."""
+    def fill(self, slot: int, leases: SlotLeases) -> RolloutGroup | None:
+        """Generate, score and weigh one group for ``slot`` (or a lower one it trades it for while waiting for
+        admission); replaces zero-variance groups if the run says so."""
         discarded = 0
         while True:
             with self.generation.least_busy() as server:
-                timings = {"admission_wait": self._wait_for_admission(slot, server)}
+                slot, waited = self._wait_for_admission(slot, server, leases)
+                timings = {"admission_wait": waited}
                 if self.stop.is_set():
                     return None
                 problem = self._problem(self.queue.reserve_prompt())
@@ -151,8 +153,9 @@ class RolloutWorker:
             discarded += 1
             self.recorder.inc(ROLLOUT_ZERO_VARIANCE, run=self.run_id, action="replaced")
 
-    def _wait_for_admission(self, slot: int, server: GenerationClient) -> float:
-        """Wait until ``server`` serves this run's weights at a version allowed to generate ``slot``."""
+    def _wait_for_admission(self, slot: int, server: GenerationClient, leases: SlotLeases) -> tuple[int, float]:
+        """Wait until ``server`` serves this run's weights at a version allowed to generate the slot; returns the
+        slot (``slot``, or a dead worker's lower one taken meanwhile) and the seconds waited."""
         started = last_asked = time.perf_counter()
         while not self.stop.is_set():
             served = self._served[server.base_url].get()
@@ -162,8 +165,9 @@ class RolloutWorker:
                 last_asked = time.perf_counter()
                 if not self.still_wanted():
                     self.stop.set()
+                slot = leases.trade_down(slot)
             time.sleep(ADMISSION_POLL_SECONDS)
-        return time.perf_counter() - started
+        return slot, time.perf_counter() - started
 
     def _version_of(self, server: GenerationClient) -> _ServedVersion:
         return _ServedVersion(lambda: self._with_retries("version", server.version))

@@ -12,7 +12,7 @@ from tests.faults.conftest import counted
 
 pytestmark = pytest.mark.slow
 
-STEPS, PROMPTS = 6, 4
+STEPS, PROMPTS = 12, 4  # long enough that both workers still hold slots once the run is under way
 
 
 def _holders(run) -> dict[int, str]:
@@ -28,8 +28,9 @@ def _wait_until_it_holds_slots(run, worker, after_steps: int) -> None:
     run.wait_for_steps(after_steps)
     deadline = time.monotonic() + 60
     while not _slots_of(run, worker.pid):
+        assert worker.poll() is None, "the worker finished before it could be stopped holding a slot"
         assert time.monotonic() < deadline, "the worker held no slot for 60 s"
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def _counts(scenario: str, run):
@@ -42,7 +43,7 @@ def test_a_killed_workers_slots_are_filled_by_the_other_worker(start_run):
     run = start_run(spec, workers=2, rollout_args=("--slot-lease-s", "3"))
     run.start_learner()
     doomed, survivor = run.workers
-    _wait_until_it_holds_slots(run, doomed, after_steps=2)
+    _wait_until_it_holds_slots(run, doomed, after_steps=1)
     doomed.send_signal(signal.SIGKILL)  # no chance to hand anything back
     doomed.wait(10)
 
@@ -57,7 +58,7 @@ def test_a_stopped_worker_hands_its_slots_back_at_once(start_run):
     run = start_run(spec, workers=2, rollout_args=("--slot-lease-s", "600"))  # a lease longer than the test
     run.start_learner()
     stopped, survivor = run.workers
-    _wait_until_it_holds_slots(run, stopped, after_steps=2)
+    _wait_until_it_holds_slots(run, stopped, after_steps=1)
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(60) == 0
     assert _slots_of(run, stopped.pid) == []  # released: the survivor may take them now, not in 600 s

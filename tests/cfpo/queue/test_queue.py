@@ -303,3 +303,15 @@ def test_a_hung_redis_fails_a_call_instead_of_hanging_it(redis_url):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert client.ping()  # and the client works again once the server answers
+
+
+def test_a_waiting_lane_trades_its_slot_for_a_lower_one_whose_lease_ran_out(make_queue):
+    dead, alive = make_queue(slot_lease_s=0.2), make_queue(slot_lease_s=30)
+    assert [dead.reserve_slot("dead", 10) for _ in range(2)] == [0, 1]
+    assert alive.reserve_slot("alive", 10) == 2
+    assert alive.reserve_expired_slot("alive", below=2) is None  # leases still running: nothing to take
+    time.sleep(0.3)
+    assert alive.reserve_expired_slot("alive", below=1) == 0  # only below the slot it holds
+    assert alive.reserve_expired_slot("alive", below=2) == 1
+    assert alive.reserve_expired_slot("alive", below=2) is None  # never a new slot
+    assert alive.unfilled_slots(10) == 10
