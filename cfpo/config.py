@@ -69,6 +69,16 @@ class StrictModel(BaseModel):
 
 
 class LossConfig(StrictModel):
+    # _grpo_is_symmetric, stated in the schema: grpo gives no eps_high
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"name": {"enum": [name for name in typing.get_args(LossName) if name != "grpo"]}}},
+                {"properties": {"eps_high": {"type": "null"}}},
+            ]
+        }
+    )
+
     name: LossName = "cfpo"
     eps: float = Field(0.2, gt=0, description="trust-region half-width (PPO's clip epsilon)")
     eps_high: float | None = Field(None, gt=0, description="upper width; default eps (0.28 for dapo)")
@@ -107,8 +117,8 @@ class LossConfig(StrictModel):
 
     @model_validator(mode="after")
     def _grpo_is_symmetric(self) -> LossConfig:
-        if self.name == "grpo" and self.eps_high is not None and self.eps_high != self.eps:
-            raise ValueError("eps_high: grpo clips symmetrically; use loss 'dapo' for a separate upper bound")
+        if self.name == "grpo" and self.eps_high is not None:
+            raise ValueError("eps_high: grpo clips symmetrically, at eps; leave eps_high out, or use loss 'dapo'")
         return self
 
     @model_validator(mode="after")
@@ -135,9 +145,14 @@ class LearnerConfig(StrictModel):
     optimizer: OptimizerConfig = OptimizerConfig()
     batch_size: int = Field(32, gt=0, le=MAX_BATCH_SIZE, description="sequences per rollout batch (prompts x G)")
     iterations: int = Field(1, ge=1, le=64, description="passes over each batch (the paper's mu)")
-    minibatches: int = Field(1, ge=1, le=4096, description="optimizer steps per pass (the paper's batch ratio)")
+    minibatches: int = Field(
+        1, ge=1, le=4096, description="optimizer steps per pass (the paper's batch ratio); divides batch_size"
+    )
     micro_batch_size: int | None = Field(
-        None, gt=0, le=MAX_BATCH_SIZE, description="sequences per forward; default a whole minibatch"
+        None,
+        gt=0,
+        le=MAX_BATCH_SIZE,
+        description="sequences per forward, a divisor of the minibatch; default a whole minibatch",
     )
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are of logits / T")
     zero_stage: int = Field(0, ge=0, le=3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from cfpo.advantages import AdvantageName
 from cfpo.config import MAX_BATCH_SIZE, LearnerConfig, LossConfig, StrictModel
@@ -39,7 +39,9 @@ class StalenessConfig(StrictModel):
 
 class RolloutConfig(StrictModel):
     group_size: int = Field(4, ge=2, le=1024, description="completions per prompt (G)")
-    prompts_per_step: int = Field(4, ge=1, le=4096)
+    prompts_per_step: int = Field(
+        4, ge=1, le=4096, description=f"prompts per step; prompts_per_step x group_size at most {MAX_BATCH_SIZE}"
+    )
     max_tokens: int = Field(64, ge=1, le=131_072, description="completion length limit")
     advantage: AdvantageName = "grpo"
     drop_zero_variance: bool = Field(True, description="replace groups whose rewards are all equal")
@@ -67,15 +69,69 @@ class EvaluationConfig(StrictModel):
     )
 
 
+class RunLearnerConfig(LearnerConfig):
+    """The learner section of a run spec. Its batch is one rollout step, so its size is derived, not asked for: the
+    schema marks it read-only (a request leaves it out; a matching value is accepted, any other refused)."""
+
+    batch_size: int = Field(
+        32,
+        gt=0,
+        le=MAX_BATCH_SIZE,
+        description="derived: rollout.prompts_per_step x rollout.group_size",
+        json_schema_extra={"readOnly": True},
+    )
+
+
+def _staleness_is(required: str, **values: object) -> dict[str, Any]:
+    """JSON Schema: the spec's staleness section gives ``required``, and its fields in ``values`` have those values
+    where given (the one whose default would not do is ``required``)."""
+    fields = {name: {"const": value} for name, value in values.items()}
+    return {"required": ["staleness"], "properties": {"staleness": {"required": [required], "properties": fields}}}
+
+
+# The cross-field rules of RunSpec's validators that JSON Schema can state, so that the published schema admits no
+# spec they refuse. Those it cannot (a product, a divisor, one field against another) are in the fields' texts.
+_SCHEMA_RULES = {
+    "allOf": [
+        {  # _staleness_is_reachable: fixed staleness serves every version
+            "anyOf": [
+                {"properties": {"staleness": {"properties": {"mode": {"const": "bounded"}}}}},
+                {"properties": {"sync_every": {"const": 1}}},
+            ]
+        },
+        {  # _stale_runs_name_their_anchor: unless staleness is held at 0, the spec names the anchor
+            "anyOf": [
+                {
+                    "required": ["learner"],
+                    "properties": {
+                        "learner": {"required": ["loss"], "properties": {"loss": {"required": ["ratio_reference"]}}}
+                    },
+                },
+                _staleness_is("mode", mode="fixed", k=0),
+                _staleness_is("max_staleness", mode="bounded", max_staleness=0),
+            ]
+        },
+    ]
+}
+
+
 class RunSpec(StrictModel):
+    model_config = ConfigDict(json_schema_extra=_SCHEMA_RULES)
+
     model: Path = Field(description="local Hugging Face model directory, the one the generation service serves")
     task: TaskSpec = Field(default_factory=lambda: ArithmeticTask(kind="arithmetic"))
     rollout: RolloutConfig = RolloutConfig()
-    learner: LearnerConfig = LearnerConfig()
+    learner: RunLearnerConfig = RunLearnerConfig()
     staleness: StalenessConfig = StalenessConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     steps: int = Field(20, ge=1, le=1_000_000, description="rollout batches to train on")
-    sync_every: int = Field(1, ge=1, le=10_000, description="optimizer steps between weight pushes to generation")
+    sync_every: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="optimizer steps between weight pushes to generation; at most staleness.max_staleness + 1 "
+        "(bounded), 1 (fixed)",
+    )
     checkpoint_every: int = Field(5, ge=1, le=1_000_000, description="steps between checkpoints")
     keep_checkpoints: int = Field(
         2, ge=1, le=1000, description="checkpoints kept on disk: the newest K, plus any with a file named keep in it"

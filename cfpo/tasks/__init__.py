@@ -35,7 +35,12 @@ __all__ = [
 ]
 
 
-TaskSpec = Annotated[ArithmeticTask | FileTask, Field(discriminator="kind")]
+TaskSpec = Annotated[
+    ArithmeticTask | FileTask,
+    Field(
+        discriminator="kind", json_schema_extra={"required": ["kind"]}
+    ),  # pydantic needs the tag, though it has a default
+]
 _ADAPTER: TypeAdapter[ArithmeticTask | FileTask] = TypeAdapter(TaskSpec)
 
 

@@ -10,9 +10,9 @@ import hashlib
 import operator
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, WithJsonSchema, field_validator
 
 from cfpo.config import StrictModel
 from cfpo.tasks.problem import Problem, Split, in_split
@@ -33,6 +33,12 @@ LEVELS: dict[int, Level] = {
     4: Level(operands=3, low=10, high=999, operators="+-*"),  # the same with up to three-digit numbers
     5: Level(operands=4, low=10, high=999, operators="+-*"),  # four operands
 }
+
+_LEVEL_SCHEMA = {"type": "integer", "enum": sorted(LEVELS)}
+# difficulty as the schema states it: one level, or several (_one_or_many, _known_levels)
+_DIFFICULTY_SCHEMA = WithJsonSchema(
+    {"anyOf": [_LEVEL_SCHEMA, {"type": "array", "items": _LEVEL_SCHEMA, "minItems": 1}], "default": [2]}
+)
 
 DEFAULT_TEMPLATE = "What is {expression}? Give the final answer as an integer in \\boxed{}."
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
@@ -59,12 +65,18 @@ class ArithmeticTask(StrictModel):
     """Settings of the arithmetic task; ``load(split)`` returns the split's problems."""
 
     kind: Literal["arithmetic"] = "arithmetic"
-    difficulty: tuple[int, ...] = Field((2,), description="level(s) 1-5; with several, each problem draws one")
+    difficulty: Annotated[tuple[int, ...], _DIFFICULTY_SCHEMA] = Field(
+        (2,), description="level(s) 1-5; with several, each problem draws one"
+    )
     seed: int = 0
     train_size: int = Field(1000, gt=0, le=10_000_000)
     eval_size: int = Field(100, gt=0, le=100_000)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of all expressions held out for eval")
-    template: str = Field(DEFAULT_TEMPLATE, description="the user message; '{expression}' marks the expression")
+    template: str = Field(
+        DEFAULT_TEMPLATE,
+        description="the user message; '{expression}' marks the expression",
+        json_schema_extra={"pattern": r"\{expression\}"},
+    )
 
     @field_validator("difficulty", mode="before")
     @classmethod

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cfpo.config import StrictModel
 from cfpo.tasks.problem import Problem, Split, in_split
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".jsonl", ".parquet")
+# _known_format as the schema states it: the last component has a name before its suffix
+_SUFFIX_PATTERN = "[^/](" + "|".join(re.escape(suffix) for suffix in SUFFIXES) + ")$"
 
 
 class TaskDataError(ValueError):
@@ -93,15 +96,30 @@ def _text(record: dict, field: str) -> str:
 class FileTask(StrictModel):
     """Settings of a file task; ``load(split)`` returns the split's problems."""
 
+    # _one_eval_source, stated in the schema
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"properties": {"eval_path": {"type": "null"}}}, {"properties": {"eval_fraction": {"const": 0}}}]
+        }
+    )
     kind: Literal["file"] = "file"
     name: str = Field("math", min_length=1, description="task name the reward service sees on each problem")
-    path: Path = Field(description="a .jsonl or .parquet file; the train split (and eval, with eval_fraction)")
-    eval_path: Path | None = Field(None, description="a separate held-out file for the eval split")
+    path: Path = Field(
+        description="a .jsonl or .parquet file; the train split (and eval, with eval_fraction)",
+        json_schema_extra={"pattern": _SUFFIX_PATTERN},
+    )
+    eval_path: Path | None = Field(
+        None, description="a separate held-out file for the eval split", json_schema_extra={"pattern": _SUFFIX_PATTERN}
+    )
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of path held out for eval, by prompt hash")
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     id_field: str | None = Field(None, description="default: '<file stem>-<line or row>'")
-    template: str = Field("{prompt}", description="the user message; '{prompt}' marks the prompt field's text")
+    template: str = Field(
+        "{prompt}",
+        description="the user message; '{prompt}' marks the prompt field's text",
+        json_schema_extra={"pattern": r"\{prompt\}"},
+    )
     on_error: Literal["raise", "skip"] = "raise"
 
     @field_validator("path", "eval_path")

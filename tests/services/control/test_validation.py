@@ -16,6 +16,10 @@ from tests.services.control.conftest import spec
         (spec(lr=1e-5), "lr: unknown field (did you mean learner.optimizer.lr?)"),
         (spec(learner={"name": "grpo"}), "learner.name: unknown field (did you mean learner.loss.name?)"),
         (spec(seed="x"), "seed: Input should be a valid integer"),
+        # what pydantic's lax mode would take and the schema does not: the schema holds
+        (spec(steps=True), "steps: True is not of type 'integer'"),
+        (spec(rollout={"max_tokens": "64"}), "rollout.max_tokens: '64' is not of type 'integer'"),
+        (spec(task={"kind": "arithmetic", "seed": False}), "task.seed: False is not of type 'integer'"),
         (spec(rollout={"group_size": 1}), "rollout.group_size: Input should be greater than or equal to 2"),
         (spec(rollout="big"), "rollout: Input should be a valid dictionary"),
         (spec(learner=[1]), "learner: Input should be a valid dictionary"),
@@ -81,3 +85,10 @@ def test_a_valid_spec_is_queued_with_its_defaults_filled_in(client):
     assert run["state"] == "queued" and run["spec"]["learner"]["loss"]["name"] == "grpo"
     assert run["spec"]["learner"]["batch_size"] == 16  # derived from the rollout section
     assert response.headers["location"] == f"/v1/runs/{run['id']}"
+
+
+def test_what_the_schema_admits_is_accepted(client):
+    """JSON Schema's integer admits 5.0; difficulty is one level or several."""
+    response = client.post("/v1/runs", json=spec(steps=5.0, task={"kind": "arithmetic", "difficulty": 3}))
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["steps"] == 5 and response.json()["spec"]["task"]["difficulty"] == [3]
