@@ -80,7 +80,8 @@ local function requeue(record, id, reason, queued)
 end
 """
 
-# Worker-side scripts: 'ok' when the run is running under lease ARGV[4], else why not.
+# Worker-side scripts go on only while the run (record KEYS[1]) is running under lease ARGV[4]; else they return
+# why not.
 _FENCE = """
 local function fenced(record, lease)
   local state, held = unpack(redis.call('HMGET', record, 'state', 'lease'))
@@ -89,7 +90,15 @@ local function fenced(record, lease)
   if held ~= lease then return 'stale lease ' .. lease .. ': the run was taken over (lease ' .. held .. ')' end
   return 'ok'
 end
-"""
+
+local outcome = fenced(KEYS[1], ARGV[4])
+if outcome ~= 'ok' then return outcome end"""
+
+
+def _fenced(body: str) -> str:
+    """A worker-side script: ``body`` runs after the lease check, which every such script shares from here."""
+    return _PRELUDE + _FENCE + body
+
 
 # KEYS: record, index, queued. ARGV: prefix, suffix, id, field/value pairs of the new record.
 _SUBMIT = (
@@ -122,12 +131,8 @@ end
 )
 
 # KEYS: record, active. ARGV: prefix, suffix, id, lease. Returns 'ok' or why not.
-_HEARTBEAT = (
-    _PRELUDE
-    + _FENCE
-    + """
-local outcome = fenced(KEYS[1], ARGV[4])
-if outcome ~= 'ok' then return outcome end
+_HEARTBEAT = _fenced(
+    """
 redis.call('HSET', KEYS[1], 'heartbeat_at', now)
 redis.call('ZADD', KEYS[2], now, ARGV[3])
 return 'ok'
@@ -136,12 +141,8 @@ return 'ok'
 
 # KEYS: record, steps, active. ARGV: prefix, suffix, id, lease, step, version, latest metrics, entry, history
 # length. A recorded step is also a heartbeat. The entry gets the time here: '{"time": now, ' .. the rest of ARGV[8].
-_RECORD_STEP = (
-    _PRELUDE
-    + _FENCE
-    + """
-local outcome = fenced(KEYS[1], ARGV[4])
-if outcome ~= 'ok' then return outcome end
+_RECORD_STEP = _fenced(
+    """
 redis.call('RPUSH', KEYS[2], '{"time": ' .. now .. ', ' .. string.sub(ARGV[8], 2))
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
 redis.call('HSET', KEYS[1], 'steps_done', tonumber(ARGV[5]) + 1, 'version', ARGV[6], 'metrics', ARGV[7],
@@ -153,12 +154,8 @@ return 'ok'
 
 # KEYS: record, steps. ARGV: prefix, suffix, id, lease, first step. A run resumed from a checkpoint at ARGV[5]
 # replays the steps from there: their entries go, so the history holds each step once.
-_REWIND = (
-    _PRELUDE
-    + _FENCE
-    + """
-local outcome = fenced(KEYS[1], ARGV[4])
-if outcome ~= 'ok' then return outcome end
+_REWIND = _fenced(
+    """
 local first = tonumber(ARGV[5])
 while true do
   local last = redis.call('LINDEX', KEYS[2], -1)
@@ -172,12 +169,8 @@ return 'ok'
 
 # KEYS: record, queued, active. ARGV: prefix, suffix, id, lease, reason. The worker hands the run back to the head
 # of the queue (it checkpointed and is stopping); the next claim resumes it.
-_RELEASE = (
-    _PRELUDE
-    + _FENCE
-    + """
-local outcome = fenced(KEYS[1], ARGV[4])
-if outcome ~= 'ok' then return outcome end
+_RELEASE = _fenced(
+    """
 requeue(KEYS[1], ARGV[3], ARGV[5], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 'ok'
@@ -186,12 +179,8 @@ return 'ok'
 
 # KEYS: record, active, ended. ARGV: prefix, suffix, id, lease, final state, reason ('' for none). Only a running run
 # finishes; a cancelled one keeps the reason given with the cancel unless the worker names another.
-_FINISH = (
-    _PRELUDE
-    + _FENCE
-    + """
-local outcome = fenced(KEYS[1], ARGV[4])
-if outcome ~= 'ok' then return outcome end
+_FINISH = _fenced(
+    """
 local cancel_reason = redis.call('HGET', KEYS[1], 'cancel_reason')
 local reason = ARGV[6]
 if reason == '' and ARGV[5] == 'cancelled' then reason = cancel_reason or 'cancelled' end
@@ -395,9 +384,9 @@ class Heartbeat:
 
 
 class RunRegistry:
-    """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``cancel``, ``history``, ``reap``,
-    ``drop_ended_queues``) and the worker side (``claim_next``, ``heartbeat``/``heartbeating``, ``rewind``,
-    ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
+    """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``queued_and_running``, ``cancel``,
+    ``history``, ``reap``, ``drop_ended_queues``) and the worker side (``claim_next``, ``heartbeat``/``heartbeating``,
+    ``rewind``, ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
 
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
         self.redis = connect(redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)())
@@ -458,6 +447,20 @@ class RunRegistry:
             for run_id in found:
                 pipe.hgetall(RegistryKeys(run_id).record)
             return [RunRecord.from_hash(i, fields) for i, fields in zip(found, pipe.execute()) if fields]
+
+    def queued_and_running(self) -> list[RunRecord]:
+        """The queued and running runs, with ids read from the queue and the active set: every submit's budget
+        check asks, and ``list_runs`` by state walks the index of every run ever submitted."""
+        with self.redis.pipeline() as transaction:  # one snapshot: a run claimed meanwhile is in exactly one of them
+            transaction.lrange(QUEUED_KEY, 0, -1)
+            transaction.zrange(ACTIVE_KEY, 0, -1)
+            queued, running = transaction.execute()
+        ids = [i.decode() for i in [*queued, *running]]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hgetall(RegistryKeys(run_id).record)
+            records = [RunRecord.from_hash(i, fields) for i, fields in zip(ids, pipe.execute()) if fields]
+        return [record for record in records if record.state in ("queued", "running")]  # one may have ended since
 
     def cancel(self, run_id: str, reason: str = "cancelled through the API") -> RunRecord:
         """End a queued run now; ask a running one to stop (its worker sees ``is_cancelled``). Repeats are no-ops."""

@@ -192,8 +192,7 @@ def _usable(spec: RunSpec, settings: ControlSettings, rewards: RewardClient | No
 
 
 def _within_budget(spec: RunSpec, registry: RunRegistry, budget_mib: int) -> None:
-    runs = [run for state in ("queued", "running") for run in registry.list_runs(state, limit=10_000)]
-    active = [run.spec for run in runs if run.spec is not None]
+    active = [run.spec for run in registry.queued_and_running() if run.spec is not None]
     try:
         check_budget(spec, active, budget_mib)
     except OverBudget as error:
