@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cfpo.cli.report import print_report, write_report
 from cfpo.cli.runs import Api, follow
-from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_sigterm
+from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_signals
 from cfpo.clients.generation import GenerationClient
 from cfpo.clients.reward import RewardClient
 from cfpo.config import ConfigError, read_yaml_mapping
@@ -114,7 +114,7 @@ def demo(
     """Prepare the model, start the stack, train a CFPO run submitted through the REST API, evaluate it before
     and after, and write its report."""
     spec = spec or Path("configs/demo-tiny.yaml" if tiny else "configs/demo.yaml")
-    stop_on_sigterm()  # so the demo's stack is stopped, not orphaned
+    stop_on_signals()  # so the demo's stack is stopped, not orphaned
     try:
         code = run(DemoSettings(spec, out, tiny, eval_problems, port_offset))
     except ConfigError as error:

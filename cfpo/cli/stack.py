@@ -1,9 +1,10 @@
 """The embedded stack behind ``cfpo up`` and the demo: every service as a local process, on loopback.
 
 Redis (unless ``REDIS_URL`` points at one), vLLM generation, reward, control API, a learner worker, a rollout
-worker, and Prometheus when its binary is installed. Each runs in its own process group with its log under
-``<state>/logs``; the stack starts them in dependency order, waits for each to be healthy, and stops them in
-reverse order. Services are started with ``python -m``, so this module imports none of them.
+worker, and Prometheus when its binary is installed. Each runs in its own process group, its output copied by a
+thread of the stack into ``<state>/logs/<name>.log``, rotated at a size; the stack starts them in dependency order,
+waits for each to be healthy, and stops them in reverse order. Services are started with ``python -m``, so this
+module imports none of them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from types import FrameType
+from typing import IO, Literal
 
 import httpx
 from pydantic import Field
@@ -57,6 +61,12 @@ class StackSettings(StrictModel):
         "the cheapest push) when the machine has one, else each run's directory",
     )
     startup_timeout: float = Field(600.0, gt=0, description="seconds each service may take to become healthy")
+    log_max_mib: float = Field(
+        64.0, ge=0.01, description="size at which a service's <state>/logs/<name>.log is rotated, MiB"
+    )
+    log_backups: int = Field(
+        3, ge=0, description="rotated logs kept per service, <name>.log.1 the newest; 0 keeps only the current one"
+    )
 
     @classmethod
     def offset_ports(cls, offset: int) -> dict[str, int]:
@@ -72,6 +82,7 @@ class Service:
     url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = field(default=None, repr=False)
+    copier: threading.Thread | None = field(default=None, repr=False)  # its output into its log
 
 
 def _http_ok(url: str) -> Callable[[], bool]:
@@ -267,18 +278,35 @@ class Stack:
         try:
             for service in self.services:
                 on_status(f"starting {service.name}")
-                with (self.logs / f"{service.name}.log").open("ab") as log:
-                    service.process = subprocess.Popen(
-                        service.argv,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        env={**env, **service.env},
-                    )
+                self._launch(service, env)
                 self._wait_healthy(service)
         except BaseException:
             self.stop()
             raise
+
+    def _launch(self, service: Service, env: dict[str, str]) -> None:
+        """Start the service with its output on a pipe, and the thread that copies it into its rotating log (a
+        child's own file could not be rotated: it would write on into the renamed one)."""
+        log = RotatingLog(
+            self.logs / f"{service.name}.log", round(self.settings.log_max_mib * 2**20), self.settings.log_backups
+        )
+        try:
+            service.process = subprocess.Popen(
+                service.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                bufsize=0,  # a raw pipe: each read takes what is there, up to a chunk
+                start_new_session=True,
+                env={**env, **service.env},
+            )
+        except BaseException:
+            log.close()
+            raise
+        assert service.process.stdout is not None, "stdout=PIPE"
+        service.copier = threading.Thread(
+            target=_copy_output, args=(service.process.stdout, log), name=f"log-{service.name}", daemon=True
+        )
+        service.copier.start()
 
     def _check_ports_free(self) -> None:
         """A port already taken (often another stack) would answer the health checks in our services' place."""
@@ -300,7 +328,7 @@ class Stack:
         assert service.process is not None, "called right after start() has started it"
         deadline = time.monotonic() + self.settings.startup_timeout
         while not service.ready():
-            if service.process.poll() is not None:
+            if exited(service.process):
                 raise StackError(f"{service.name} exited with {service.process.returncode}\n{self.log_tail(service)}")
             if time.monotonic() > deadline:
                 raise StackError(
@@ -310,35 +338,134 @@ class Stack:
 
     def check_alive(self) -> None:
         for service in self.services:
-            if service.process is not None and service.process.poll() is not None:
+            if service.process is not None and exited(service.process):
                 raise StackError(f"{service.name} died (exit {service.process.returncode})\n{self.log_tail(service)}")
 
     def log_tail(self, service: Service, chars: int = 3000) -> str:
+        """The last ``chars`` bytes of the service's output, from ``<name>.log.1`` too when the current file has
+        fewer (it was just rotated). Once the service has exited, its copier gets a moment to write the last lines
+        (the ones saying why); it ends when no process of the group holds the pipe any more."""
+        if service.copier is not None and service.process is not None and service.process.returncode is not None:
+            service.copier.join(timeout=5)
         path = self.logs / f"{service.name}.log"
-        return f"--- {path} (tail) ---\n" + (path.read_text(errors="replace")[-chars:] if path.exists() else "")
+        tail = b""
+        for file in (path, rotated(path, 1)):
+            if len(tail) < chars and file.exists():
+                with file.open("rb") as log:
+                    log.seek(max(0, log.seek(0, os.SEEK_END) - (chars - len(tail))))
+                    tail = log.read() + tail
+        return f"--- {path} (tail) ---\n" + tail.decode(errors="replace")
 
     def stop(self, grace: float = 30.0) -> None:
-        """Stop in reverse order: workers first (they finish their step), Redis last."""
-        for service in reversed(self.services):
-            if service.process is not None:
-                stop_process_group(service.process, grace)
-        if self.settings.weights_dir is None and self.weights_dir is not None:
-            shutil.rmtree(self.weights_dir, ignore_errors=True)  # a killed learner's staged weights hold memory
+        """Stop in reverse order: workers first (they finish their step), Redis last. Ctrl-C or SIGTERM meanwhile
+        (the stop is often the first one's doing) SIGKILLs every group left instead of raising mid-stop and leaving
+        them running; SIGHUP does not interrupt it. Whatever a step raises, every group is killed and reaped."""
+        processes = [service.process for service in reversed(self.services) if service.process is not None]
+        copiers = [service.copier for service in self.services if service.copier is not None]
+        with _killing_on_interrupt(processes):
+            try:
+                for process in processes:
+                    stop_process_group(process, grace)
+            finally:
+                for process in processes:
+                    kill_process_group(process)
+                deadline = time.monotonic() + 5  # a process that left its group may hold a pipe: not for ever
+                for copier in copiers:
+                    copier.join(max(0.0, deadline - time.monotonic()))
+                if self.settings.weights_dir is None and self.weights_dir is not None:
+                    shutil.rmtree(self.weights_dir, ignore_errors=True)  # a killed learner's staged weights hold memory
+
+
+class RotatingLog:
+    """A service's log, capped at ``max_bytes``: when the next write would pass it, the file becomes
+    ``<name>.log.1`` (older ones move up to ``.<backups>``, the oldest is dropped) and a new one starts, cut after
+    the last whole line that fits. Bytes, not text: a child's output is copied as it wrote it."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int):
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._file = path.open("ab")
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        while len(data) > (room := max(0, self.max_bytes - self._size)):
+            cut = data.rfind(b"\n", 0, room) + 1
+            if cut == 0 and self._size == 0:
+                cut = room  # a line longer than a whole file: split it
+            self._file.write(data[:cut])
+            data = data[cut:]
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups:
+            for index in range(self.backups - 1, 0, -1):
+                if rotated(self.path, index).exists():
+                    rotated(self.path, index).replace(rotated(self.path, index + 1))
+            self.path.replace(rotated(self.path, 1))
+        self._file = self.path.open("wb")
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def rotated(path: Path, index: int) -> Path:
+    """The ``index``-th newest rotated file of the log at ``path``: ``<name>.log.<index>``."""
+    return path.with_name(f"{path.name}.{index}")
+
+
+def _copy_output(source: IO[bytes], log: RotatingLog) -> None:
+    """Copy a child's output into its log until no process holds the pipe's other end (the child and what it
+    started have exited). When the log cannot be written (a full disk) the rest is read and dropped: a pipe that
+    nobody reads would block the service at its next line."""
+    writable = True
+    with source, contextlib.closing(log):
+        while chunk := source.read(1 << 16):
+            if writable:
+                try:
+                    log.write(chunk)
+                except OSError as error:
+                    writable = False
+                    with contextlib.suppress(OSError):
+                        print(f"cannot write {log.path} ({error}); dropping the rest of its output", file=sys.stderr)
+
+
+def exited(process: subprocess.Popen) -> bool:
+    """Whether a process started in its own session has exited. The call that finds it so also SIGKILLs what its
+    group left behind (vLLM's engine outliving its API server), while the group's number is still its own: once
+    reaped, a leader's number may be given to another process, and a later signal could reach a stranger."""
+    if process.returncode is not None:
+        return True
+    if process.poll() is None:
+        return False
+    _signal_group(process.pid, signal.SIGKILL)
+    return True
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
     """SIGTERM a process started in its own session and all its children (vLLM has engine and worker
-    processes), SIGKILL them if they outlive ``grace`` seconds."""
-    if process.poll() is not None:
+    processes), SIGKILL them if they outlive ``grace`` seconds, and whatever of the group outlives the leader."""
+    if exited(process):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
+    _signal_group(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    kill_process_group(process)
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started in its own session and all its children, and reap it."""
+    if not exited(process):
+        _signal_group(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
 
 
 def _binary(name: str) -> str:
@@ -348,10 +475,68 @@ def _binary(name: str) -> str:
     return path
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM behave as Ctrl-C, so a command that owns a stack stops it instead of orphaning it."""
+def stop_on_signals() -> None:
+    """Make SIGTERM, and SIGHUP (its terminal closed), behave as Ctrl-C, so a command that owns a stack stops it
+    instead of orphaning it (the services, in their own sessions, see neither). A signal already ignored (``nohup``:
+    to outlive the terminal) stays ignored."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _hang_up)
 
 
 def _raise_keyboard_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+def _hang_up(*_: object) -> None:
+    _leave_terminal()
+    raise KeyboardInterrupt
+
+
+def _leave_terminal(*_: object) -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal (after a hang-up one no longer says it is a
+    tty, but is still a character device): writing to a closed terminal fails (EIO), and a status line or message
+    failing must neither cut the stack's stop short nor end the command in a traceback."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+
+
+@contextlib.contextmanager
+def _killing_on_interrupt(processes: list[subprocess.Popen]) -> Iterator[None]:
+    """While the stack stops: Ctrl-C or SIGTERM SIGKILLs every group not yet reaped (and says so), SIGHUP only
+    leaves the terminal. Their usual handlers would raise in the middle of the stop and leave the rest running.
+    Signal handlers are the main thread's; a signal ignored stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    told = False
+
+    def kill_all(signum: int, _: FrameType | None) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            with contextlib.suppress(OSError):
+                print(
+                    f"{signal.Signals(signum).name} while stopping: killing every service left (SIGKILL)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        for process in processes:
+            if process.returncode is None:  # not reaped: its group's number is still its own
+                _signal_group(process.pid, signal.SIGKILL)
+
+    previous = {}
+    for signum, handler in ((signal.SIGINT, kill_all), (signal.SIGTERM, kill_all), (signal.SIGHUP, _leave_terminal)):
+        current = signal.getsignal(signum)
+        if current is not None and current != signal.SIG_IGN:
+            previous[signum] = current
+            signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, former in previous.items():
+            signal.signal(signum, former)

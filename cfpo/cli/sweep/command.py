@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cfpo.cli.stack import stop_on_sigterm
+from cfpo.cli.stack import stop_on_signals
 from cfpo.config import ConfigError
 
 console = Console()
@@ -55,7 +55,7 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
     command = "cfpo sweep " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["sweep"] else shlex.join(sys.argv)
     model = _model(spec)
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         if not report_only:
             _run_cells(spec, model, out, api, runs_dir, port_offset)
