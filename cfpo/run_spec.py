@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic.config import JsonDict, JsonValue
 
 from cfpo.advantages import AdvantageName
 from cfpo.config import MAX_BATCH_SIZE, LearnerConfig, LossConfig, StrictModel
@@ -82,16 +83,16 @@ class RunLearnerConfig(LearnerConfig):
     )
 
 
-def _staleness_is(required: str, **values: object) -> dict[str, Any]:
+def _staleness_is(required: str, **values: JsonValue) -> JsonDict:
     """JSON Schema: the spec's staleness section gives ``required``, and its fields in ``values`` have those values
     where given (the one whose default would not do is ``required``)."""
-    fields = {name: {"const": value} for name, value in values.items()}
+    fields: JsonDict = {name: {"const": value} for name, value in values.items()}
     return {"required": ["staleness"], "properties": {"staleness": {"required": [required], "properties": fields}}}
 
 
 # The cross-field rules of RunSpec's validators that JSON Schema can state, so that the published schema admits no
 # spec they refuse. Those it cannot (a product, a divisor, one field against another) are in the fields' texts.
-_SCHEMA_RULES = {
+_SCHEMA_RULES: JsonDict = {
     "allOf": [
         {  # _staleness_is_reachable: fixed staleness serves every version
             "anyOf": [
