@@ -3,6 +3,7 @@ as the processes users run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -61,7 +62,8 @@ class Run:
     workers: list[subprocess.Popen]
     learner: subprocess.Popen | None = None
 
-    def start_learner(self, *extra: str) -> subprocess.Popen:
+    def start_learner(self, *extra: str, generation_url: str | None = None) -> subprocess.Popen:
+        """``generation_url``: where this learner reaches generation, default the stack's server."""
         argv = python_module(
             "trainer",
             "--spec",
@@ -75,9 +77,8 @@ class Run:
             *extra,
         )
         log = (self.directory.parent / f"{self.run_id}-learner.log").open("ab")
-        self.learner = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env(self.stack)
-        )
+        env = {**_env(self.stack), "CFPO_GENERATION_URL": generation_url or self.stack.generation_url}
+        self.learner = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         return self.learner
 
     def wait(self, timeout: float = 240) -> int:
@@ -207,6 +208,13 @@ class WorkerStack:
 def worker_stack(stack, tmp_path) -> Iterator[WorkerStack]:
     """Control API (model check against the real generation service, reaper after 6 s of silence) and one learner
     and one rollout worker; more with ``start``."""
+    with workers_on(stack, tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def workers_on(stack: Stack, tmp_path: Path) -> Iterator[WorkerStack]:
+    """The worker stack's processes on ``stack`` (its Redis replaced, say), their logs and runs in ``tmp_path``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**_env(stack), "CFPO_API_TOKEN": API_TOKEN}
@@ -233,8 +241,10 @@ def worker_stack(stack, tmp_path) -> Iterator[WorkerStack]:
         return started[-1]
 
     with running(control, f"{url}/health", log=tmp_path / "control.log", env=env):
-        workers = {"learner": start("learner"), "rollout": start("rollout")}
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30) as client:
-            yield WorkerStack(stack, client, tmp_path / "runs", start, workers)
-        for process in started:
-            stop(process, grace=15)
+        try:
+            workers = {"learner": start("learner"), "rollout": start("rollout")}
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30) as client:
+                yield WorkerStack(stack, client, tmp_path / "runs", start, workers)
+        finally:
+            for process in started:
+                stop(process, grace=15)

@@ -2,9 +2,10 @@
 
 It forwards every request unchanged and records when each generation request starts and ends, so a test can
 see how many a rollout worker had in flight at once. It can also fail chosen generation requests (HTTP 503
-after a delay), or run a test's code around one (``around_generate``: say, change the served weights between a
-worker's admission check and its request): fault injectors, the one fake here, because a real vLLM server cannot
-be made to fail one request of several, or a race to land, on demand.
+after a delay), lose vLLM's reply to the n-th request to a path (``lose_reply``: the server did the work, the
+caller sees a 502: a weight update failing half-way), or run a test's code around one (``around_generate``: say,
+change the served weights between a worker's admission check and its request): fault injectors, the one fake here,
+because a real vLLM server cannot be made to fail one request of several, or a race to land, on demand.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -38,6 +40,9 @@ class GenerationProxy:
     fail_after_s: float = 0.0  # holding each failed request this long first
     # entered with each generation request's JSON body before it is forwarded, left once vLLM has answered
     around_generate: Callable[[dict], AbstractContextManager] = lambda body: contextlib.nullcontext()
+    lose_reply: dict[str, int] = field(default_factory=dict)  # path -> which of its requests (1: the first) loses it
+    lost: list[str] = field(default_factory=list)  # the paths whose replies were lost, in order
+    _requests: Counter[str] = field(default_factory=Counter)
     calls: list[GenerateCall] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,6 +77,8 @@ class GenerationProxy:
                             headers={"Content-Type": self.headers.get("Content-Type", "")},
                         )
                     status, content = reply.status_code, reply.content
+                    if proxy._lose(self.path):
+                        status, content = 502, b'{"error": "injected fault: the reply was lost"}'
                 if call is not None:
                     call.ended = time.monotonic()
                 self.send_response(status)
@@ -97,6 +104,15 @@ class GenerationProxy:
             call = GenerateCall(body, time.monotonic(), failed=len(self.calls) < self.fail_first)
             self.calls.append(call)
             return call
+
+    def _lose(self, path: str) -> bool:
+        route = path.split("?")[0]
+        with self._lock:
+            self._requests[route] += 1
+            if self._requests[route] != self.lose_reply.get(route):
+                return False
+            self.lost.append(route)
+            return True
 
     def max_in_flight(self) -> int:
         """The most generation requests open at the same moment."""
