@@ -30,6 +30,8 @@ from typing import Any, TypeVar, cast
 
 import redis
 from pydantic import Field
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from cfpo.config import StrictModel, environment
@@ -94,17 +96,28 @@ return held
 # Every reply takes milliseconds and the longest blocking read 0.2 s: a call still waiting after this long is on a
 # half-open connection or a hung server, and fails (redis.TimeoutError, a RedisError) instead of hanging forever.
 REDIS_SOCKET_TIMEOUT_S = 30.0
+# A refused or reset connection is a Redis restarting (its container, its append-only file replayed): each call
+# tries again for about a minute (0.5, 1, 2, then 4 s apart) before it fails. A hung server is not retried: its
+# socket timeout reports it.
+REDIS_RESTART_RETRY = Retry(
+    ExponentialBackoff(cap=4.0, base=0.25), retries=18, supported_errors=(redis.ConnectionError,)
+)
 
 
-def connect(redis_url: str, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT_S) -> redis.Redis:
-    """The one way this project opens Redis: connect and reply timeouts, TCP keepalive, and a PING before reusing a
-    connection idle for longer than the timeout, so a dead peer is found before a command is lost to it."""
+def connect(
+    redis_url: str, *, socket_timeout: float = REDIS_SOCKET_TIMEOUT_S, outlast_restarts: bool = True
+) -> redis.Redis:
+    """The one way this project opens Redis: connect and reply timeouts, TCP keepalive, a PING before reusing a
+    connection idle for longer than the timeout (a dead peer is found before a command is lost to it), and calls
+    that outlast a restart (``outlast_restarts``: workers; a service that answers probes and requests says 503 at
+    once instead, with redis-py's own few quick retries)."""
     return redis.Redis.from_url(
         redis_url,
         socket_connect_timeout=min(socket_timeout, 10.0),
         socket_timeout=socket_timeout,
         socket_keepalive=True,
         health_check_interval=int(socket_timeout),
+        **({"retry": REDIS_RESTART_RETRY} if outlast_restarts else {}),
     )
 
 

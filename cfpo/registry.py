@@ -143,8 +143,11 @@ return 'ok'
 # length. A recorded step is also a heartbeat. The entry gets the time here: '{"time": now, ' .. the rest of ARGV[8].
 _RECORD_STEP = _fenced(
     """
-redis.call('RPUSH', KEYS[2], '{"time": ' .. now .. ', ' .. string.sub(ARGV[8], 2))
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
+local last = redis.call('LINDEX', KEYS[2], -1)
+if not last or cjson.decode(last)['step'] < tonumber(ARGV[5]) then  -- a call retried after a lost reply: once
+  redis.call('RPUSH', KEYS[2], '{"time": ' .. now .. ', ' .. string.sub(ARGV[8], 2))
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
+end
 redis.call('HSET', KEYS[1], 'steps_done', tonumber(ARGV[5]) + 1, 'version', ARGV[6], 'metrics', ARGV[7],
            'heartbeat_at', now)
 redis.call('ZADD', KEYS[3], now, ARGV[3])
@@ -388,8 +391,9 @@ class RunRegistry:
     ``history``, ``reap``, ``drop_ended_queues``) and the worker side (``claim_next``, ``heartbeat``/``heartbeating``,
     ``rewind``, ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
 
-    def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000):
-        self.redis = connect(redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)())
+    def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000, outlast_restarts: bool = True):
+        url = redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)()
+        self.redis = connect(url, outlast_restarts=outlast_restarts)
         self.history_length = history_length  # step entries kept per run; older ones are trimmed
         self._scripts = {
             name: self.redis.register_script(source)

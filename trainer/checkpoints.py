@@ -9,12 +9,18 @@ DeepSpeed writes its ``latest`` file last. A checkpoint with a file named ``keep
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import time
 from pathlib import Path
 
 log = logging.getLogger("cfpo.learner")
 KEEP_MARKER = "keep"
 TAG_PREFIX = "version-"
+
+
+class NoRoomForCheckpoint(OSError):
+    """The disk has no room for the next checkpoint, and none came while the learner waited."""
 
 
 def checkpoint_tags(directory: Path) -> list[Path]:
@@ -38,3 +44,38 @@ def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
     if removed:
         log.info("deleted %d old checkpoint(s): %s", len(removed), ", ".join(t.name for t in removed))
     return removed
+
+
+def checkpoint_bytes(directory: Path) -> int | None:
+    """The size of the newest complete checkpoint (the one ``latest`` names); None before the first."""
+    latest_file = directory / "latest"
+    if not latest_file.exists():
+        return None
+    tag = directory / latest_file.read_text().strip()
+    return sum(f.stat().st_size for f in tag.rglob("*") if f.is_file())
+
+
+def wait_for_room(directory: Path, needed: int, timeout: float, poll: float = 2.0) -> str | None:
+    """Wait until ``directory``'s filesystem has ``needed`` bytes free, up to ``timeout`` seconds; None once it
+    has, else why not. A checkpoint must not start on a disk it would fill: it would fail half-written, and older
+    ones are kept until a newer one is complete, so none could make room."""
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline, warned = time.monotonic() + timeout, -math.inf
+    while (free := shutil.disk_usage(directory).free) < needed:
+        if time.monotonic() >= deadline:
+            return (
+                f"no room for a checkpoint in {directory}: it needs about {needed / 2**20:.0f} MiB and "
+                f"{free / 2**20:.0f} MiB are free after {timeout:.0f} s of waiting; free some space (or lower "
+                "keep_checkpoints) and resume the run"
+            )
+        if time.monotonic() - warned >= 60:
+            warned = time.monotonic()
+            log.warning(
+                "checkpoint waits for room in %s: about %.0f MiB needed, %.0f MiB free (up to %.0f s more)",
+                directory,
+                needed / 2**20,
+                free / 2**20,
+                deadline - time.monotonic(),
+            )
+        time.sleep(poll)
+    return None

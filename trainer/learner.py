@@ -12,6 +12,7 @@ ranks' micro-batches: the steps and the logged values are a lone learner's, up t
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -316,7 +317,12 @@ class Learner:
         """Save engine, optimizer and version under a tag named by the version; returns the tag."""
         tag = f"{TAG_PREFIX}{self.version}"
         state = {"version": self.version, **(client_state or {})}
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state={CLIENT_STATE_KEY: state})
+        try:
+            self.engine.save_checkpoint(str(directory), tag=tag, client_state={CLIENT_STATE_KEY: state})
+        except BaseException:
+            if self.rank == 0:  # half-written, it could never be loaded, and would hold the space a retry needs
+                shutil.rmtree(Path(directory) / tag, ignore_errors=True)
+            raise
         return tag
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from cfpo.run_spec import RunSpec
 from cfpo.sample import Sample
 from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
 from trainer.assembler import Interrupted, StepAssembler
-from trainer.checkpoints import prune_checkpoints
+from trainer.checkpoints import prune_checkpoints, wait_for_room
 from trainer.distributed import broadcast_from_main
 from trainer.held_out import HeldOutEvaluator
 from trainer.learner import StepResult
@@ -107,6 +107,9 @@ class RunPlane(Protocol):
 
     def record(self, step: int, data: StepData, results: list[StepResult]) -> None: ...
 
+    def room_for_checkpoint(self, needed: int) -> str | None:
+        """None once the checkpoint's disk has ``needed`` bytes free (rank 0 waits for it), else why not."""
+
     def checkpointed(self, entry_ids: list[str]) -> None: ...
 
     def evaluation_due(self, completed_steps: int) -> bool: ...
@@ -140,6 +143,9 @@ class FollowerPlane:
     def record(self, step: int, data: StepData, results: list[StepResult]) -> None:
         pass
 
+    def room_for_checkpoint(self, needed: int) -> str | None:
+        return broadcast_from_main(None)
+
     def checkpointed(self, entry_ids: list[str]) -> None:
         pass
 
@@ -166,11 +172,12 @@ class MainPlane:
         generation: GenerationClient,
         *,
         data_timeout: float,
+        disk_wait_s: float,
         control: RunControl,
         rewards: RewardClient | None,
     ):
         self.spec, self.run_id, self.paths, self.queue, self.recorder = spec, run_id, paths, queue, recorder
-        self.data_timeout, self.control = data_timeout, control
+        self.data_timeout, self.disk_wait_s, self.control = data_timeout, disk_wait_s, control
         self.labels = {"run": run_id, "loss": spec.learner.loss.name}
         # Without a reward service (a run started by hand with none) there is nothing to score held-out answers.
         self.evaluator = (
@@ -220,6 +227,9 @@ class MainPlane:
         self.queue.publish_version(version)
         self.last_sync_seconds = update.push_seconds
         self.recorder.observe(LEARNER_WEIGHT_SYNC_SECONDS, update.push_seconds, run=self.run_id)
+
+    def room_for_checkpoint(self, needed: int) -> str | None:
+        return broadcast_from_main(wait_for_room(self.paths.checkpoints, needed, self.disk_wait_s))
 
     def checkpointed(self, entry_ids: list[str]) -> None:
         self.queue.ack(entry_ids)  # only now is their effect safe from a crash

@@ -19,6 +19,9 @@ class LearnerSettings(RunWorkerSettings):
         description="reward service for held-out evaluations ($CFPO_REWARD_URL; unset: none)",
     )
     data_timeout: float = Field(600.0, gt=0, description="seconds to wait for a step's rollouts before failing")
+    disk_wait_s: float = Field(
+        600.0, ge=0, description="seconds a checkpoint waits for room on a nearly full disk before the run fails"
+    )
     threads: int | None = Field(
         default_factory=environment("CFPO_LEARNER_THREADS"),
         validate_default=True,

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from cfpo.run_spec import RunSpec
+from trainer.checkpoints import NoRoomForCheckpoint, checkpoint_bytes
 from trainer.learner import Learner
 from trainer.run_plane import RunPaths, RunPlane
 from trainer.weight_sync import WeightSync
@@ -70,9 +71,19 @@ class TrainingRun:
         return "succeeded"
 
     def _checkpoint(self, next_step: int, unacknowledged: list[str]) -> None:
+        if problem := self.plane.room_for_checkpoint(self._checkpoint_room()):
+            raise NoRoomForCheckpoint(problem)  # nothing lost: its entries stay unacknowledged, the last one holds
         state = {"step": next_step, "stream_ids": unacknowledged, "torch_rng": torch.get_rng_state()}
         self.learner.save_checkpoint(self.paths.checkpoints, state)  # every rank: its shard of the state
         self.plane.checkpointed(unacknowledged)
+
+    def _checkpoint_room(self) -> int:
+        """Bytes the next checkpoint takes, with a tenth to spare: the last one's size, or before the first, 16 per
+        parameter (fp32 weights, a master copy and Adam's two moments)."""
+        size = checkpoint_bytes(self.paths.checkpoints)
+        if size is None:
+            size = 16 * sum(getattr(p, "ds_numel", p.numel()) for p in self.learner.engine.module.parameters())
+        return int(size * 1.1)
 
     def _restore(self) -> tuple[int, list[str]]:
         """The step to resume at and the stream entries the checkpoint holds (0 and none without one)."""

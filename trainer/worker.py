@@ -147,6 +147,7 @@ class LearnerProcess:
                     self.recorder,
                     self.generation[0],  # after a push every server serves the same version
                     data_timeout=self.settings.data_timeout,
+                    disk_wait_s=self.settings.disk_wait_s,
                     control=control,
                     rewards=self.rewards,
                 )

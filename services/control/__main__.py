@@ -27,7 +27,8 @@ def main(argv: list[str]) -> None:
     from services.control.served_models import generation_models
 
     log_to_stderr()
-    registry = RunRegistry(settings.redis_url, history_length=settings.history_length)
+    # Requests and probes get a 503 at once while Redis restarts; the reaper tries again at its next round.
+    registry = RunRegistry(settings.redis_url, history_length=settings.history_length, outlast_restarts=False)
     served = (
         None
         if settings.generation_url is None

@@ -1,6 +1,10 @@
-"""Checkpoint retention on a real folder: the newest K stay, so do the ``latest`` one and marked ones."""
+"""Checkpoint retention on a real folder: the newest K stay, so do the ``latest`` one and marked ones; the room a
+checkpoint needs is measured on the real disk."""
 
-from trainer.checkpoints import KEEP_MARKER, prune_checkpoints
+import shutil
+import time
+
+from trainer.checkpoints import KEEP_MARKER, checkpoint_bytes, prune_checkpoints, wait_for_room
 
 
 def _checkpoints(directory, versions, latest):
@@ -31,3 +35,19 @@ def test_nothing_goes_before_a_checkpoint_is_complete(tmp_path):
     for version in (5, 10, 15):
         (tmp_path / f"version-{version}").mkdir()
     assert prune_checkpoints(tmp_path, keep=1) == [] and _left(tmp_path) == [5, 10, 15]
+
+
+def test_a_checkpoint_takes_the_size_of_the_latest(tmp_path):
+    assert checkpoint_bytes(tmp_path) is None  # before the first
+    _checkpoints(tmp_path, [5, 10], latest=5)
+    (tmp_path / "version-5" / "optimizer.pt").write_bytes(b"x" * 1000)
+    assert checkpoint_bytes(tmp_path) == len(b"weights") + 1000
+
+
+def test_waiting_for_room_ends_with_the_figures_when_none_comes(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    assert wait_for_room(tmp_path, free // 2, timeout=0) is None
+    started = time.monotonic()
+    problem = wait_for_room(tmp_path, free * 4, timeout=0.5, poll=0.1)
+    assert time.monotonic() - started >= 0.5
+    assert problem is not None and f"needs about {free * 4 / 2**20:.0f} MiB" in problem and "resume the run" in problem
