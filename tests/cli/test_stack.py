@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cfpo.cli.stack import RotatingLog, Service, Stack, StackError, StackSettings
+from cfpo.cli.service_logs import RotatingLog
+from cfpo.cli.stack import Service, Stack, StackError, StackSettings
 from tests import REPO_ROOT
 from tests.servers import interruptible, stack_port_offset
 
