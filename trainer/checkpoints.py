@@ -64,14 +64,14 @@ def wait_for_room(directory: Path, needed: int, timeout: float, poll: float = 2.
     while (free := shutil.disk_usage(directory).free) < needed:
         if time.monotonic() >= deadline:
             return (
-                f"no room for a checkpoint in {directory}: it needs about {needed / 2**20:.0f} MiB and "
-                f"{free / 2**20:.0f} MiB are free after {timeout:.0f} s of waiting; free some space (or lower "
+                f"no room for a checkpoint in {directory}: it needs about {needed / 2**20:.1f} MiB and "
+                f"{free / 2**20:.1f} MiB are free after {timeout:.0f} s of waiting; free some space (or lower "
                 "keep_checkpoints) and resume the run"
             )
         if time.monotonic() - warned >= 60:
             warned = time.monotonic()
             log.warning(
-                "checkpoint waits for room in %s: about %.0f MiB needed, %.0f MiB free (up to %.0f s more)",
+                "checkpoint waits for room in %s: about %.1f MiB needed, %.1f MiB free (up to %.0f s more)",
                 directory,
                 needed / 2**20,
                 free / 2**20,

@@ -9,13 +9,52 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from cfpo.queue import QueueSettings, RolloutQueue
 from tests.e2e.conftest import stack, start_run, worker_stack  # noqa: F401 -- fixtures, a stack for this package
-from tests.redis_server import redis_url  # noqa: F401 -- fixture
+from tests.redis_server import redis_url, start_redis  # noqa: F401 -- fixture
+from tests.servers import free_port, stop
+
+
+@dataclass
+class OwnRedis:
+    """A durable Redis (append-only, fsynced on every write) of one scenario's, to be stopped or restarted."""
+
+    directory: Path
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def restart(self, down_s: float) -> None:
+        """kill -9, closed for ``down_s`` seconds, then started again on its append-only file."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        time.sleep(down_s)
+        self.process = start_redis(self.directory, self.port, durable=True)
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[OwnRedis]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    port = free_port()
+    server = OwnRedis(directory, port, start_redis(directory, port, durable=True))
+    try:
+        yield server
+    finally:
+        stop(server.process, grace=10)
 
 
 @dataclass(frozen=True)

@@ -50,4 +50,4 @@ def test_waiting_for_room_ends_with_the_figures_when_none_comes(tmp_path):
     started = time.monotonic()
     problem = wait_for_room(tmp_path, free * 4, timeout=0.5, poll=0.1)
     assert time.monotonic() - started >= 0.5
-    assert problem is not None and f"needs about {free * 4 / 2**20:.0f} MiB" in problem and "resume the run" in problem
+    assert problem is not None and f"needs about {free * 4 / 2**20:.1f} MiB" in problem and "resume the run" in problem
