@@ -4,6 +4,7 @@ as the processes users run."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import subprocess
@@ -151,10 +152,16 @@ def start_run(stack, tmp_path, request):
     runs: list[Run] = []
 
     def start(
-        spec: dict, *, workers: int = 1, generation_url: str | None = None, rollout_args: tuple[str, ...] = ()
+        spec: dict,
+        *,
+        workers: int = 1,
+        generation_url: str | None = None,
+        rollout_args: tuple[str, ...] = (),
+        redis: str | None = None,
     ) -> Run:
         """``generation_url``: where the workers (not the learner) reach generation, default the stack's server;
-        ``rollout_args``: more flags for the workers."""
+        ``rollout_args``: more flags for the workers; ``redis``: the run's Redis URL, default the stack's."""
+        on = dataclasses.replace(stack, redis_url=redis or stack.redis_url)
         run_id = f"{request.node.name.replace('[', '-').rstrip(']')}-{len(runs)}"
         spec_path = tmp_path / f"{run_id}.yaml"
         spec_path.write_text(yaml.safe_dump({"model": str(stack.model_dir), **spec}))
@@ -164,11 +171,11 @@ def start_run(stack, tmp_path, request):
                 stdout=(tmp_path / f"{run_id}-rollout-{i}.log").open("wb"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**_env(stack), "CFPO_GENERATION_URL": generation_url or stack.generation_url},
+                env={**_env(on), "CFPO_GENERATION_URL": generation_url or stack.generation_url},
             )
             for i in range(workers)
         ]
-        run = Run(stack, run_id, tmp_path / run_id, spec_path, processes)
+        run = Run(on, run_id, tmp_path / run_id, spec_path, processes)
         runs.append(run)
         return run
 
