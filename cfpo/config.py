@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -184,6 +186,20 @@ class ConfigError(ValueError):
 Model = typing.TypeVar("Model", bound=StrictModel)
 
 
+@functools.cache
+def _yaml_loader() -> type:
+    """PyYAML's safe loader reading ``1e-6`` as a number, as YAML 1.2 and every user do (YAML 1.1 has it a string,
+    which a request's schema then refuses)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent_only = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_only, list("-+0123456789"))
+    return Loader
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file's top-level mapping (empty file: none), or ``ConfigError`` naming the file and the problem."""
     import yaml
@@ -193,7 +209,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read it: {error}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_yaml_loader()) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

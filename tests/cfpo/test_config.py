@@ -3,7 +3,7 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from cfpo.config import ConfigError, LearnerConfig, LossConfig, LossName, load_config
+from cfpo.config import ConfigError, LearnerConfig, LossConfig, LossName, load_config, read_yaml_mapping
 from trainer.losses import LOSSES
 
 
@@ -111,3 +111,9 @@ def test_absurd_sizes_are_refused_naming_the_field(changes, field):
     with pytest.raises(ValidationError) as refused:
         RunSpec.model_validate({"model": "models/tiny", **changes})
     assert describe_validation_error(refused.value).startswith(field)
+
+
+def test_yaml_reads_an_exponent_without_a_dot_as_a_number(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("lr: 1e-6\nsteps: 20\nbig: -2E3\nname: 1e-6x\n")
+    assert read_yaml_mapping(path) == {"lr": 1e-6, "steps": 20, "big": -2000.0, "name": "1e-6x"}
