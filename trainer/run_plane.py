@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import yaml
+
 from cfpo.clients.generation import GenerationClient, WeightUpdate
 from cfpo.clients.reward import RewardClient
 from cfpo.metrics import (
@@ -76,6 +78,10 @@ class RunPaths:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,8 @@ class MainPlane:
         self.last_sync_seconds = 0.0
 
     def begin(self, start_step: int, version: int, restored_ids: list[str]) -> None:
+        # The run's directory says what it ran (cfpo report reads the loss and its anchor there), however started.
+        self.paths.spec.write_text(yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False))
         # A crash between saving and acknowledging leaves these pending; they are in the checkpoint already.
         self.queue.ack(restored_ids)
         self.control.begin(start_step)

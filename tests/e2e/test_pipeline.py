@@ -6,6 +6,7 @@ import statistics
 
 import httpx
 import pytest
+import yaml
 
 from cfpo.metrics import LEARNER_STEP_VALUES
 from tests.e2e.conftest import toy_spec_with as _with
@@ -49,6 +50,8 @@ def test_reward_rises_on_a_dense_toy_reward(start_run, loss):
     assert [(e["step"], e["version"], e["n"]) for e in evaluations] == [(0, 0, 32), (20, rows[-1]["version"], 32)]
     assert all(0 <= e["accuracy"] <= 1 for e in evaluations)
     assert "cfpo_learner_eval_accuracy{" in exported and "cfpo_learner_eval_mean_reward{" in exported
+    recorded = yaml.safe_load((run.directory / "spec.yaml").read_text())  # what cfpo report reads
+    assert recorded["learner"]["loss"]["name"] == loss and recorded["learner"]["loss"]["ratio_reference"] == "behaviour"
 
 
 def test_bounded_staleness_holds_with_two_workers(start_run):
