@@ -388,8 +388,8 @@ class Heartbeat:
 
 class RunRegistry:
     """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``queued_and_running``, ``cancel``,
-    ``history``, ``reap``, ``drop_ended_queues``) and the worker side (``claim_next``, ``heartbeat``/``heartbeating``,
-    ``rewind``, ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
+    ``history``, ``reap``, ``drop_ended_queues``) and the worker side (``claim_next``, ``running``,
+    ``heartbeat``/``heartbeating``, ``rewind``, ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
 
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000, outlast_restarts: bool = True):
         url = redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)()
@@ -447,10 +447,7 @@ class RunRegistry:
                     ids = [i for i, s in zip(ids, pipe.execute()) if s is not None and s.decode() == state]
             found += ids[: limit - len(found)]
             start += page
-        with self.redis.pipeline(transaction=False) as pipe:
-            for run_id in found:
-                pipe.hgetall(RegistryKeys(run_id).record)
-            return [RunRecord.from_hash(i, fields) for i, fields in zip(found, pipe.execute()) if fields]
+        return self._records(found)
 
     def queued_and_running(self) -> list[RunRecord]:
         """The queued and running runs, with ids read from the queue and the active set: every submit's budget
@@ -459,12 +456,20 @@ class RunRegistry:
             transaction.lrange(QUEUED_KEY, 0, -1)
             transaction.zrange(ACTIVE_KEY, 0, -1)
             queued, running = transaction.execute()
-        ids = [i.decode() for i in [*queued, *running]]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for run_id in ids:
-                pipe.hgetall(RegistryKeys(run_id).record)
-            records = [RunRecord.from_hash(i, fields) for i, fields in zip(ids, pipe.execute()) if fields]
+        records = self._records([i.decode() for i in [*queued, *running]])
         return [record for record in records if record.state in ("queued", "running")]  # one may have ended since
+
+    def running(self) -> list[RunRecord]:
+        """The running runs, from the active set: rollout workers ask every second or so."""
+        ids = cast(list[bytes], self.redis.zrange(ACTIVE_KEY, 0, -1))
+        return [record for record in self._records([i.decode() for i in ids]) if record.state == "running"]
+
+    def _records(self, run_ids: list[str]) -> list[RunRecord]:
+        """The records of ``run_ids``, in their order, in one round trip (those deleted since are left out)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hgetall(RegistryKeys(run_id).record)
+            return [RunRecord.from_hash(i, fields) for i, fields in zip(run_ids, pipe.execute()) if fields]
 
     def cancel(self, run_id: str, reason: str = "cancelled through the API") -> RunRecord:
         """End a queued run now; ask a running one to stop (its worker sees ``is_cancelled``). Repeats are no-ops."""

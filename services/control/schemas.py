@@ -30,11 +30,11 @@ class SubmitRequest(RunSpec):
             return data
         for section in ("rollout", "learner"):
             if data.get(section) is not None and not isinstance(data[section], dict):
-                raise _at((section,), [{"type": "dict_type", "loc": (), "input": data[section]}])
+                raise _at(section, [{"type": "dict_type", "loc": (), "input": data[section]}])
         try:
             RolloutConfig.model_validate(data.get("rollout") or {})
         except ValidationError as error:
-            raise _at(("rollout",), error.errors()) from None
+            raise _at("rollout", error.errors()) from None
         return data
 
     @model_validator(mode="wrap")
@@ -76,11 +76,11 @@ def _as_its_branch_says(error: JsonSchemaError) -> list[JsonSchemaError]:
     return [error]
 
 
-def _at(prefix: tuple[str, ...], errors: Sequence[ErrorDetails | InitErrorDetails]) -> ValidationError:
-    """The same errors, located under ``prefix``."""
+def _at(section: str, errors: Sequence[ErrorDetails | InitErrorDetails]) -> ValidationError:
+    """The same errors, located under ``section``."""
     located: list[InitErrorDetails] = []
     for e in errors:
-        moved: InitErrorDetails = {"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e["input"]}
+        moved: InitErrorDetails = {"type": e["type"], "loc": (section, *e["loc"]), "input": e["input"]}
         if "ctx" in e:
             moved["ctx"] = e["ctx"]
         located.append(moved)

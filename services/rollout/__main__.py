@@ -91,8 +91,7 @@ def _serve_running_runs(
         log.info("rollout worker waiting for running runs")
         while not stopping.is_set():
             # A stored spec that no longer validates is shown by the API; the learner's claim fails its run.
-            running = [r for r in registry.queued_and_running() if r.state == "running"]  # not the whole index
-            runs = [(r, r.spec) for r in running if r.id not in finished and r.spec]
+            runs = [(r, r.spec) for r in registry.running() if r.id not in finished and r.spec]
             if not runs:
                 stopping.wait(poll_seconds)
                 continue

@@ -136,7 +136,7 @@ def test_unknown_runs_raise_not_found(registry):
             call()
 
 
-def test_queued_and_running_holds_those_runs_and_no_ended_one(registry, worker):
+def test_queued_and_running_hold_those_runs_and_no_ended_one(registry, worker):
     succeeded, failed, running, cancelled, queued = (registry.submit(SPEC).id for _ in range(5))
     registry.finish(succeeded, registry.claim_next(worker).lease, "succeeded")
     registry.finish(failed, registry.claim_next(worker).lease, "failed", "diverged")
@@ -144,3 +144,4 @@ def test_queued_and_running_holds_those_runs_and_no_ended_one(registry, worker):
     registry.cancel(cancelled)
     with registry.heartbeating(running, lease, every_s=0.1):  # the session's API reaps a run silent for 1 s
         assert {run.id: run.state for run in registry.queued_and_running()} == {running: "running", queued: "queued"}
+        assert [run.id for run in registry.running()] == [running]  # what rollout workers poll
