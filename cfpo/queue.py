@@ -2,9 +2,10 @@
 
 Why it is built this way (docs/architecture.md, "Decisions": the queue):
 
-- The learner reads through the consumer group ``learner``: an entry stays pending until the learner acknowledges
-  it *after applying it*, so a learner that dies mid-batch loses nothing; the next one takes its pending entries
-  over with ``reclaim`` (XAUTOCLAIM).
+- The learner reads through the consumer group ``learner``, under a consumer name of its claim's own: an entry
+  stays pending until the learner acknowledges it *after applying it*, so a learner that dies mid-batch loses
+  nothing; the next one takes its pending entries over with ``reclaim`` (XCLAIM), at its start and while it waits,
+  so that entries a stale learner read after losing its claim come back too.
 - Acknowledged entries are deleted, so the stream's length is exactly the queue depth (unread + pending), and
   bounding it is one atomic check-and-append (a Lua script). Unread entries are never trimmed: a full queue makes
   producers wait (backpressure) and raise ``QueueFull`` after a timeout.
@@ -16,7 +17,7 @@ Why it is built this way (docs/architecture.md, "Decisions": the queue):
   (its worker stopped) goes to the next worker that asks, lowest slot first. A late duplicate this may cause is
   dropped by the learner, by slot (``trainer.assembler``), so every slot is applied exactly once.
 
-Every key is under ``run:<id>:``. Any Redis >= 6.2 (XAUTOCLAIM) works.
+Every key is under ``run:<id>:``. Any Redis >= 6.2 (XPENDING with IDLE, GETDEL) works.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 T = TypeVar("T")
 # A stream entry as this module's client receives it (bytes: decode_responses is off). redis-py's types also cover
-# decoded and RESP3 replies. Redis 6.2's XAUTOCLAIM gives (None, None) for an entry deleted while pending.
+# decoded and RESP3 replies. Redis 6.2's XCLAIM gives (None, None) for an entry deleted while pending.
 _StreamEntry = tuple[bytes, dict[bytes, bytes]] | tuple[None, None]
 
 # Append only while the stream holds fewer than ARGV[1] entries; nil when full. Atomic, so concurrent producers
@@ -188,6 +189,10 @@ class RunKeys:
         return f"run:{self.run_id}:next-prompt"
 
     @property
+    def push_again(self) -> str:
+        return f"run:{self.run_id}:push-again"
+
+    @property
     def every_key(self) -> tuple[str, ...]:
         """All of the run's queue: what goes once the run has ended and its retention passed."""
         return (
@@ -199,6 +204,7 @@ class RunKeys:
             self.next_prompt,
             self.slot_leases,
             self.slot_holders,
+            self.push_again,
         )
 
 
@@ -304,20 +310,26 @@ class RolloutQueue:
         return acknowledged
 
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 100) -> list[QueueEntry]:
-        """Take over up to ``count`` entries pending on any consumer for at least ``min_idle_ms`` (a dead learner's).
-
-        A restarted learner with its old consumer name gets its own unacknowledged entries back this way too.
-        """
-        messages: list[_StreamEntry] = []
-        cursor = b"0-0"
-        while len(messages) < count:
-            cursor, claimed, *_ = self.redis.xautoclaim(
-                self.keys.rollouts, CONSUMER_GROUP, consumer, min_idle_ms, start_id=cursor, count=count - len(messages)
+        """Take over up to ``count`` entries pending on other consumers for at least ``min_idle_ms`` (a dead or
+        stale learner's), oldest first. ``consumer``'s own pending entries are left as they are: it holds them."""
+        listed: list[int | bytes | str | memoryview] = []  # what redis-py takes as stream ids
+        start = "-"
+        while len(listed) < count:
+            # bytes: decode_responses is off (redis-py's types also cover decoded replies)
+            page = cast(
+                list[dict[str, bytes]],
+                self.redis.xpending_range(
+                    self.keys.rollouts, CONSUMER_GROUP, start, "+", count, idle=min_idle_ms or None
+                ),
             )
-            messages += claimed
-            if cursor == b"0-0":
+            listed += [p["message_id"] for p in page if p["consumer"].decode() != consumer]
+            if len(page) < count:
                 break
-        return self._decode_valid(messages)
+            start = f"({page[-1]['message_id'].decode()}"
+        if not listed:
+            return []
+        claimed = self.redis.xclaim(self.keys.rollouts, CONSUMER_GROUP, consumer, min_idle_ms, listed[:count])
+        return self._decode_valid(cast(list[_StreamEntry], claimed))
 
     def depth(self) -> QueueDepth:
         with self.redis.pipeline() as transaction:  # both counts from the same instant
@@ -425,6 +437,16 @@ class RolloutQueue:
         if version < 0:
             raise ValueError(f"version: {version} is negative")
         self.redis.set(self.keys.policy_version, version)
+
+    def ask_for_push(self, why: str) -> None:
+        """A generation server no longer serves the learner's published weights (it restarted on its base weights):
+        ask the learner to push them again. Rollout workers ask; the learner answers while it waits for data."""
+        self.redis.set(self.keys.push_again, why)
+
+    def push_asked(self) -> str | None:
+        """Why a push was asked since the last call (and forget it), or None."""
+        why = cast(bytes | None, self.redis.getdel(self.keys.push_again))
+        return None if why is None else why.decode()
 
     def current_version(self) -> int | None:
         """The learner's last published policy version; None before it published one."""

@@ -13,11 +13,14 @@ Why it is built this way (docs/architecture.md, "Decisions": runs are work items
 - States: queued -> running -> succeeded | failed | cancelled (or queued -> cancelled). Terminal states are final.
   A cancel of a running run only raises a flag (``is_cancelled``): the worker stops at a step boundary and calls
   ``finish(run_id, lease, "cancelled")``.
-- A claim is a lease with a fencing token (``lease``, one more at every claim). A run goes back to the queue,
+- A claim is a lease with a fencing token (``Claim.lease``: the claim's number, one more at every claim, and a
+  random part the claimer draws, so a claim that Redis forgot in a crash (up to a second of writes under
+  ``appendfsync everysec``) is never handed out again as the same token). A run goes back to the queue,
   at its head, when its worker hands it back (``release``: the learner got SIGTERM and checkpointed) or goes
   silent (``reap``, up to ``max_restarts`` times; then it fails); the next claim resumes it from its checkpoint.
   Every worker-side write names its lease and is refused (``LeaseLost``) once the run was taken over, so a stalled
-  learner that wakes up cannot record a step, push weights (the learner checks first: ``heartbeat``) or end it.
+  learner that wakes up cannot record a step, acknowledge stream entries, push weights (the learner checks first:
+  ``heartbeat``) or end it.
 
 Worker side, in full::
 
@@ -33,6 +36,7 @@ Worker side, in full::
                     break
                 ...                                       # train the step
                 registry.record_step(run_id, lease, step, version, metrics)
+                registry.acknowledge(run_id, lease, entry_ids)  # once a checkpoint holds them
             else:
                 registry.finish(run_id, lease, "succeeded")  # or "failed" with a reason on an error
 """
@@ -53,7 +57,7 @@ import redis
 from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from cfpo.config import describe_validation_error, environment
-from cfpo.queue import DEFAULT_REDIS_URL, RunKeys, connect
+from cfpo.queue import CONSUMER_GROUP, DEFAULT_REDIS_URL, RunKeys, connect
 from cfpo.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -80,14 +84,14 @@ local function requeue(record, id, reason, queued)
 end
 """
 
-# Worker-side scripts go on only while the run (record KEYS[1]) is running under lease ARGV[4]; else they return
-# why not.
+# Worker-side scripts go on only while the run (record KEYS[1]) is running under lease ARGV[4] (the fencing token
+# the claim returned, stored as 'token'; 'lease' counts the claims); else they return why not.
 _FENCE = """
-local function fenced(record, lease)
-  local state, held = unpack(redis.call('HMGET', record, 'state', 'lease'))
+local function fenced(record, token)
+  local state, held, lease = unpack(redis.call('HMGET', record, 'state', 'token', 'lease'))
   if not state then return 'missing' end
   if state ~= 'running' then return state end
-  if held ~= lease then return 'stale lease ' .. lease .. ': the run was taken over (lease ' .. held .. ')' end
+  if held ~= token then return 'stale lease ' .. token .. ': the run was taken over (lease ' .. lease .. ')' end
   return 'ok'
 end
 
@@ -111,7 +115,8 @@ return now
 """
 )
 
-# KEYS: queued, active. ARGV: prefix, suffix, worker. Skips ids whose run is no longer queued.
+# KEYS: queued, active. ARGV: prefix, suffix, worker, the claimer's random part of the token. Skips ids whose run is
+# no longer queued.
 _CLAIM = (
     _PRELUDE
     + """
@@ -123,8 +128,10 @@ while true do
     redis.call('HSET', record, 'state', 'running', 'worker', ARGV[3], 'heartbeat_at', now)
     redis.call('HSETNX', record, 'started_at', now)
     local lease = redis.call('HINCRBY', record, 'lease', 1)
+    local token = lease .. '-' .. ARGV[4]
+    redis.call('HSET', record, 'token', token)
     redis.call('ZADD', KEYS[2], now, id)
-    return {id, redis.call('HGET', record, 'spec'), lease}
+    return {id, redis.call('HGET', record, 'spec'), token}
   end
 end
 """
@@ -166,6 +173,17 @@ while true do
   redis.call('RPOP', KEYS[2])
 end
 redis.call('HSET', KEYS[1], 'steps_done', first)
+return 'ok'
+"""
+)
+
+# KEYS: record, stream, ARGV: prefix, suffix, id, lease, consumer group, entry ids. The learner's acknowledgement of
+# entries a checkpoint holds, deleted with it, while its claim holds: a stale learner's would drop what the holder
+# still needs. Returns 'ok'.
+_ACKNOWLEDGE = _fenced(
+    """
+redis.call('XACK', KEYS[2], ARGV[5], unpack(ARGV, 6))
+redis.call('XDEL', KEYS[2], unpack(ARGV, 6))
 return 'ok'
 """
 )
@@ -311,7 +329,7 @@ class RunRecord(BaseModel):
     steps_done: int = Field(0, description="steps recorded so far (the last recorded step index + 1)")
     version: int | None = Field(None, description="the learner's policy version after the last recorded step")
     metrics: dict[str, Any] = Field({}, description="the last recorded step's metrics")
-    lease: int = Field(0, description="fencing token of the latest claim (one more at every claim)")
+    lease: int = Field(0, description="the number of the latest claim (one more at every claim)")
     restarts: int = Field(0, description="times the run went back to the queue to be resumed from its checkpoint")
     restart_reason: str | None = Field(None, description="why it last went back to the queue")
 
@@ -353,13 +371,18 @@ class StepRecord(BaseModel):
 class Claim(NamedTuple):
     run_id: str
     spec: RunSpec
-    lease: int  # the fencing token every worker-side call names
+    lease: str  # the fencing token every worker-side call names: the claim's number and a random part, never repeated
+
+    @property
+    def number(self) -> int:
+        """The claim's number: one more at every claim of the run (the record's ``lease``)."""
+        return int(self.lease.partition("-")[0])
 
 
 class Heartbeat:
     """Beats for a run from a daemon thread; ``lost`` is set once the run is no longer the lease's."""
 
-    def __init__(self, registry: RunRegistry, run_id: str, lease: int, every_s: float):
+    def __init__(self, registry: RunRegistry, run_id: str, lease: str, every_s: float):
         self.registry, self.run_id, self.lease, self.every_s = registry, run_id, lease, every_s
         self.lost = threading.Event()
         self.reason: str | None = None
@@ -389,7 +412,8 @@ class Heartbeat:
 class RunRegistry:
     """Runs in Redis: the control side (``submit``, ``get``, ``list_runs``, ``queued_and_running``, ``cancel``,
     ``history``, ``reap``, ``drop_ended_queues``) and the worker side (``claim_next``, ``running``,
-    ``heartbeat``/``heartbeating``, ``rewind``, ``record_step``, ``is_cancelled``, ``release``, ``finish``)."""
+    ``heartbeat``/``heartbeating``, ``rewind``, ``record_step``, ``acknowledge``, ``is_cancelled``, ``release``,
+    ``finish``)."""
 
     def __init__(self, redis_url: str | None = None, *, history_length: int = 10_000, outlast_restarts: bool = True):
         url = redis_url or environment("REDIS_URL", DEFAULT_REDIS_URL)()
@@ -405,6 +429,7 @@ class RunRegistry:
                 ("rewind", _REWIND),
                 ("release", _RELEASE),
                 ("finish", _FINISH),
+                ("acknowledge", _ACKNOWLEDGE),
                 ("cancel", _CANCEL),
                 ("reap", _REAP),
             )
@@ -529,8 +554,8 @@ class RunRegistry:
         A run handed back or requeued after its worker went silent is at the head of the queue; its claim has the
         next lease, and the checkpoint in its run directory says where to resume."""
         _check_worker(worker)
-        while (claimed := self._run("claim", [QUEUED_KEY, ACTIVE_KEY], worker)) is not None:
-            run_id, spec, lease = claimed[0].decode(), claimed[1], int(claimed[2])
+        while (claimed := self._run("claim", [QUEUED_KEY, ACTIVE_KEY], worker, uuid.uuid4().hex[:12])) is not None:
+            run_id, spec, lease = claimed[0].decode(), claimed[1], claimed[2].decode()
             try:
                 return Claim(run_id, RunSpec.model_validate_json(spec), lease)
             except ValidationError as error:  # no worker can run it: fail it with the reason, take the next
@@ -539,14 +564,14 @@ class RunRegistry:
                 self.finish(run_id, lease, "failed", reason)
         return None
 
-    def heartbeat(self, run_id: str, lease: int) -> None:
+    def heartbeat(self, run_id: str, lease: str) -> None:
         """Say the holder of ``lease`` is alive and still on the run; raises LeaseLost (or RunStateError, once the run
         ended) when it is not. Also the check before a weight push."""
         keys = _keys(run_id)
         self._checked(run_id, self._run("heartbeat", [keys.record, ACTIVE_KEY], run_id, lease))
 
     @contextlib.contextmanager
-    def heartbeating(self, run_id: str, lease: int, every_s: float = 5.0) -> Iterator[Heartbeat]:
+    def heartbeating(self, run_id: str, lease: str, every_s: float = 5.0) -> Iterator[Heartbeat]:
         """Heartbeat from a background thread while the block runs; yields the ``Heartbeat`` (see its ``lost``).
 
         Beat several times per reaper timeout (the API's default timeout is 60 s)."""
@@ -557,17 +582,17 @@ class RunRegistry:
         finally:
             beat.stop()
 
-    def rewind(self, run_id: str, lease: int, first_step: int) -> None:
+    def rewind(self, run_id: str, lease: str, first_step: int) -> None:
         """The run resumes at ``first_step``: drop the recorded steps from there on (they are trained again)."""
         keys = _keys(run_id)
         self._checked(run_id, self._run("rewind", [keys.record, keys.steps], run_id, lease, first_step))
 
-    def release(self, run_id: str, lease: int, reason: str) -> None:
+    def release(self, run_id: str, lease: str, reason: str) -> None:
         """Hand a running run back to the head of the queue (its state is checkpointed), for the next claim."""
         keys = _keys(run_id)
         self._checked(run_id, self._run("release", [keys.record, QUEUED_KEY, ACTIVE_KEY], run_id, lease, reason))
 
-    def record_step(self, run_id: str, lease: int, step: int, version: int, metrics: dict[str, Any]) -> None:
+    def record_step(self, run_id: str, lease: str, step: int, version: int, metrics: dict[str, Any]) -> None:
         """Record step ``step`` (0-based) done at policy ``version``; also a heartbeat. Non-finite numbers are kept
         as the strings "nan", "inf", "-inf" (JSON has no such numbers)."""
         keys = _keys(run_id)
@@ -589,7 +614,18 @@ class RunRegistry:
         )
         self._checked(run_id, reply)
 
-    def finish(self, run_id: str, lease: int, state: FinalState, reason: str | None = None) -> None:
+    def acknowledge(self, run_id: str, lease: str, entry_ids: list[str]) -> None:
+        """Acknowledge and delete the run's stream entries ``entry_ids`` (applied, and held by a checkpoint) while the
+        claim holds: checked with the write, in one script, so a stale holder can drop nothing."""
+        if not entry_ids:
+            return
+        keys = _keys(run_id)
+        stream = RunKeys(run_id).rollouts
+        self._checked(
+            run_id, self._run("acknowledge", [keys.record, stream], run_id, lease, CONSUMER_GROUP, *entry_ids)
+        )
+
+    def finish(self, run_id: str, lease: str, state: FinalState, reason: str | None = None) -> None:
         """End a running run. ``cancelled`` without a reason keeps the reason given with the cancel."""
         if state not in FINAL_STATES:
             raise ValueError(f"state: {state!r} is not one of {FINAL_STATES}")

@@ -1,15 +1,19 @@
 """Checkpoints kept on disk: the newest ``keep`` of a run, plus any a user marked to keep.
 
 A SmolLM2-135M checkpoint (weights, optimizer state) is about 1.6 GB; a 200-step run checkpointing every 5 steps
-would write 64 GB, more than the chart's volume. Older checkpoints are deleted only after the newest is complete:
-DeepSpeed writes its ``latest`` file last. A checkpoint with a file named ``keep`` in it is never deleted
-(``touch runs/<run>/checkpoints/version-40/keep``).
+would write 64 GB, more than the chart's volume. Older checkpoints are deleted only after the newest is complete.
+
+Each tag is its claim's own (``version-<v>-<claim>``): a learner that lost its claim, or a second save of one
+version, never writes into a checkpoint another one names. ``latest`` is moved (atomically, by rename) only once
+the new checkpoint is complete, and only by the claim's holder (``trainer.run_plane`` checks the claim right before).
+A checkpoint with a file named ``keep`` in it is never deleted (``touch runs/<run>/checkpoints/version-40-…/keep``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,22 +27,44 @@ class NoRoomForCheckpoint(OSError):
     """The disk has no room for the next checkpoint, and none came while the learner waited."""
 
 
+def checkpoint_tag(version: int, claim: str) -> str:
+    return f"{TAG_PREFIX}{version}-{claim}"
+
+
+def _version(tag: str) -> int | None:
+    """The policy version a tag names (``version-<v>`` of older runs, or ``version-<v>-<claim>``)."""
+    number = tag.removeprefix(TAG_PREFIX).partition("-")[0]
+    return int(number) if tag.startswith(TAG_PREFIX) and number.isdigit() else None
+
+
 def checkpoint_tags(directory: Path) -> list[Path]:
     """The run's checkpoint folders, oldest first."""
-    tags = [p for p in directory.glob(f"{TAG_PREFIX}*") if p.is_dir() and p.name[len(TAG_PREFIX) :].isdigit()]
-    return sorted(tags, key=lambda p: int(p.name[len(TAG_PREFIX) :]))
+    tags = [p for p in directory.glob(f"{TAG_PREFIX}*") if p.is_dir() and _version(p.name) is not None]
+    return sorted(tags, key=lambda p: (_version(p.name) or 0, p.stat().st_mtime))
+
+
+def latest_tag(directory: Path) -> str | None:
+    """The tag of the newest complete checkpoint; None before the first."""
+    latest_file = directory / "latest"
+    return latest_file.read_text().strip() if latest_file.exists() else None
+
+
+def point_latest(directory: Path, tag: str) -> None:
+    """Name ``tag`` (complete) the one to resume from, in one rename: a reader sees the old name or the new one."""
+    partial = directory / "latest.partial"
+    partial.write_text(tag)
+    os.replace(partial, directory / "latest")
 
 
 def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (and the ``latest`` one, and marked ones); returns those
-    deleted."""
-    latest_file = directory / "latest"
-    if not latest_file.exists():
+    """Delete all but the newest ``keep`` checkpoints older than the ``latest`` one (it stays, and so do marked
+    ones and any newer one: it may be being written); returns those deleted."""
+    if (latest := latest_tag(directory)) is None:
         return []  # no complete checkpoint yet: nothing may go
-    latest = directory / latest_file.read_text().strip()
     tags = checkpoint_tags(directory)
-    kept = {*tags[-keep:], latest}
-    removed = [tag for tag in tags if tag not in kept and not (tag / KEEP_MARKER).exists()]
+    older = tags[: tags.index(directory / latest)] if directory / latest in tags else []
+    kept = set(tags[-keep:])
+    removed = [tag for tag in older if tag not in kept and not (tag / KEEP_MARKER).exists()]
     for tag in removed:
         shutil.rmtree(tag)
     if removed:
@@ -48,10 +74,9 @@ def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
 
 def checkpoint_bytes(directory: Path) -> int | None:
     """The size of the newest complete checkpoint (the one ``latest`` names); None before the first."""
-    latest_file = directory / "latest"
-    if not latest_file.exists():
+    if (latest := latest_tag(directory)) is None:
         return None
-    tag = directory / latest_file.read_text().strip()
+    tag = directory / latest
     return sum(f.stat().st_size for f in tag.rglob("*") if f.is_file())
 
 

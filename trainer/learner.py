@@ -24,7 +24,6 @@ import torch
 from cfpo.config import LearnerConfig
 from cfpo.metrics import ANCHORS, BUCKETED_STEP_VALUES, anchored, bucket_key
 from cfpo.sample import Sample
-from trainer.checkpoints import TAG_PREFIX
 from trainer.distributed import gathered, init_distributed, quiet_deepspeed, rank, world_size
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
 from trainer.losses import aggregation_normaliser, policy_loss, trust_region_metrics
@@ -313,17 +312,18 @@ class Learner:
             ).items()
         }
 
-    def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> str:
-        """Save engine, optimizer and version under a tag named by the version; returns the tag."""
-        tag = f"{TAG_PREFIX}{self.version}"
+    def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict[str, Any] | None = None) -> None:
+        """Save engine, optimizer and version under ``tag``, leaving ``latest`` as it is: the caller names the new
+        checkpoint there once it is complete and the run still its own (``trainer.checkpoints.point_latest``)."""
         state = {"version": self.version, **(client_state or {})}
         try:
-            self.engine.save_checkpoint(str(directory), tag=tag, client_state={CLIENT_STATE_KEY: state})
+            self.engine.save_checkpoint(
+                str(directory), tag=tag, client_state={CLIENT_STATE_KEY: state}, save_latest=False
+            )
         except BaseException:
             if self.rank == 0:  # half-written, it could never be loaded, and would hold the space a retry needs
                 shutil.rmtree(Path(directory) / tag, ignore_errors=True)
             raise
-        return tag
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict[str, Any]:
         """Restore a checkpoint (the latest when no tag is given); returns the state given to save_checkpoint."""

@@ -1,6 +1,11 @@
 """A run's control plane, as the learner's ranks see it: rank 0's talks to Redis, generation and the registry and
 records every metric; the other ranks' receive rank 0's decisions (the step's groups, whether to stop, whether to
 evaluate) and do nothing else. ``TrainingRun`` runs the same loop on every rank against one of the two.
+
+Every side effect on rank 0 is fenced by the run's claim: stream reads go under the claim's own consumer name,
+acknowledgements are checked with the claim in one script, ``latest`` moves only right after a check of the claim,
+and metrics rows are written only after the step was recorded under the claim. A learner that lost its claim (a
+pause, a partition) stops without a checkpoint and leaves the run's files and stream to the new holder.
 """
 
 from __future__ import annotations
@@ -33,26 +38,37 @@ from cfpo.run_spec import RunSpec
 from cfpo.sample import Sample
 from cfpo.staleness import groups_needed_before_serving, is_warm_up, within_bound
 from trainer.assembler import Interrupted, StepAssembler
-from trainer.checkpoints import prune_checkpoints, wait_for_room
+from trainer.checkpoints import point_latest, prune_checkpoints, wait_for_room
 from trainer.distributed import broadcast_from_main
 from trainer.held_out import HeldOutEvaluator
 from trainer.learner import StepResult
 
 log = logging.getLogger("cfpo.learner")
-CONSUMER = "learner"
 
 
 class RunControl(Protocol):
     """Who else has a say in a run: the registry it was claimed from, or, for a run started by hand, the signals."""
 
+    claim: str  # unique to this claim of the run: it names the stream consumer, checkpoint tags and staged weights
+
     def begin(self, start_step: int) -> None: ...
 
     def record(self, step: int, version: int, metrics: dict) -> None: ...
 
+    def acknowledge(self, queue: RolloutQueue, entry_ids: list[str]) -> None:
+        """Acknowledge and delete applied entries a checkpoint holds, only while the run is this claim's."""
+
     def stop_reason(self) -> str | None: ...
+
+    def lost(self) -> bool:
+        """Whether the run is no longer this claim's (then nothing of it may be written)."""
 
     def fence(self) -> None:
         """Raise unless this process may still push weights for the run (it was not taken over)."""
+
+
+class PushAsked(Interrupted):
+    """A generation server no longer serves the learner's weights (it restarted): push them again."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,8 @@ class StepData:
     entry_ids: list[str] = field(default_factory=list)
     data_wait_seconds: float = 0.0
     stop_reason: str | None = None
+    checkpoint: bool = True  # on a stop: False once the run is no longer this claim's
+    push_again: bool = False  # no step yet: generation lost the weights, push them and ask again
 
     @property
     def samples(self) -> list[Sample]:
@@ -99,6 +117,9 @@ class StepData:
 
 
 class RunPlane(Protocol):
+    def claim(self) -> str:
+        """The claim's name, the same on every rank (checkpoint tags are collective)."""
+
     def begin(self, start_step: int, version: int, restored_ids: list[str]) -> None: ...
 
     def next_step(self, step: int) -> StepData: ...
@@ -107,7 +128,8 @@ class RunPlane(Protocol):
 
     def optimizer_stepped(self) -> None: ...
 
-    def before_push(self, version: int) -> None: ...
+    def before_push(self, version: int) -> str | None:
+        """None once generation may serve ``version``, else why the run stops before it does."""
 
     def pushed(self, version: int, update: WeightUpdate | None) -> None: ...
 
@@ -116,7 +138,7 @@ class RunPlane(Protocol):
     def room_for_checkpoint(self, needed: int) -> str | None:
         """None once the checkpoint's disk has ``needed`` bytes free (rank 0 waits for it), else why not."""
 
-    def checkpointed(self, entry_ids: list[str]) -> None: ...
+    def checkpointed(self, tag: str, entry_ids: list[str]) -> None: ...
 
     def evaluation_due(self, completed_steps: int) -> bool: ...
 
@@ -127,6 +149,9 @@ class RunPlane(Protocol):
 
 class FollowerPlane:
     """A rank other than 0: rank 0's decisions, received; nothing recorded."""
+
+    def claim(self) -> str:
+        return broadcast_from_main("")
 
     def begin(self, start_step: int, version: int, restored_ids: list[str]) -> None:
         pass
@@ -140,8 +165,8 @@ class FollowerPlane:
     def optimizer_stepped(self) -> None:
         pass
 
-    def before_push(self, version: int) -> None:
-        pass
+    def before_push(self, version: int) -> str | None:
+        return broadcast_from_main(None)
 
     def pushed(self, version: int, update: WeightUpdate | None) -> None:
         pass
@@ -152,7 +177,7 @@ class FollowerPlane:
     def room_for_checkpoint(self, needed: int) -> str | None:
         return broadcast_from_main(None)
 
-    def checkpointed(self, entry_ids: list[str]) -> None:
+    def checkpointed(self, tag: str, entry_ids: list[str]) -> None:
         pass
 
     def evaluation_due(self, completed_steps: int) -> bool:
@@ -191,14 +216,18 @@ class MainPlane:
             if rewards is not None
             else None
         )
-        self.assembler = StepAssembler(queue, CONSUMER, spec.rollout.prompts_per_step, 0)
+        consumer = f"learner-{control.claim}"
+        self.assembler = StepAssembler(queue, consumer, spec.rollout.prompts_per_step, 0, self._acknowledge)
         self.last_sync_seconds = 0.0
+
+    def claim(self) -> str:
+        return broadcast_from_main(self.control.claim)
 
     def begin(self, start_step: int, version: int, restored_ids: list[str]) -> None:
         # The run's directory says what it ran (cfpo report reads the loss and its anchor there), however started.
         self.paths.spec.write_text(yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False))
         # A crash between saving and acknowledging leaves these pending; they are in the checkpoint already.
-        self.queue.ack(restored_ids)
+        self._acknowledge(restored_ids)
         self.control.begin(start_step)
         self._truncate_logs(start_step)
         self.assembler.next_step = start_step
@@ -208,14 +237,29 @@ class MainPlane:
     def next_step(self, step: int) -> StepData:
         waiting = time.perf_counter()
         try:
-            if reason := self.control.stop_reason():
-                raise Interrupted(reason)
-            entries = self.assembler.take(step, self.data_timeout, self.control.stop_reason)
+            self._check_stop()
+            entries = self.assembler.take(step, self.data_timeout, self._check_stop_or_push)
+        except PushAsked as asked:
+            log.info("run %s: %s; pushing again", self.run_id, asked)
+            return broadcast_from_main(StepData(push_again=True))
         except Interrupted as stop:
             log.info("run %s stops before step %d: %s", self.run_id, step, stop)
-            return broadcast_from_main(StepData(stop_reason=str(stop)))
+            return broadcast_from_main(StepData(stop_reason=str(stop), checkpoint=not self.control.lost()))
         data = StepData([e.group for e in entries], [e.id for e in entries], time.perf_counter() - waiting)
         return broadcast_from_main(data)
+
+    def _check_stop(self) -> None:
+        if reason := self.control.stop_reason():
+            raise Interrupted(reason)
+
+    def _check_stop_or_push(self) -> None:
+        self._check_stop()
+        if why := self.queue.push_asked():
+            raise PushAsked(why)
+
+    def _acknowledge(self, entry_ids: list[str]) -> None:
+        self.control.acknowledge(self.queue, entry_ids)
+        self.assembler.acknowledged(entry_ids)
 
     def fence(self) -> None:
         self.control.fence()
@@ -223,12 +267,17 @@ class MainPlane:
     def optimizer_stepped(self) -> None:
         self.recorder.inc(LEARNER_STEPS, 1.0, **self.labels)
 
-    def before_push(self, version: int) -> None:
+    def before_push(self, version: int) -> str | None:
         """Under a fixed staleness, generation may serve ``version`` only once the groups that must come from
-        older versions are in the queue."""
+        older versions are in the queue; the wait ends on SIGTERM, a cancel or a lost claim."""
         needed = groups_needed_before_serving(self.spec, version)
-        if needed:
-            self.assembler.wait_for_slots_below(needed, self.data_timeout)
+        try:
+            if needed:
+                self.assembler.wait_for_slots_below(needed, self.data_timeout, self._check_stop)
+        except Interrupted as stop:
+            log.info("run %s stops before version %d is served: %s", self.run_id, version, stop)
+            return broadcast_from_main(str(stop))
+        return broadcast_from_main(None)
 
     def pushed(self, version: int, update: WeightUpdate | None) -> None:
         assert update is not None, "rank 0's transport reports its push"
@@ -239,8 +288,12 @@ class MainPlane:
     def room_for_checkpoint(self, needed: int) -> str | None:
         return broadcast_from_main(wait_for_room(self.paths.checkpoints, needed, self.disk_wait_s))
 
-    def checkpointed(self, entry_ids: list[str]) -> None:
-        self.queue.ack(entry_ids)  # only now is their effect safe from a crash
+    def checkpointed(self, tag: str, entry_ids: list[str]) -> None:
+        """Name the complete checkpoint ``tag`` the one to resume from, then acknowledge what it holds, then prune;
+        each only while the run is this claim's (a stale learner's checkpoint stays unnamed)."""
+        self.control.fence()
+        point_latest(self.paths.checkpoints, tag)
+        self._acknowledge(entry_ids)  # only now is their effect safe from a crash
         prune_checkpoints(self.paths.checkpoints, self.spec.keep_checkpoints)
 
     def evaluation_due(self, completed_steps: int) -> bool:
@@ -274,8 +327,7 @@ class MainPlane:
             "bound_violations": sum(not within_bound(self.spec, g.slot, g.min_version, g.max_version) for g in groups),
             "zero_variance_discarded": sum(g.zero_variance_discarded for g in groups),
         }
-        for value in staleness:
-            self.recorder.observe(LEARNER_STALENESS, value, **self.labels)
+        rows = []
         for result in results:
             row = {
                 "step": step,
@@ -288,9 +340,13 @@ class MainPlane:
                 "tokens_per_second": result.metrics["tokens"] / max(result.metrics["step_seconds"], 1e-9),
                 "policy_version": result.version,
             }
+            rows.append(row)
+        self.control.record(step, results[-1].version, rows[-1])  # raises once the run is not this claim's
+        for row in rows:
             self._append(self.paths.metrics, row)
             self._export(row)
-        self.control.record(step, results[-1].version, row)
+        for value in staleness:
+            self.recorder.observe(LEARNER_STALENESS, value, **self.labels)
         self._append(self.paths.applied, {"step": step, "slots": [g.slot for g in groups], "ids": data.entry_ids})
 
     def _truncate_logs(self, start_step: int) -> None:

@@ -5,7 +5,8 @@ to generation every ``sync_every`` versions, record every metric (JSONL in the r
 Rank 0's control plane (``trainer.run_plane``) does the I/O and hands its decisions to the other ranks; every rank
 trains its share of each minibatch, pushes (collectively) and checkpoints (collectively). Stream entries are
 acknowledged only when a checkpoint holds their effect, so a learner killed at any point and restarted with
-``resume`` replays exactly the steps the checkpoint lacks: none lost, none applied twice.
+``resume`` replays exactly the steps the checkpoint lacks: none lost, none applied twice. A learner whose claim was
+taken over stops without a checkpoint: the run, its checkpoints and its stream are the new holder's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 import torch
 
 from cfpo.run_spec import RunSpec
-from trainer.checkpoints import NoRoomForCheckpoint, checkpoint_bytes
+from trainer.checkpoints import NoRoomForCheckpoint, checkpoint_bytes, checkpoint_tag
 from trainer.learner import Learner
 from trainer.run_plane import RunPaths, RunPlane
 from trainer.weight_sync import WeightSync
@@ -32,32 +33,39 @@ class TrainingRun:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.learner = Learner(spec.model, spec.learner)
         self.served_version: int | None = None
+        self.claim = ""  # the claim's name, once training starts (rank 0's, on every rank)
+        self.checkpointed_step: int | None = None
 
     def train(self, resume: bool = False) -> Literal["succeeded", "stopped"]:
         """Train every remaining step; stops early at a step boundary, checkpointed (``stopped``), when the run's
         control says so."""
+        self.claim = self.plane.claim()
         try:
             return self._train_remaining_steps(resume)
         finally:
-            self.weight_sync.release(self.run_id)
+            self.weight_sync.release(self.run_id, claim=self.claim)  # this claim's staged file only
 
     def _train_remaining_steps(self, resume: bool) -> Literal["succeeded", "stopped"]:
         start_step, restored_ids = self._restore() if resume else (0, [])
+        self.checkpointed_step = start_step if resume else None
         self.plane.begin(start_step, self.learner.version, restored_ids)
         self._push(self.learner.version)  # generation must serve this learner's weights, whatever it served before
         self._evaluate_if_due(start_step)
         unacknowledged: list[str] = []
         for step in range(start_step, self.spec.steps):
-            data = self.plane.next_step(step)
+            while (data := self.plane.next_step(step)).push_again:
+                self._push(self.learner.version)  # a restarted generation server serves its base weights
             if data.stop_reason:
-                self._checkpoint(step, unacknowledged)
+                if data.checkpoint:
+                    self._checkpoint(step, unacknowledged)
                 return "stopped"
             results = []
             for result in self.learner.optimizer_steps(data.samples):
                 results.append(result)
                 self.plane.optimizer_stepped()
                 if result.version % self.spec.sync_every == 0:
-                    self.plane.before_push(result.version)
+                    if self.plane.before_push(result.version):
+                        return "stopped"  # mid-step: the last checkpoint holds the run, its entries stay pending
                     self._push(result.version)
             self.plane.record(step, data, results)
             unacknowledged += data.entry_ids
@@ -71,11 +79,15 @@ class TrainingRun:
         return "succeeded"
 
     def _checkpoint(self, next_step: int, unacknowledged: list[str]) -> None:
+        if next_step == self.checkpointed_step:
+            return  # a stop right after a checkpoint (or a resume): the newest one holds this very state
         if problem := self.plane.room_for_checkpoint(self._checkpoint_room()):
             raise NoRoomForCheckpoint(problem)  # nothing lost: its entries stay unacknowledged, the last one holds
         state = {"step": next_step, "stream_ids": unacknowledged, "torch_rng": torch.get_rng_state()}
-        self.learner.save_checkpoint(self.paths.checkpoints, state)  # every rank: its shard of the state
-        self.plane.checkpointed(unacknowledged)
+        tag = checkpoint_tag(self.learner.version, self.claim)
+        self.learner.save_checkpoint(self.paths.checkpoints, tag, state)  # every rank: its shard of the state
+        self.plane.checkpointed(tag, unacknowledged)
+        self.checkpointed_step = next_step
 
     def _checkpoint_room(self) -> int:
         """Bytes the next checkpoint takes, with a tenth to spare: the last one's size, or before the first, 16 per
@@ -103,6 +115,6 @@ class TrainingRun:
 
     def _push(self, version: int) -> None:
         self.plane.fence()
-        update = self.weight_sync.push(self.learner.engine.module, version, run=self.run_id)
+        update = self.weight_sync.push(self.learner.engine.module, version, run=self.run_id, claim=self.claim)
         self.plane.pushed(version, update)
         self.served_version = version

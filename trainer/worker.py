@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -41,19 +42,23 @@ log = logging.getLogger("cfpo.learner")
 
 
 class RegistryControl:
-    """A claimed run's say: record each step under the claim's lease, stop when cancelled, when SIGTERM came or once
-    the run is no longer this claim's (``cause`` says which), and push only while the lease holds."""
+    """A claimed run's say: record each step and acknowledge entries under the claim's token, stop when cancelled,
+    when SIGTERM came or once the run is no longer this claim's (``cause`` says which), and push only while the
+    claim holds."""
 
     def __init__(self, registry: RunRegistry, claim: Claim, heartbeat: Heartbeat, stopping: threading.Event):
-        self.registry, self.run_id, self.lease = registry, claim.run_id, claim.lease
+        self.registry, self.run_id, self.claim = registry, claim.run_id, claim.lease
         self.heartbeat, self.stopping = heartbeat, stopping
         self.cause: Literal["lost", "stopping", "cancelled"] | None = None
 
     def begin(self, start_step: int) -> None:
-        self.registry.rewind(self.run_id, self.lease, start_step)
+        self.registry.rewind(self.run_id, self.claim, start_step)
 
     def record(self, step: int, version: int, metrics: dict) -> None:
-        self.registry.record_step(self.run_id, self.lease, step, version, metrics)
+        self.registry.record_step(self.run_id, self.claim, step, version, metrics)
+
+    def acknowledge(self, queue: RolloutQueue, entry_ids: list[str]) -> None:
+        self.registry.acknowledge(self.run_id, self.claim, entry_ids)  # the lease check and the XACK in one script
 
     def stop_reason(self) -> str | None:
         if self.heartbeat.lost.is_set():
@@ -67,15 +72,19 @@ class RegistryControl:
             return "cancelled through the API"
         return None
 
+    def lost(self) -> bool:
+        return self.cause == "lost" or self.heartbeat.lost.is_set()
+
     def fence(self) -> None:
-        self.registry.heartbeat(self.run_id, self.lease)  # raises LeaseLost once another claim holds the run
+        self.registry.heartbeat(self.run_id, self.claim)  # raises LeaseLost once another claim holds the run
 
 
 class StandaloneControl:
-    """A run started by hand: nothing to record elsewhere; it stops on SIGTERM."""
+    """A run started by hand: nothing to record elsewhere; it stops on SIGTERM. Its claim is this process's."""
 
     def __init__(self, stopping: threading.Event):
         self.stopping = stopping
+        self.claim = uuid.uuid4().hex[:12]
 
     def begin(self, start_step: int) -> None:
         pass
@@ -83,8 +92,14 @@ class StandaloneControl:
     def record(self, step: int, version: int, metrics: dict) -> None:
         pass
 
+    def acknowledge(self, queue: RolloutQueue, entry_ids: list[str]) -> None:
+        queue.ack(entry_ids)
+
     def stop_reason(self) -> str | None:
         return "the learner is stopping (SIGTERM)" if self.stopping.is_set() else None
+
+    def lost(self) -> bool:
+        return False
 
     def fence(self) -> None:
         pass
@@ -202,7 +217,7 @@ def serve_queued_runs(process: LearnerProcess, stopping: threading.Event, poll_s
             run_dir = process.settings.runs_dir / claim.run_id
             resume = (run_dir / "checkpoints" / "latest").exists()
             broadcast_from_main(Assignment(claim.run_id, claim.spec, resume))
-            log.info("claimed run %s (lease %d) -> %s%s", claim.run_id, claim.lease, run_dir, " (resuming)" * resume)
+            log.info("claimed run %s (lease %d) -> %s%s", claim.run_id, claim.number, run_dir, " (resuming)" * resume)
             failed = _train_claim(process, registry, claim, run_dir, resume, stopping, name)
             forget_run_later(process.recorder, claim.run_id, process.settings.metrics_retention_s)
             if failed and world_size() > 1:

@@ -166,8 +166,19 @@ class RolloutWorker:
                 if not self.still_wanted():
                     self.stop.set()
                 slot = leases.trade_down(slot)
+                self._ask_for_push_if_behind(server, served)
             time.sleep(ADMISSION_POLL_SECONDS)
         return slot, time.perf_counter() - started
+
+    def _ask_for_push_if_behind(self, server: GenerationClient, served: PolicyVersion) -> None:
+        """A server on its base weights (it restarted) or on an older version of this run than the learner published
+        admits nothing until the learner pushes again, and a learner waiting for data pushes nothing: ask it to."""
+        published = self.queue.current_version()
+        if published is None or not (served.run is None or (served.run == self.run_id and served.number < published)):
+            return
+        what = "its base weights" if served.run is None else f"version {served.number}"
+        log.warning("%s serves %s, the learner published %d: asking it to push again", server.base_url, what, published)
+        self.queue.ask_for_push(f"{server.base_url} serves {what}, not version {published}")
 
     def _version_of(self, server: GenerationClient) -> _ServedVersion:
         return _ServedVersion(lambda: self._with_retries("version", server.version))

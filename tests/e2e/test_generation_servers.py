@@ -73,7 +73,9 @@ def test_two_servers_serve_the_learners_version_and_share_the_groups(stack, star
             assert server.version() == PolicyVersion(run.run_id, STEPS)  # both got every push, the last included
             assert _requests_served(server.base_url) > before  # both generated groups
 
-        checkpoint = run.directory / "checkpoints" / f"version-{STEPS}" / "mp_rank_00_model_states.pt"
+        tag = (run.directory / "checkpoints" / "latest").read_text()
+        assert tag.startswith(f"version-{STEPS}-")
+        checkpoint = run.directory / "checkpoints" / tag / "mp_rank_00_model_states.pt"
         model = AutoModelForCausalLM.from_pretrained(stack.model_dir, dtype=torch.float32).eval()
         model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["module"])
         prompt = [1, 42, 17, 99, 5]

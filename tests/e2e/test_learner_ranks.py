@@ -70,7 +70,9 @@ def _start(argv: list[str], stack, log: Path) -> subprocess.Popen:
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = run_dir / "checkpoints" / f"version-{STEPS}" / "mp_rank_00_model_states.pt"
+    tag = (run_dir / "checkpoints" / "latest").read_text()
+    assert tag.startswith(f"version-{STEPS}-")
+    checkpoint = run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt"
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["module"]
 
 

@@ -23,7 +23,7 @@ def test_a_learner_dying_between_checkpoint_and_ack_loses_and_repeats_nothing(st
         run.start_learner()
         assert run.learner.wait(240) != 0
         assert "no permissions to run the 'xack' command" in run.log_tail(), run.log_tail()
-        assert (run.directory / "checkpoints" / "latest").read_text().strip() == f"version-{every}"
+        assert (run.directory / "checkpoints" / "latest").read_text().startswith(f"version-{every}-")
         held = {entry for row in run.applied() if row["step"] < every for entry in row["ids"]}
         with run.queue() as queue:
             listed = admin.xpending_range(queue.keys.rollouts, CONSUMER_GROUP, "-", "+", 10_000)

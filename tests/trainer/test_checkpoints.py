@@ -1,10 +1,19 @@
 """Checkpoint retention on a real folder: the newest K stay, so do the ``latest`` one and marked ones; the room a
 checkpoint needs is measured on the real disk."""
 
+import os
 import shutil
 import time
 
-from trainer.checkpoints import KEEP_MARKER, checkpoint_bytes, prune_checkpoints, wait_for_room
+from trainer.checkpoints import (
+    KEEP_MARKER,
+    checkpoint_bytes,
+    checkpoint_tags,
+    latest_tag,
+    point_latest,
+    prune_checkpoints,
+    wait_for_room,
+)
 
 
 def _checkpoints(directory, versions, latest):
@@ -51,3 +60,16 @@ def test_waiting_for_room_ends_with_the_figures_when_none_comes(tmp_path):
     problem = wait_for_room(tmp_path, free * 4, timeout=0.5, poll=0.1)
     assert time.monotonic() - started >= 0.5
     assert problem is not None and f"needs about {free * 4 / 2**20:.1f} MiB" in problem and "resume the run" in problem
+
+
+def test_tags_of_claims_order_by_version_and_latest_moves_by_rename(tmp_path):
+    for written, tag in enumerate(("version-4-1-aa", "version-8-1-aa", "version-8-2-bb", "version-12-2-bb")):
+        (tmp_path / tag).mkdir()
+        os.utime(tmp_path / tag, (written, written))  # one version twice: the later claim's is newer
+    point_latest(tmp_path, "version-8-2-bb")
+    assert latest_tag(tmp_path) == "version-8-2-bb" and not (tmp_path / "latest.partial").exists()
+    assert [p.name for p in checkpoint_tags(tmp_path)][0] == "version-4-1-aa"
+    removed = prune_checkpoints(tmp_path, keep=1)
+    # Older than latest and beyond the newest one: gone. The newer one (being written, or a stale claim's) stays.
+    assert sorted(p.name for p in removed) == ["version-4-1-aa", "version-8-1-aa"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["version-12-2-bb", "version-8-2-bb"]

@@ -3,6 +3,7 @@
 import pytest
 
 from cfpo.config import LearnerConfig, LossConfig, OptimizerConfig
+from trainer.checkpoints import point_latest
 from trainer.learner import Learner, deepspeed_config
 from trainer.sampling import sample_batch
 
@@ -72,12 +73,13 @@ def test_checkpoint_round_trip_gives_the_identical_next_step(tiny_model_dir, bat
     config = _config(iterations=2, zero_stage=zero_stage)
     first = Learner(tiny_model_dir, config)
     first.train_on(batch)
-    tag = first.save_checkpoint(tmp_path, {"stream_ids": ["1-0", "2-0"]})
+    first.save_checkpoint(tmp_path, "version-2-claim", {"stream_ids": ["1-0", "2-0"]})
+    assert not (tmp_path / "latest").exists()  # named only once complete, by the claim's holder
+    point_latest(tmp_path, "version-2-claim")
     expected = first.train_on(batch)
 
     resumed = Learner(tiny_model_dir, config)
     state = resumed.load_checkpoint(tmp_path)
-    assert tag == "version-2"
     assert state == {"version": 2, "stream_ids": ["1-0", "2-0"]}
     assert resumed.version == 2
     got = resumed.train_on(batch)

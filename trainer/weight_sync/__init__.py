@@ -26,13 +26,16 @@ from cfpo.config import WeightTransfer
 
 
 class WeightSync(Protocol):
-    def push(self, model: torch.nn.Module, version: int, *, run: str, timeout: float = 120.0) -> WeightUpdate | None:
+    def push(
+        self, model: torch.nn.Module, version: int, *, run: str, claim: str | None = None, timeout: float = 120.0
+    ) -> WeightUpdate | None:
         """Have generation serve ``model``'s weights as ``run``'s ``version``; blocks until it does. Rank 0 returns
-        what the update cost, the other ranks None."""
+        what the update cost, the other ranks None. ``claim``: the learner's claim of the run, so that what it
+        stages is its own (a stale learner's release never deletes the holder's file)."""
         ...
 
-    def release(self, run: str) -> None:
-        """Drop what the transport keeps for a run that ended (a staged file)."""
+    def release(self, run: str, *, claim: str | None = None) -> None:
+        """Drop what the transport keeps for the claim of a run that ended (a staged file)."""
         ...
 
     def close(self) -> None:

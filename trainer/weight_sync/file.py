@@ -30,10 +30,11 @@ PUSH_RETRY = Retry(attempts=4, first_backoff=1.0)  # a stalled or restarting ser
 
 
 class StagedWeights:
-    """One file per run in ``directory`` holding the weights generation is to load next."""
+    """One file per run (per claim of a run, with ``claim``) in ``directory`` holding the weights generation is to
+    load next: a learner that lost its claim never writes or deletes the file its successor pushes from."""
 
-    def __init__(self, directory: str | Path, run: str):
-        self.path = Path(directory) / f"{run}.safetensors"
+    def __init__(self, directory: str | Path, run: str, claim: str | None = None):
+        self.path = Path(directory) / f"{run}{'' if claim is None else f'-{claim}'}.safetensors"
 
     def write(self, model: torch.nn.Module) -> Path:
         """Stage every tensor of ``model`` (a Hugging Face causal LM), in place when the layout is unchanged.
@@ -90,12 +91,14 @@ class FileWeightSync:
     def __init__(self, servers: list[GenerationClient], directory: Path):
         self.servers, self.directory = servers, directory
 
-    def push(self, model: torch.nn.Module, version: int, *, run: str, timeout: float = 120.0) -> WeightUpdate | None:
+    def push(
+        self, model: torch.nn.Module, version: int, *, run: str, claim: str | None = None, timeout: float = 120.0
+    ) -> WeightUpdate | None:
         started = time.perf_counter()
         with full_parameters(model):
             if not is_main():
                 return None
-            path = StagedWeights(self.directory, run).write(model)
+            path = StagedWeights(self.directory, run, claim).write(model)
         staging_seconds = time.perf_counter() - started
         updates = on_every_server(
             self.servers,
@@ -108,9 +111,9 @@ class FileWeightSync:
         slowest = max(updates, key=lambda update: update.seconds)
         return dataclasses.replace(slowest, staging_seconds=staging_seconds)
 
-    def release(self, run: str) -> None:
+    def release(self, run: str, *, claim: str | None = None) -> None:
         if is_main():
-            StagedWeights(self.directory, run).remove()  # on tmpfs it holds a model's worth of memory
+            StagedWeights(self.directory, run, claim).remove()  # on tmpfs it holds a model's worth of memory
 
     def close(self) -> None:
         pass

@@ -90,7 +90,9 @@ class NativeWeightSync:
         self.engine: TrainerWeightTransferEngine | None = None
         self.fan_out: ServerFanOut | None = None
 
-    def push(self, model: torch.nn.Module, version: int, *, run: str, timeout: float = 120.0) -> WeightUpdate | None:
+    def push(
+        self, model: torch.nn.Module, version: int, *, run: str, claim: str | None = None, timeout: float = 120.0
+    ) -> WeightUpdate | None:
         self.source.bind(model)
         engine = self._engine()
         started = time.perf_counter()
@@ -112,7 +114,7 @@ class NativeWeightSync:
         bytes_sent = sum(p.numel() * p.element_size() for p in model.parameters())
         return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=bytes_sent)
 
-    def release(self, run: str) -> None:
+    def release(self, run: str, *, claim: str | None = None) -> None:
         pass
 
     def close(self) -> None:

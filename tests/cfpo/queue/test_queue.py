@@ -315,3 +315,23 @@ def test_a_waiting_lane_trades_its_slot_for_a_lower_one_whose_lease_ran_out(make
     assert alive.reserve_expired_slot("alive", below=2) == 1
     assert alive.reserve_expired_slot("alive", below=2) is None  # never a new slot
     assert alive.unfilled_slots(10) == 10
+
+
+def test_reclaim_leaves_the_reclaimer_its_own_pending_entries(make_queue, run_id):
+    """A learner reclaims while it waits: what it read itself stays as it is, only a stale consumer's comes over."""
+    producer, learner = make_queue(), make_queue()
+    ids = [producer.append(make_group(run_id, f"p{i}")) for i in range(3)]
+    learner.read("learner-holder", count=1)
+    stolen = learner.read("learner-stale", count=2)
+    assert [e.id for e in learner.reclaim("learner-holder", min_idle_ms=0)] == [e.id for e in stolen] == ids[1:]
+    assert learner.reclaim("learner-holder", min_idle_ms=0) == []
+    owners = learner.redis.xpending(learner.keys.rollouts, CONSUMER_GROUP)["consumers"]
+    assert owners == [{"name": b"learner-holder", "pending": 3}]
+
+
+def test_a_push_asked_is_answered_once(make_queue):
+    worker, learner = make_queue(), make_queue()
+    assert learner.push_asked() is None
+    worker.ask_for_push("http://gen:8000 serves default")
+    assert learner.push_asked() == "http://gen:8000 serves default"
+    assert learner.push_asked() is None

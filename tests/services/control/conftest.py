@@ -77,7 +77,9 @@ def no_runs_left(redis_url) -> Iterator[None]:  # noqa: F811
             for run in queued:
                 registry.cancel(run.id, "test over")
         for run in registry.list_runs("running", limit=1000):
-            registry.finish(run.id, run.lease, "failed", "test over")
+            registry.finish(
+                run.id, registry.redis.hget(f"run:{run.id}:record", "token").decode(), "failed", "test over"
+            )
 
 
 @pytest.fixture

@@ -98,7 +98,8 @@ def test_unknown_runs_are_404(client, method, path, run_id):
 
 def test_a_run_whose_worker_dies_is_requeued_for_the_next_worker_then_fails_out_of_restarts(client, registry, worker):
     submit(client)
-    run_id, _, first_lease = registry.claim_next(worker)
+    first = registry.claim_next(worker)
+    run_id, first_lease = first.run_id, first.lease
     registry.record_step(run_id, first_lease, 0, 1, {"reward_mean": 0.5})
     # ... and the worker is gone: no more heartbeats. The API's reaper puts the run back at the head of the queue.
     requeued = wait_for_state(client, run_id, "queued", timeout=HEARTBEAT_TIMEOUT_S + 5)
@@ -108,7 +109,7 @@ def test_a_run_whose_worker_dies_is_requeued_for_the_next_worker_then_fails_out_
         registry.heartbeat(run_id, first_lease)
     for restarts in (1, 2, 3):  # the next claims resume it, and die too
         claim = registry.claim_next(f"{worker}-{restarts}")
-        assert (claim.run_id, claim.lease) == (run_id, first_lease + restarts)
+        assert (claim.run_id, claim.number) == (run_id, first.number + restarts)
         ended = wait_for_state(client, run_id, "queued" if restarts < 3 else "failed", HEARTBEAT_TIMEOUT_S + 5)
     assert f"no heartbeat from worker {worker}-3" in ended["reason"]
     assert "restarted 3 times already" in ended["reason"] and ended["finished_at"] is not None
