@@ -28,6 +28,7 @@ from benchmarks.learner_step import LearnerStepConfig
 from benchmarks.placement import LEARNER_CORES
 from benchmarks.session import BenchError, Session
 from benchmarks.settings import Placement
+from cfpo.cli.progress import follow_steps
 from cfpo.clients.control import ControlApiError, ControlClient
 from cfpo.clients.generation import GenerationClient
 from cfpo.clients.reward import RewardClient
@@ -221,8 +222,9 @@ def _run_to_its_end(session: Session, spec: RunSpec, name: str, update) -> str:
     with closing(ControlClient(session.stack.control_url)) as api:  # the stack's API inherits this environment
         try:
             run_id = api.submit(spec.model_dump(mode="json"), name=name)["id"]
-            for run in api.follow(run_id, POLL_SECONDS):
+            for run, steps in follow_steps(api, run_id, POLL_SECONDS, label=name):
                 update(completed=run["steps_done"])
+                session.show_steps(update, steps)
                 session.stack.check_alive()
                 if time.monotonic() > deadline:
                     raise BenchError(f"run {run_id}: {run['steps_done']} of {spec.steps} steps after the deadline")

@@ -30,6 +30,7 @@ from rich.progress import (
 
 from benchmarks.placement import GENERATION_CORES, LEARNER_CORES, check_pinnable, pinned, taskset_prefix
 from benchmarks.settings import BenchSettings, Placement
+from cfpo.cli.progress import Step, plain
 from cfpo.cli.stack import Service, Stack, StackSettings
 from trainer.threads import learner_threads
 
@@ -57,10 +58,11 @@ class Session:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[latest]}"),
             console=console,
         )
         self._runs_task = self.progress.add_task(
-            f"pipeline runs of {self.scale.steps} steps", total=planned_runs, visible=planned_runs > 0
+            f"pipeline runs of {self.scale.steps} steps", total=planned_runs, visible=planned_runs > 0, latest=""
         )
 
     def __enter__(self) -> Session:
@@ -92,13 +94,23 @@ class Session:
     def activity(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
         """Show what is being measured (with a bar when ``total`` is known); yields ``update(completed=, ...)``.
         Logs the activity and its duration when it ends."""
-        task = self.progress.add_task(description, total=total)
+        task = self.progress.add_task(description, total=total, latest="")
         started = time.perf_counter()
         try:
             yield lambda **fields: self.progress.update(task, **fields)
         finally:
             self.progress.remove_task(task)
         self.console.log(f"{description}: {time.perf_counter() - started:.1f} s")
+
+    def show_steps(self, update: Callable[..., None], steps: list[Step]) -> None:
+        """A pipeline run's steps recorded since the last call: beside the activity's bar on a terminal, else a
+        line each."""
+        if not plain(self.console):
+            if steps:
+                update(latest=steps[-1].fields())
+            return
+        for step in steps:
+            self.console.print(step.line(), highlight=False, soft_wrap=True)
 
     def run_finished(self) -> None:
         self.progress.advance(self._runs_task)

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cfpo.cli.progress import status
 from cfpo.cli.report import print_report, write_report
 from cfpo.cli.runs import Api, follow
 from cfpo.cli.stack import Stack, StackError, StackSettings, stop_on_signals
@@ -50,12 +51,12 @@ def run(settings: DemoSettings) -> int:
     started = time.perf_counter()
     spec_data = read_yaml_mapping(settings.spec_file)
     model_dir = Path(spec_data["model"]).resolve()
-    with console.status(f"preparing the model in {model_dir}"):
+    with status(console, f"preparing the model in {model_dir}"):
         prepare_model(settings.tiny, model_dir)
     spec = RunSpec.model_validate({**spec_data, "model": str(model_dir)})
     stack = Stack(stack_settings(model_dir, settings.out, settings.port_offset))
-    with console.status("starting the stack") as status:
-        stack.start(on_status=status.update)
+    with status(console, "starting the stack") as update:
+        stack.start(on_status=update)
     try:
         console.print(f"stack up: control API {stack.control_url}/docs, logs in {stack.logs}")
         before = _evaluate(stack, spec, settings.eval_problems, "before training")
@@ -65,7 +66,7 @@ def run(settings: DemoSettings) -> int:
         final = follow(api, created["id"], interval=1.0)
         after = _evaluate(stack, spec, settings.eval_problems, "after training")
     finally:
-        with console.status("stopping the stack"):
+        with status(console, "stopping the stack"):
             stack.stop()
     run_dir = settings.out / "runs" / created["id"]
     print_report(*write_report([run_dir], settings.out / "report"))
@@ -77,7 +78,7 @@ def _evaluate(stack: Stack, spec: RunSpec, limit: int, when: str) -> EvalResult:
     from transformers import AutoTokenizer
 
     problems = load_task(spec.task, "eval")
-    with console.status(f"evaluating {min(limit, len(problems))} held-out problems {when}"):
+    with status(console, f"evaluating {min(limit, len(problems))} held-out problems {when}"):
         result = evaluate(
             GenerationClient(stack.generation_url),
             RewardClient(stack.reward_url),

@@ -12,14 +12,11 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cfpo.cli.progress import RunProgress, follow_steps, number, state_of
 from cfpo.clients.control import ControlApiError, ControlClient
 from cfpo.config import ConfigError, read_yaml_mapping
-
-# label -> the learner's metric: distances from the sampler, whichever anchor the loss uses
-WATCHED = {"reward": "reward_mean", "KL vs behaviour": "behaviour_kl_k3", "clip vs behaviour": "behaviour_clip_frac"}
 
 run_app = typer.Typer(no_args_is_help=True, help="Submit, list, show, cancel and watch runs (the control API).")
 console = Console()
@@ -86,7 +83,7 @@ def list_runs(
         table.add_row(
             run["id"],
             run["name"] or "",
-            _state(run),
+            state_of(run),
             f"{run['steps_done']}/{run['steps'] or '?'}",
             *_loss_and_model(run),
             _when(run["created_at"]),
@@ -104,7 +101,7 @@ def show(run_id: str = typer.Argument(..., help="the run's id")) -> None:
     for label, value in (
         ("id", run["id"]),
         ("name", run["name"]),
-        ("state", _state(run)),
+        ("state", state_of(run)),
         ("reason", run["reason"]),
         ("cancel asked", run["cancel_reason"]),
         ("spec", run["spec_error"] and f"no longer valid: {run['spec_error']}"),
@@ -128,7 +125,7 @@ def show(run_id: str = typer.Argument(..., help="the run's id")) -> None:
     if run["metrics"]:
         metrics = Table("metric", "value", title="latest step")
         for key, value in sorted(run["metrics"].items()):
-            metrics.add_row(key, _number(value))
+            metrics.add_row(key, number(value))
         console.print(metrics)
 
 
@@ -139,7 +136,7 @@ def cancel(
 ) -> None:
     """Cancel a queued run, or ask a running one to stop at its next step."""
     run = Api().call("POST", f"/v1/runs/{run_id}/cancel", json={"reason": reason})
-    console.print(f"run {run['id']}: {_state(run)}", highlight=False)
+    console.print(f"run {run['id']}: {state_of(run)}", highlight=False)
 
 
 @run_app.command()
@@ -147,7 +144,8 @@ def watch(
     run_id: str = typer.Argument(..., help="the run's id"),
     interval: float = typer.Option(2.0, min=0.1, help="seconds between polls"),
 ) -> None:
-    """Follow a run until it ends: steps done of steps, with reward, KL and clip fraction of the latest step.
+    """Follow a run until it ends: a line per step when the output is not a terminal (a bar on one), with reward,
+    KL and clip fraction against the sampler, seconds per step and the time left.
 
     Exits 0 when the run succeeded, 1 when it failed or was cancelled."""
     run = follow(Api(), run_id, interval)
@@ -156,38 +154,12 @@ def watch(
 
 
 def follow(api: Api, run_id: str, interval: float = 2.0) -> dict:
-    """Show a run's progress until it ends; returns its final record."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[latest]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task(run_id, total=None, latest="")
-        for run in api.follow(run_id, interval):
-            progress.update(
-                task,
-                total=run["steps"],
-                completed=run["steps_done"],
-                description=f"{run_id} {_state(run)}",
-                latest=_latest(run["metrics"]),
-            )
+    """Show a run's progress until it ends (a bar on a terminal, else a line per step); returns its final record."""
+    with RunProgress(console) as progress:
+        for run, steps in follow_steps(api, run_id, interval):
+            progress.show(run_id, run, steps)
     console.print(f"run {run_id}: {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), highlight=False)
     return run
-
-
-def _state(run: dict) -> str:
-    return run["state"] + (" (cancel asked)" if run["state"] == "running" and run["cancel_reason"] else "")
-
-
-def _latest(metrics: dict) -> str:
-    return "  ".join(f"{label} {_number(metrics[key])}" for label, key in WATCHED.items() if key in metrics)
-
-
-def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _when(seconds: float | None) -> str | None:

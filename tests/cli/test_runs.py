@@ -1,13 +1,21 @@
 """``cfpo run ...`` against the real API: tables and progress for people, one readable line for every failure."""
 
-import threading
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cfpo.cli.app import app
+from tests.cli.learner_side import step_line, train
+from tests.servers import stop
 from tests.services.control.conftest import TOKEN
+
+CFPO = str(Path(sys.executable).parent / "cfpo")
 
 
 @pytest.fixture
@@ -61,30 +69,30 @@ def test_model_option_names_the_directory_as_the_stack_sees_it(cfpo, tmp_path, m
     assert "/data/models/smollm2-135m-instruct" in shown and str(tmp_path) not in shown
 
 
-def test_watch_follows_a_run_to_its_end(cfpo, spec_file, registry, worker):
+def test_watch_prints_a_line_per_step_when_its_output_is_not_a_terminal(
+    cfpo, spec_file, registry, worker, api, tmp_path
+):
     run_id = submitted_id(cfpo("submit", str(spec_file)).output)
-
-    def work() -> None:
-        claim = registry.claim_next(worker)
-        assert claim.run_id == run_id
-        for step in range(3):
-            time.sleep(0.2)
-            registry.record_step(
-                run_id,
-                claim.lease,
-                step,
-                step + 1,
-                {"reward_mean": 0.5, "behaviour_kl_k3": 0.0125, "behaviour_clip_frac": 0.25},
-            )
-        registry.finish(run_id, claim.lease, "succeeded")
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    watched = cfpo("watch", run_id, "--interval", "0.1")
-    thread.join()
-    assert watched.exit_code == 0, watched.output
-    assert "3/3" in watched.output and "reward 0.5  KL vs behaviour 0.0125  clip vs behaviour 0.25" in watched.output
-    assert f"run {run_id}: succeeded" in watched.output
+    log = tmp_path / "watch.log"
+    env = {**os.environ, "CFPO_API_URL": api.url, "CFPO_API_TOKEN": TOKEN}
+    with log.open("w") as out:  # as `cfpo run watch ID > watch.log` would: a file, not a terminal
+        watch = subprocess.Popen([CFPO, "run", "watch", run_id, "--interval", "1"], stdout=out, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while f"{run_id} queued" not in log.read_text():  # following it, before it starts
+                assert watch.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            assert train(registry, worker, 3, seconds=0.3) == run_id  # faster than it polls
+            assert watch.wait(60) == 0, log.read_text()
+        finally:
+            stop(watch)
+    lines = log.read_text().splitlines()
+    assert lines[0] == f"{run_id} queued", lines
+    steps = [line for line in lines if " step " in line]
+    assert len(steps) == 3, lines  # every step once, though some were recorded between the same two polls
+    for number, line in enumerate(steps, start=1):
+        assert re.fullmatch(step_line(run_id, number, 3), line), line
+    assert lines[-1] == f"run {run_id}: succeeded"
 
 
 def test_watch_exits_1_for_a_run_that_did_not_succeed(cfpo, spec_file):

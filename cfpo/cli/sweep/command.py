@@ -8,13 +8,13 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cfpo.cli.progress import RunProgress, duration, status
 from cfpo.cli.stack import stop_on_signals
 from cfpo.config import ConfigError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets whole table rows
 # the report's metrics that fit a terminal, with short headers; report.md has them all
 TABLE_COLUMNS = {
     "final_reward": "reward",
@@ -70,7 +70,7 @@ def _model(spec) -> Path:
 
     model = spec.model.resolve()
     if spec.prepare != "none" and not (model / "config.json").exists():
-        with console.status(f"preparing the {spec.prepare} model in {model}"):
+        with status(console, f"preparing the {spec.prepare} model in {model}"):
             prepare_model(spec.prepare == "tiny", model)
     return model
 
@@ -91,34 +91,37 @@ def _run_cells(spec, model: Path, out: Path, api_url: str | None, runs_dir: Path
     stack = None if api_url else Stack(settings)
     try:
         if stack is not None:
-            with console.status("starting the stack") as status:
-                stack.start(on_status=status.update)
+            with status(console, "starting the stack") as update:
+                stack.start(on_status=update)
         runner = SweepRunner(spec, model, out, Api(api_url if stack is None else stack.control_url))
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
-            cells = progress.add_task("cells", total=total, completed=total - pending)
-            steps = progress.add_task("", total=None)
-            current = {"key": None}
+        with RunProgress(console) as progress:
+            cells = (
+                None if progress.bar is None else progress.bar.add_task("cells", total=total, completed=total - pending)
+            )
+            ran: list[float] = []  # seconds of each cell run so far, for the time the sweep has left
 
-            def on_progress(cell, run: dict) -> None:
-                if current["key"] != cell.key:
-                    if current["key"] is not None:
-                        progress.advance(cells)
-                    current["key"] = cell.key
+            def on_progress(cell, run: dict, steps) -> None:
                 if stack is not None:
                     stack.check_alive()
-                progress.update(
-                    steps, description=f"{cell.key} {run['state']}", total=run["steps"], completed=run["steps_done"]
-                )
+                progress.show(cell.key, run, steps)
 
-            runner.run(on_progress)
-            progress.update(cells, completed=total)
+            def on_cell(cell, record) -> None:
+                ran.append(record.seconds or 0.0)
+                if cells is not None and progress.bar is not None:
+                    progress.bar.advance(cells)
+                left = pending - len(ran)
+                pace = f"; about {duration(left * sum(ran) / len(ran))} left" if left else ""
+                reason = f" ({record.reason})" if record.reason else ""
+                ended = f"cell {cell.key}: {record.state}{reason} in {duration(ran[-1])}"
+                progress.note(f"{ended}; {len(ran)} of {pending} cells run{pace}")
+
+            runner.run(on_progress, on_cell)
     except StackError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
     finally:
         if stack is not None:
-            with console.status("stopping the stack"):
+            with status(console, "stopping the stack"):
                 stack.stop()
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from cfpo.cli.progress import Step, follow_steps
 from cfpo.clients.control import ControlClient
 from cfpo.config import Anchor, LossName, StrictModel, describe_validation_error, load_config
 from cfpo.registry import FINAL_STATES
@@ -176,8 +177,14 @@ class SweepRunner:
     api: ControlClient
     poll_seconds: float = 2.0
 
-    def run(self, on_progress: Callable[[Cell, dict], None] = lambda cell, run: None) -> CellBook:
-        """Run every cell not yet succeeded, one at a time (a learner worker trains one run at a time anyway)."""
+    def run(
+        self,
+        on_progress: Callable[[Cell, dict, list[Step]], None] = lambda cell, run, steps: None,
+        on_cell: Callable[[Cell, CellRecord], None] = lambda cell, record: None,
+    ) -> CellBook:
+        """Run every cell not yet succeeded, one at a time (a learner worker trains one run at a time anyway):
+        ``on_progress`` is called with the run's record at every poll and the steps recorded since the last,
+        ``on_cell`` when its run ends."""
         book = CellBook(self.directory)
         self._cancel_leftovers(book)
         for cell in pending_cells(self.spec, book):
@@ -186,9 +193,11 @@ class SweepRunner:
                 self.spec.run_spec(cell, self.model).model_dump(mode="json"), name=f"{self.spec.name}/{cell.key}"
             )
             book.set(cell, CellRecord(submitted["id"], submitted["state"]))
-            for run in self.api.follow(submitted["id"], self.poll_seconds):
-                on_progress(cell, run)
-            book.set(cell, CellRecord(run["id"], run["state"], run["reason"], round(time.monotonic() - started, 1)))
+            for run, steps in follow_steps(self.api, submitted["id"], self.poll_seconds, label=cell.key):
+                on_progress(cell, run, steps)
+            record = CellRecord(run["id"], run["state"], run["reason"], round(time.monotonic() - started, 1))
+            book.set(cell, record)
+            on_cell(cell, record)
         return book
 
     def _cancel_leftovers(self, book: CellBook) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ import yaml
 
 from cfpo.cli.sweep.grid import load_sweep
 from cfpo.config import ConfigError
+from tests.cli.learner_side import step_line, train
 from tests.servers import interruptible, stack_port_offset, stop
+from tests.services.control.conftest import TOKEN
 
 CFPO = str(Path(sys.executable).parent / "cfpo")
 BASE = {
@@ -111,6 +114,29 @@ def test_the_cli_says_what_is_wrong_without_a_traceback(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "--runs-dir" in result.stdout
+
+
+def test_a_sweep_prints_a_line_per_step_and_per_cell_when_its_output_is_not_a_terminal(tmp_path, api, registry, worker):
+    spec_path = _write(tmp_path, prepare="none", grid={"losses": ["cfpo", "grpo"]})
+    runs, log = tmp_path / "runs", tmp_path / "sweep.log"
+    argv = [CFPO, "sweep", str(spec_path), "--api", api.url, "--runs-dir", str(runs), "--out", str(tmp_path / "out")]
+    with log.open("w") as out:  # as `cfpo sweep ... > sweep.log` would: a file, not a terminal
+        sweep = subprocess.Popen(argv, stdout=out, env={**os.environ, "CFPO_API_TOKEN": TOKEN}, cwd=tmp_path)
+        try:
+            cells = {train(registry, worker, 3, seconds=0.3, runs_dir=runs): cell for cell in ("cfpo", "grpo")}
+            assert sweep.wait(120) == 0, log.read_text()
+        finally:
+            stop(sweep)
+    assert len(cells) == 2
+    text = log.read_text()
+    for loss, ran in (("cfpo", 1), ("grpo", 2)):
+        key = f"{loss}-behaviour-k0-it1-mb1-s0"
+        steps = [line for line in text.splitlines() if line.startswith(f"{key} step ")]
+        assert len(steps) == 3, text
+        for number, line in enumerate(steps, start=1):
+            assert re.fullmatch(step_line(key, number, 3), line), line
+        left = r"; about \d+ s left" if ran < 2 else ""
+        assert re.search(rf"cell {key}: succeeded in \d+ s; {ran} of 2 cells run{left}\n", text), text
 
 
 @pytest.mark.slow
