@@ -37,8 +37,8 @@ class TrainingRun:
         self.checkpointed_step: int | None = None
 
     def train(self, resume: bool = False) -> Literal["succeeded", "stopped"]:
-        """Train every remaining step; stops early at a step boundary, checkpointed (``stopped``), when the run's
-        control says so."""
+        """Train every remaining step; stops early (``stopped``) when the run's control says so: at a step boundary
+        with a checkpoint, or without one once the run is no longer this claim's or mid-step (fixed staleness)."""
         self.claim = self.plane.claim()
         try:
             return self._train_remaining_steps(resume)
