@@ -20,21 +20,30 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cfpo.metrics import ANCHORS, anchored, bucket_key, split_bucket_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FINAL_STEPS = 5  # "final reward" averages this many last steps: one step's reward is noisy
 METRICS_PNG = "metrics.png"
 BUCKETS_PNG = "staleness_buckets.png"
 PANEL_INCHES, LEGEND_INCHES = (4.2, 3.2), 0.6  # one panel's width and height; the legend strip below them
 BEHAVIOUR, PROXIMAL = ANCHORS
-AGAINST_BOTH = f"solid: against {BEHAVIOUR}, dashed: against {PROXIMAL}"
+# The trust-region panels draw each run twice, against either anchor; the legend below says which line is which,
+# since a panel's title must fit its panel.
+LineStyle = Literal["-", "--"]
+ANCHOR_STYLES: dict[str, LineStyle] = {
+    f"against {BEHAVIOUR} (clip, KL, TV)": "-",
+    f"against {PROXIMAL} (clip, KL, TV)": "--",
+}
 PANELS = {  # title -> plotted keys; a second key is drawn dashed
     "reward (mean)": ("reward_mean",),
-    f"clip fraction ({AGAINST_BOTH})": (anchored(BEHAVIOUR, "clip_frac"), anchored(PROXIMAL, "clip_frac")),
-    f"KL k3 (anchor || current; {AGAINST_BOTH})": (anchored(BEHAVIOUR, "kl_k3"), anchored(PROXIMAL, "kl_k3")),
-    f"TV ({AGAINST_BOTH})": (anchored(BEHAVIOUR, "tv"), anchored(PROXIMAL, "tv")),
+    "clip fraction": (anchored(BEHAVIOUR, "clip_frac"), anchored(PROXIMAL, "clip_frac")),
+    "KL k3 (anchor || current)": (anchored(BEHAVIOUR, "kl_k3"), anchored(PROXIMAL, "kl_k3")),
+    "TV": (anchored(BEHAVIOUR, "tv"), anchored(PROXIMAL, "tv")),
     "entropy": ("entropy",),
     "staleness (solid: mean, dashed: max)": ("staleness_mean", "staleness_max"),
 }
@@ -290,11 +299,11 @@ def write_report(paths: list[Path], out: Path, all_steps: bool = False) -> tuple
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ReportError(f"{out}: cannot create the output directory ({error.strerror})") from None
-    figures = {"metrics": _plot_metrics(runs, out / METRICS_PNG)}
+    figures = {"metrics": save(metrics_figure(runs), out / METRICS_PNG)}
     (out / BUCKETS_PNG).unlink(missing_ok=True)  # a figure left from an earlier report would mislead
     if buckets := staleness_buckets(runs):
         title = "clip fraction and KL k3 against the behaviour policy, by staleness bucket"
-        figures[title] = _plot_buckets(runs, buckets, out / BUCKETS_PNG)
+        figures[title] = save(buckets_figure(runs, buckets), out / BUCKETS_PNG)
     markdown = out / "report.md"
     markdown.write_text(_markdown(runs, figures, all_steps))
     return runs, [markdown, *figures.values()]
@@ -349,22 +358,42 @@ def print_report(runs: list[Run], written: list[Path], all_steps: bool = False) 
         console.print(f"wrote {path}", highlight=False)
 
 
-def _figure(rows: int, cols: int, runs: list[Run], sharey: bool | Literal["none", "all", "row", "col"] = False):
-    """A grid of axes with one legend entry per run, below; each run keeps its colour in every figure."""
+def _figure(
+    rows: int,
+    cols: int,
+    runs: list[Run],
+    sharey: bool | Literal["none", "all", "row", "col"] = False,
+    styles: dict[str, LineStyle] | None = None,
+) -> tuple[Figure, Any]:
+    """A grid of axes with one legend entry per run, below, then one per line style in ``styles`` (label ->
+    style); each run keeps its colour in every figure. Constrained layout keeps titles, labels and the legend clear
+    of each other."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     width, height = PANEL_INCHES
     fig, axes = plt.subplots(
-        rows, cols, figsize=(width * cols, height * rows + LEGEND_INCHES), squeeze=False, sharex=True, sharey=sharey
+        rows,
+        cols,
+        figsize=(width * cols, height * rows + LEGEND_INCHES),
+        squeeze=False,
+        sharex=True,
+        sharey=sharey,
+        layout="constrained",
     )
     handles = [Line2D([], [], color=f"C{i}", marker=".") for i in range(len(runs))]
-    fig.legend(handles, [run.label for run in runs], loc="lower center", ncol=min(len(runs), 4), frameon=False)
+    labels = [run.label for run in runs]
+    for label, linestyle in (styles or {}).items():
+        handles.append(Line2D([], [], color="grey", linestyle=linestyle))
+        labels.append(label)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False)
     for ax in axes[-1]:
         ax.set_xlabel("step (rollout batch)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     return fig, axes
 
 
@@ -374,29 +403,29 @@ def _draw(ax, runs: list[Run], key: str, linestyle: str = "-") -> None:
     ax.grid(alpha=0.3)
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
+    """Write the figure as a PNG and release it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))  # the bottom strip is the legend's
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _plot_metrics(runs: list[Run], path: Path) -> Path:
-    fig, axes = _figure(2, len(PANELS) // 2, runs)
+def metrics_figure(runs: list[Run]) -> Figure:
+    fig, axes = _figure(2, len(PANELS) // 2, runs, styles=ANCHOR_STYLES)
     for ax, (title, keys) in zip(axes.flat, PANELS.items()):
         for key, linestyle in zip(keys, ("-", "--")):
             _draw(ax, runs, key, linestyle)
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
-def _plot_buckets(runs: list[Run], buckets: list[str], path: Path) -> Path:
+def buckets_figure(runs: list[Run], buckets: list[str]) -> Figure:
     fig, axes = _figure(len(BUCKET_METRICS), len(buckets), runs, sharey="row")  # compare buckets at a glance
     for row, (metric, title) in zip(axes, BUCKET_METRICS.items()):
         row[0].set_ylabel(title)
         for ax, bucket in zip(row, buckets):
             _draw(ax, runs, bucket_key(metric, "staleness", bucket))
             ax.set_title(f"{title}, staleness {bucket}", fontsize=10)
-    return _save(fig, path)
+    return fig

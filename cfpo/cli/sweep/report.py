@@ -16,11 +16,15 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from cfpo.cli.report import FINAL_STEPS, ReportError, load_run, markdown_table, summarise
+from cfpo.cli.report import FINAL_STEPS, LEGEND_INCHES, ReportError, load_run, markdown_table, save, summarise
 from cfpo.cli.sweep.grid import Cell, CellBook, SweepSpec
 from cfpo.config import Anchor, LossName
 from cfpo.metrics import ANCHORS, anchored
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
@@ -249,27 +253,28 @@ def _cell(mean: float | None, stdev: float | None) -> str:
 
 
 def _figures(spec: SweepSpec, aggregates: list[Aggregate], out: Path) -> list[Path]:
+    return [save(fig, out / name) for name, fig in figures(spec, aggregates).items()]
+
+
+def figures(spec: SweepSpec, aggregates: list[Aggregate]) -> dict[str, Figure]:
+    """File name -> figure, for every figure of the report (one set per number of minibatches)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    written = []
+    made = {}
     for minibatches in spec.grid.minibatches:
         chosen = [a for a in aggregates if a.minibatches == minibatches]
         if not chosen:
             continue
         suffix = f"-mb{minibatches}" if len(spec.grid.minibatches) > 1 else ""
-        written.append(_headline(spec, chosen, out / HEADLINE_PNG.replace(".png", f"{suffix}.png")))
-        written.append(_heatmaps(spec, chosen, out / f"heatmaps{suffix}.png"))
-        written.append(
-            _lines(spec, chosen, "iterations", min(spec.grid.staleness_k), out / f"vs-iterations{suffix}.png")
-        )
-        written.append(
-            _lines(spec, chosen, "staleness_k", min(spec.grid.iterations), out / f"vs-staleness{suffix}.png")
-        )
-    return written
+        made[HEADLINE_PNG.replace(".png", f"{suffix}.png")] = _headline(spec, chosen)
+        made[f"heatmaps{suffix}.png"] = _heatmaps(spec, chosen)
+        made[f"vs-iterations{suffix}.png"] = _lines(spec, chosen, "iterations", min(spec.grid.staleness_k))
+        made[f"vs-staleness{suffix}.png"] = _lines(spec, chosen, "staleness_k", min(spec.grid.iterations))
+    return made
 
 
-def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
+def _headline(spec: SweepSpec, aggregates: list[Aggregate]) -> Figure:
     """Held-out accuracy and KL against staleness k: a row per metric, a column per number of iterations, a line
     per loss x anchor. The figure to read first."""
     import matplotlib.pyplot as plt
@@ -278,10 +283,11 @@ def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
     fig, axes = plt.subplots(
         len(HEADLINE),
         len(iterations),
-        figsize=(3.8 * len(iterations), 2.9 * len(HEADLINE)),
+        figsize=(3.8 * len(iterations), 2.9 * len(HEADLINE) + LEGEND_INCHES),
         squeeze=False,
         sharex=True,
         sharey="row",
+        layout="constrained",
     )
     for row, key in zip(axes, HEADLINE):
         for ax, its in zip(row, iterations):
@@ -289,11 +295,28 @@ def _headline(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
             ax.set_title(f"{METRICS[key]}, {its} iteration{'s' if its > 1 else ''}", fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("staleness k")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend(fig, spec)
+    return fig
+
+
+def _legend(fig: Figure, spec: SweepSpec) -> None:
+    """One entry per loss x anchor, below the panels, where it hides no line."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=_colour(spec, loss), marker="o", markersize=4, linestyle=_style(spec, anchor))
+        for loss, anchor in series(spec)
+    ]
+    labels = [f"{loss}, {anchor}" for loss, anchor in series(spec)]
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
+
+
+def _colour(spec: SweepSpec, loss: LossName) -> str:
+    return f"C{spec.grid.losses.index(loss)}"  # a loss keeps its colour in every figure
+
+
+def _style(spec: SweepSpec, anchor: str) -> Literal["-", "--"]:
+    return "-" if anchor == spec.grid.anchors[0] else "--"
 
 
 def _plot_series(ax, spec: SweepSpec, aggregates: list[Aggregate], axis: str, key: str) -> None:
@@ -308,20 +331,20 @@ def _plot_series(ax, spec: SweepSpec, aggregates: list[Aggregate], axis: str, ke
                 [x for x, _ in points],
                 [a.means[key] for _, a in points],
                 yerr=[a.stdevs[key] or 0.0 for _, a in points],
-                color=f"C{spec.grid.losses.index(loss)}",
+                color=_colour(spec, loss),
                 marker="o",
                 markersize=4,
                 capsize=2,
-                label=f"{loss}, {anchor}",
-                linestyle="-" if anchor == spec.grid.anchors[0] else "--",
+                linestyle=_style(spec, anchor),
             )
     ax.set_xticks(spec.grid.iterations if axis == "iterations" else spec.grid.staleness_k)
     ax.grid(alpha=0.3)
 
 
-def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
+def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate]) -> Figure:
     """One row per metric, one column per loss x anchor; a metric's colour scale is shared across columns."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
 
     ks, iterations, columns = spec.grid.staleness_k, spec.grid.iterations, series(spec)
     fig, axes = plt.subplots(
@@ -335,8 +358,9 @@ def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
         grids = {name: [[_mean(aggregates, name, k, it, key) for it in iterations] for k in ks] for name in columns}
         values = [v for grid in grids.values() for line in grid for v in line if not math.isnan(v)]
         low, high = (min(values), max(values)) if values else (0.0, 1.0)
+        norm = Normalize(low, high)  # one scale for the row, the colour bar's too (it widens a single value's)
         for ax, name in zip(row, columns):
-            image = ax.imshow(grids[name], origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=high)
+            image = ax.imshow(grids[name], origin="lower", aspect="auto", cmap="viridis", norm=norm)
             for y, line in enumerate(grids[name]):
                 for x, value in enumerate(line):
                     if not math.isnan(value):
@@ -355,12 +379,10 @@ def _heatmaps(spec: SweepSpec, aggregates: list[Aggregate], path: Path) -> Path:
             ax.set_xlabel("iterations")
             ax.set_ylabel("staleness k")
         fig.colorbar(image, ax=list(row), shrink=0.8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, path: Path) -> Path:
+def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int) -> Figure:
     """Each metric against ``axis`` (iterations or staleness_k), the other held at ``fixed``; one line per loss x
     anchor."""
     import matplotlib.pyplot as plt
@@ -368,8 +390,9 @@ def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, 
     other = "staleness_k" if axis == "iterations" else "iterations"
     keys = list(METRICS)
     cols = 4
+    rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(
-        math.ceil(len(keys) / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(len(keys) / cols)), squeeze=False
+        rows, cols, figsize=(3.6 * cols, 2.8 * rows + LEGEND_INCHES), squeeze=False, layout="constrained"
     )
     for ax, key in zip(axes.flat, keys):
         _plot_series(ax, spec, [a for a in aggregates if getattr(a, other) == fixed], axis, key)
@@ -377,13 +400,10 @@ def _lines(spec: SweepSpec, aggregates: list[Aggregate], axis: str, fixed: int, 
         ax.set_xlabel("iterations" if axis == "iterations" else "staleness k")
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    _legend(fig, spec)
     label = "staleness k" if other == "staleness_k" else "iterations"
     fig.suptitle(f"against {'iterations' if axis == 'iterations' else 'staleness k'} ({label} = {fixed})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _mean(aggregates: list[Aggregate], name: tuple[str, str], k: int, iterations: int, key: str) -> float:

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cfpo.cli.app import app
-from cfpo.cli.report import load_run, summarise
+from cfpo.cli.report import buckets_figure, load_run, load_runs, metrics_figure, staleness_buckets, summarise
+from tests.cli.figures import title_problems
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -123,6 +124,15 @@ def test_report_writes_table_and_valid_figures(tmp_path):
     for png in pngs:
         assert f"]({png.name})" in markdown  # relative to report.md
     assert "run-a" in result.output and str(out / "report.md") in result.output
+
+
+def test_every_title_reads_whole(tmp_path):
+    """metrics.png's clip-fraction and KL titles once ran into each other, the KL one cut off at the edge."""
+    runs = load_runs(
+        [write_run(tmp_path / name, spec_loss=loss) for name, loss in (("demo-0123456789ab", "cfpo"), ("b", "grpo"))]
+    )
+    assert title_problems(metrics_figure(runs)) == []
+    assert title_problems(buckets_figure(runs, staleness_buckets(runs))) == []
 
 
 def test_no_bucket_keys_no_bucket_figure(tmp_path):

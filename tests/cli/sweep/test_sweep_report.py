@@ -3,8 +3,12 @@
 import csv
 import json
 
-from cfpo.cli.sweep.grid import CellBook, CellRecord, SweepSpec
-from cfpo.cli.sweep.report import HEADLINE_PNG, aggregate, collect, write
+import pytest
+
+from cfpo.cli.sweep.grid import CellBook, CellRecord, SweepSpec, load_sweep
+from cfpo.cli.sweep.report import HEADLINE_PNG, aggregate, collect, figures, write
+from tests import REPO_ROOT
+from tests.cli.figures import read_results, title_problems
 
 
 def _spec(tmp_path) -> SweepSpec:
@@ -65,3 +69,24 @@ def test_every_loss_and_anchor_has_its_own_row_figures_and_line(tmp_path):
     assert "| grpo | proximal | 2 | 1 | 1 | 1 | 3 + 1 |" in report and "KL k3 max vs proximal" in report
     headline = out / HEADLINE_PNG
     assert headline in written and headline.stat().st_size > 10_000 and f"]({HEADLINE_PNG})" in report
+
+
+@pytest.mark.parametrize("name", ["sweep-tiny", "sweep-smollm2"])
+def test_every_title_of_the_committed_sweeps_figures_reads_whole(name):
+    """Replotted from their results.csv: a 3 x 3 and a 2 x 2 grid of staleness k x iterations."""
+    spec = load_sweep(REPO_ROOT / "configs" / f"{name}.yaml")
+    made = figures(spec, aggregate(read_results(REPO_ROOT / "docs" / "results" / name / "results.csv")))
+    assert len(made) == 4
+    for file, figure in made.items():
+        assert title_problems(figure) == [], file
+
+
+def test_every_title_of_a_one_column_sweep_reads_whole(tmp_path):
+    """One number of iterations: the headline figure is a single column, its titles the narrowest they get."""
+    spec, out = _spec(tmp_path), tmp_path / "sweep"
+    book = CellBook(out.parent)
+    for i, cell in enumerate(spec.cells()):
+        _run(out / "runs" / f"run-{i}", kl_behaviour=0.01, kl_proximal=0.001, accuracy=0.5)
+        book.set(cell, CellRecord(f"run-{i}", "succeeded", seconds=1.0))
+    for file, figure in figures(spec, aggregate(collect(spec, book, out / "runs"))).items():
+        assert title_problems(figure) == [], file
