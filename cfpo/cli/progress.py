@@ -62,16 +62,19 @@ def duration(seconds: float) -> str:
 
 
 class StepClock:
-    """Seconds per step from the times steps were recorded; the first step is timed from the run's start."""
+    """Seconds per step from the times steps were recorded; a run's first step is timed from its start."""
 
     def __init__(self) -> None:
         self.times: deque[float] = deque(maxlen=RECENT_STEPS + 1)
+        self.from_start = True
 
-    def reset(self) -> None:
+    def restart(self) -> None:
+        """The run was resumed: time it afresh, its next step not from the run's start (the gap is no step's)."""
         self.times.clear()
+        self.from_start = False
 
     def tick(self, at: float, started_at: float | None) -> float | None:
-        if not self.times and started_at is not None:
+        if not self.times and self.from_start and started_at is not None:
             self.times.append(started_at)
         self.times.append(at)
         if len(self.times) < 2:
@@ -83,12 +86,14 @@ def follow_steps(
     api: ControlClient, run_id: str, interval: float = 2.0, label: str | None = None
 ) -> Iterator[tuple[dict, list[Step]]]:
     """The run's record at every poll with the steps recorded since the one before, until the run ends (the last
-    record is in a final state). A run resumed from a checkpoint records its later steps again; they come again."""
-    last, clock = -1, StepClock()
+    record is in a final state). A run resumed from its checkpoint records the steps after it again; those come
+    again, the steps before it do not."""
+    last, restarts, clock = -1, 0, StepClock()
+    shown: dict[int, float] = {}  # step -> when the step shown was recorded
     for run in api.follow(run_id, interval):
-        if run["steps_done"] - 1 < last:  # went back to its checkpoint
-            last = run["steps_done"] - 1
-            clock.reset()
+        if run["restarts"] != restarts or run["steps_done"] - 1 < last:  # went back to its checkpoint
+            last, restarts = -1, run["restarts"]  # read the history again, showing only steps recorded anew
+            clock.restart()
         steps = []
         while run["steps_done"] - 1 > last:
             params = {"since": last} if last >= 0 else {}
@@ -96,6 +101,9 @@ def follow_steps(
             if not records:
                 break
             for record in records:
+                if shown.get(record["step"]) == record["time"]:
+                    continue
+                shown[record["step"]] = record["time"]
                 seconds = clock.tick(record["time"], run["started_at"])
                 left = (
                     None if seconds is None or run["steps"] is None else seconds * (run["steps"] - record["step"] - 1)

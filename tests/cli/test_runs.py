@@ -5,13 +5,16 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cfpo.cli.app import app
-from tests.cli.learner_side import step_line, train
+from cfpo.cli.progress import follow_steps
+from cfpo.clients.control import ControlClient
+from tests.cli.learner_side import metrics, step_line, train
 from tests.servers import stop
 from tests.services.control.conftest import TOKEN
 
@@ -93,6 +96,29 @@ def test_watch_prints_a_line_per_step_when_its_output_is_not_a_terminal(
     for number, line in enumerate(steps, start=1):
         assert re.fullmatch(step_line(run_id, number, 3), line), line
     assert lines[-1] == f"run {run_id}: succeeded"
+
+
+def test_a_resumed_run_shows_the_steps_it_records_again_and_only_those(
+    cfpo, spec_file, registry, worker, api, monkeypatch
+):
+    monkeypatch.setenv("CFPO_API_TOKEN", TOKEN)
+    run_id = submitted_id(cfpo("submit", str(spec_file)).output)
+    claim = registry.claim_next(worker)
+    for step in range(2):
+        registry.record_step(run_id, claim.lease, step, step + 1, metrics(step))
+    with closing(ControlClient(api.url)) as client:
+        polls = follow_steps(client, run_id, interval=0.01)
+        assert [s.index for s in next(polls)[1]] == [0, 1]
+        registry.release(run_id, claim.lease, "resumed from its step-1 checkpoint")  # as a reaped run goes back
+        claim = registry.claim_next(worker)
+        registry.rewind(run_id, claim.lease, 1)
+        registry.record_step(run_id, claim.lease, 1, 2, metrics(1) | {"reward_mean": 0.25})
+        run, steps = next(polls)
+        assert run["restarts"] == 1 and [(s.index, s.metrics["reward_mean"]) for s in steps] == [(1, 0.25)]
+        assert steps[0].seconds is None  # the resumed run's first step is not timed from the run's start
+        registry.record_step(run_id, claim.lease, 2, 3, metrics(2))
+        registry.finish(run_id, claim.lease, "succeeded")
+        assert [(run["state"], [s.index for s in steps]) for run, steps in polls] == [("succeeded", [2])]
 
 
 def test_watch_exits_1_for_a_run_that_did_not_succeed(cfpo, spec_file):
