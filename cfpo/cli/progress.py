@@ -4,7 +4,7 @@
 Steps are read from the run's step history in the control API (``GET /v1/runs/{id}/metrics``), so no step is
 missed between two polls, and timed by when the learner recorded them: seconds per step is the mean gap between the
 last few steps, the time left that times the steps still to run. On a terminal they show as a rich bar. Anywhere
-else (a log file, ``| tee``, CI, ``docker compose logs``) a live display prints nothing until it ends, so each step
+else (a log file, ``| tee``, CI) a live display prints nothing until it ends, so each step
 is one plain line instead:
 
     3f2a9c1b0d4e step 7/20  reward 0.4125  KL vs behaviour 0.0031  clip vs behaviour 0.0125  6.2 s/step  1.3 min left
