@@ -28,7 +28,16 @@ install_system_packages() {
   command -v prometheus >/dev/null || missing+=(prometheus)
   command -v g++ >/dev/null || missing+=(g++)
   command -v ninja >/dev/null || missing+=(ninja-build)
-  command -v docker-compose >/dev/null || missing+=(docker-compose)  # validates docker-compose.yml (no engine needed)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)  # drives the compose test, through podman
+  # The container engine the compose test runs the stack on (tests/deploy/podman.py), and what makes its stand-in
+  # base images (scripts/container-bases.sh). runc, netavark and iptables: see deploy/podman/containers.conf.
+  command -v podman >/dev/null || missing+=(podman)
+  command -v runc >/dev/null || missing+=(runc)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
+  [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
+  [ -x /usr/libexec/podman/catatonit ] || missing+=(catatonit)  # compose's `init: true`
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
     log "missing system packages: ${missing[*]} -- install them with: sudo apt-get install ${missing[*]}"

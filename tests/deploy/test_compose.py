@@ -559,3 +559,27 @@ def test_grafana_provisioning_and_dashboards_are_mounted_where_grafana_reads_the
     home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
     assert home.parent == dashboards_dir and (GRAFANA / "dashboards" / home.name).is_file()
     assert json.loads((GRAFANA / "dashboards" / home.name).read_text())["uid"] == home.stem
+
+
+# A machine without a registry swaps each public image through a variable (scripts/container-bases.sh makes the
+# stand-ins); unset, each stays the pinned public image.
+IMAGE_VARIABLES = {"redis": "CFPO_REDIS_IMAGE", "prometheus": "CFPO_PROMETHEUS_IMAGE", "grafana": "CFPO_GRAFANA_IMAGE"}
+BASE_VARIABLES = {"cpu": ("PYTHON_IMAGE", "CFPO_PYTHON_IMAGE"), "gpu": ("VLLM_IMAGE", "CFPO_VLLM_IMAGE")}
+
+
+def test_public_images_are_variables_whose_defaults_are_pinned():
+    secrets = {"CFPO_API_TOKEN": TOKEN, "CFPO_REDIS_PASSWORD": REDIS_PASSWORD}
+    stand_ins = {variable: f"localhost/stand-in/{variable.lower()}:1" for variable in IMAGE_VARIABLES.values()}
+    stand_ins |= {variable: f"localhost/stand-in/{variable.lower()}:1" for _, variable in BASE_VARIABLES.values()}
+    default, swapped = resolved(**secrets)["services"], resolved(**secrets, **stand_ins)["services"]
+    for service, variable in IMAGE_VARIABLES.items():
+        assert pinned(default[service]["image"]), default[service]["image"]
+        assert swapped[service]["image"] == stand_ins[variable]
+    for name, service in default.items():
+        if "build" not in service:
+            continue
+        kind = "gpu" if "gpu" in service["image"] else "cpu"
+        argument, variable = BASE_VARIABLES[kind]
+        # the compose default is the Dockerfile's own, so `docker build` and `docker compose build` agree
+        assert service["build"]["args"][argument] == stages(DOCKERFILES[kind])[0]["image"], name
+        assert swapped[name]["build"]["args"][argument] == stand_ins[variable], name
