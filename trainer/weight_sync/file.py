@@ -26,7 +26,9 @@ from trainer.weight_sync import full_parameters, on_every_server
 
 _HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, the JSON header, then the tensor bytes
 _DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-PUSH_RETRY = Retry(attempts=4, first_backoff=1.0)  # a stalled or restarting server: about 7 s before giving up
+# A stalled or restarting server: about 90 s before the run fails, as long as a vLLM CPU server takes to come back
+# on SmolLM2-135M (~85 s; a tiny model ~25 s). A restarted server comes back on its base weights and loads these.
+PUSH_RETRY = Retry(attempts=14, first_backoff=1.0)
 
 
 class StagedWeights:
