@@ -10,7 +10,8 @@ Why it is built this way (docs/architecture.md, "Decisions": the queue):
   bounding it is one atomic check-and-append (a Lua script). Unread entries are never trimmed: a full queue makes
   producers wait (backpressure) and raise ``QueueFull`` after a timeout.
 - A malformed entry (or one the consumer's ``check`` refuses) is moved to the dead-letter stream with its reason,
-  counted, and acknowledged, so one bad producer cannot stall or crash the learner or be redelivered forever.
+  counted, and acknowledged, so one bad producer cannot stall or crash the learner or be redelivered forever. A
+  refused group of this run gives its slot back to the workers, so that it is generated again.
 - For staleness admission control (``cfpo.staleness``) rollout workers take slots (``reserve_slot``), and the
   learner publishes its policy version (``current_version``). A slot is a lease, not a gift: its holder renews it
   while it works, appending the group ends it, and one that runs out (its worker died or stalled) or is released
@@ -92,6 +93,13 @@ for i = 3, #ARGV do
   end
 end
 return held
+"""
+
+# A slot issued once (below the next new slot) and not leased now goes back as a lease that ran out (score 0), for the
+# next worker to fill. Returns 1 if it did.
+_REISSUE_SLOT = """
+if tonumber(ARGV[1]) >= tonumber(redis.call('GET', KEYS[1]) or '0') then return 0 end
+return redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
 """
 
 # Every reply takes milliseconds and the longest blocking read 0.2 s: a call still waiting after this long is on a
@@ -250,6 +258,7 @@ class RolloutQueue:
         self._append_if_room = self.redis.register_script(_APPEND_IF_ROOM)
         self._reserve_slot = self.redis.register_script(_RESERVE_SLOT)
         self._extend_leases = self.redis.register_script(_EXTEND_LEASES)
+        self._reissue = self.redis.register_script(_REISSUE_SLOT)
         self._create_consumer_group()
 
     def _create_consumer_group(self) -> None:
@@ -363,12 +372,21 @@ class RolloutQueue:
                 group = decode_group(fields)
                 if group.run_id != self.keys.run_id:
                     raise MalformedEntry(f"run_id: {group.run_id!r} in the queue of run {self.keys.run_id!r}")
-                if self.check is not None and (refused := self.check(group)):
-                    raise MalformedEntry(refused)
-                entries.append(QueueEntry(entry_id.decode(), group))
             except MalformedEntry as error:
                 self._dead_letter(entry_id, fields, error.reason)
+                continue
+            if self.check is not None and (refused := self.check(group)):
+                self._dead_letter(entry_id, fields, refused)
+                self._reissue_slot(group.slot)
+                continue
+            entries.append(QueueEntry(entry_id.decode(), group))
         return entries
+
+    def _reissue_slot(self, slot: int) -> None:
+        """A group of this run the consumer refused (the wrong size, say) leaves its slot unfilled: give it back to
+        the workers, if it was ever issued and no worker holds it now."""
+        if self._reissue(keys=[self.keys.next_slot, self.keys.slot_leases], args=[slot]):
+            log.warning("slot %d of %s goes back to the rollout workers", slot, self.keys.rollouts)
 
     def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         """Move the entry to the dead-letter stream, count it and acknowledge it, all or nothing."""

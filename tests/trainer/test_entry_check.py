@@ -14,7 +14,8 @@ from trainer.entry_check import RunEntryCheck
 
 @pytest.fixture
 def check(tiny_model_dir) -> RunEntryCheck:
-    spec = RunSpec(model=tiny_model_dir, steps=3, rollout={"prompts_per_step": 2}, staleness={"max_staleness": 0})
+    rollout = {"prompts_per_step": 2, "group_size": 2}  # make_group's groups hold 2 samples
+    spec = RunSpec(model=tiny_model_dir, steps=3, rollout=rollout, staleness={"max_staleness": 0})
     return RunEntryCheck.for_run(spec)
 
 
@@ -49,3 +50,19 @@ def test_entries_the_run_cannot_take_go_to_the_dead_letter_with_their_reason(che
         reasons = [letter.reason for letter in learner.dead_letters()]
         assert [reason.replace("1000000000000000", "10**15") for reason in reasons] == list(bad)
         assert learner.depth().total == 1  # the refused entries are acknowledged and gone
+
+
+def test_a_group_of_the_wrong_size_is_set_aside_and_its_slot_generated_again(check, redis_url):  # noqa: F811
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    settings = QueueSettings(redis_url=redis_url)
+    with RolloutQueue(run_id, settings) as worker, RolloutQueue(run_id, settings, check) as learner:
+        assert [worker.reserve_slot("worker-a", check.total_slots) for _ in range(2)] == [0, 1]
+        worker.append(make_group(run_id, slot=0, rewards=(1.0, 0.0, 1.0)))  # a worker's bug: 3 completions, not 2
+        worker.append(make_group(run_id, slot=1))
+
+        assert [entry.group.slot for entry in learner.read("learner", count=10)] == [1]
+        assert [letter.reason for letter in learner.dead_letters()] == [
+            "samples: 3 in the group, the run's group_size is 2"
+        ]
+        assert worker.unfilled_slots(check.total_slots) == check.total_slots - 1  # slot 0 is unfilled again
+        assert worker.reserve_expired_slot("worker-b", check.total_slots) == 0  # the next worker to ask fills it
