@@ -192,7 +192,7 @@ def serve(settings: LearnerSettings) -> None:
             assert settings.spec is not None and settings.run_id is not None and settings.run_dir is not None
             spec, control = load_or_exit(RunSpec, settings.spec), StandaloneControl(stopping)
             if process.train(spec, settings.run_id, settings.run_dir, settings.resume, control) == "stopped":
-                log.info("run %s stopped with a checkpoint; --resume goes on from it", settings.run_id)
+                log.info("run %s stopped; --resume goes on from its last checkpoint", settings.run_id)
                 raise SystemExit(128 + signal.SIGTERM)
         elif is_main():
             serve_queued_runs(process, stopping)
@@ -250,7 +250,9 @@ def _train_claim(
         _finish(registry, claim, "cancelled" if outcome == "stopped" else "succeeded", None)
     elif control.cause == "stopping":
         try:
-            registry.release(claim.run_id, claim.lease, f"learner worker {name} stopped (SIGTERM); it checkpointed")
+            registry.release(
+                claim.run_id, claim.lease, f"learner worker {name} stopped (SIGTERM); resume from its last checkpoint"
+            )
             log.info("run %s handed back to the queue, to be resumed from its checkpoint", claim.run_id)
         except RunStateError as error:
             log.warning("run %s: %s", claim.run_id, error)
