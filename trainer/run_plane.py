@@ -249,8 +249,11 @@ class MainPlane:
         return broadcast_from_main(data)
 
     def _check_stop(self) -> None:
+        """Between reads: a stop asked, or the claim gone (checked in Redis, not at the next heartbeat, so that a
+        learner that wakes up after losing its run reads at most once more)."""
         if reason := self.control.stop_reason():
             raise Interrupted(reason)
+        self.control.fence()
 
     def _check_stop_or_push(self) -> None:
         self._check_stop()
