@@ -38,9 +38,9 @@ def test_a_group_made_by_older_weights_than_its_slot_allows_is_made_again(start_
         try:
             yield
         finally:
-            generation.update_weights(
-                run.directory / "weights" / f"{run.run_id}.safetensors", served.number, run=served.run
-            )
+            # the run's one claim stages its weights in a file of its own (trainer/weight_sync/file.py)
+            (staged,) = (run.directory / "weights").glob(f"{run.run_id}-*.safetensors")
+            generation.update_weights(staged, served.number, run=served.run)
 
     proxy = GenerationProxy(stack.generation_url, around_generate=older_weights_during)
     try:
