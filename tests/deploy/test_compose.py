@@ -41,17 +41,17 @@ needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None, reaso
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 
 
-def run_compose(*args: str, **env: str) -> subprocess.CompletedProcess:
+def run_compose(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
     """`docker-compose -f docker-compose.yml ARGS` in the repository (so it reads .env), with none of the caller's
-    COMPOSE_ or CFPO_ settings leaking in."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CFPO_", "GRAFANA_"))}
+    COMPOSE_, CFPO_, GRAFANA_ or DOCKER_ settings leaking in."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CFPO_", "GRAFANA_", "DOCKER_"))}
     return subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), *args],
         cwd=REPO_ROOT,
         env={**clean, **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 

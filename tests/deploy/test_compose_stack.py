@@ -26,7 +26,8 @@ import pytest
 
 from tests import REPO_ROOT
 from tests.deploy import podman
-from tests.deploy.test_dashboards import all_queries
+from tests.deploy.test_compose import run_compose
+from tests.deploy.test_dashboards import all_queries, as_all_selected
 from tests.servers import free_port
 
 pytestmark = [
@@ -66,35 +67,26 @@ def run_spec(name: str, steps: int, checkpoint_every: int) -> dict:
 
 @dataclass
 class ComposeStack:
-    """The compose project as a user drives it, with the published ports this test picked."""
+    """The compose project as a user drives it: ``env``, the settings `docker compose` is given (images, socket,
+    secrets, the published ports this test picked)."""
 
     env: dict[str, str]
-    control_port: int
-    prometheus_port: int
-    log_dir: Path
 
     def compose(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            ["docker-compose", "-f", str(REPO_ROOT / "docker-compose.yml"), *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        result = run_compose(*args, timeout=timeout, **self.env)
         assert result.returncode == 0, f"docker-compose {' '.join(args)}: {result.stderr[-3000:]}\n{self.logs()}"
         return result
 
     def logs(self, tail: int = 40) -> str:
-        result = subprocess.run(
-            ["docker-compose", "-f", str(REPO_ROOT / "docker-compose.yml"), "logs", "--no-color", f"--tail={tail}"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return result.stdout[-12000:]
+        return run_compose("logs", "--no-color", f"--tail={tail}", timeout=120, **self.env).stdout[-12000:]
+
+    @property
+    def control_port(self) -> int:
+        return int(self.env["CFPO_CONTROL_PORT"])
+
+    @property
+    def prometheus_port(self) -> int:
+        return int(self.env["CFPO_PROMETHEUS_PORT"])
 
     def up(self) -> None:
         """`up -d` without building (the image is built above, with this machine's pip settings), then wait until
@@ -163,11 +155,9 @@ def stack(tmp_path_factory) -> Iterator[ComposeStack]:
         {"PYTHON_IMAGE": images["CFPO_PYTHON_IMAGE"]},
         work / "build.log",
     )
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "CFPO_", "DOCKER_"))}
     with podman.docker_socket(work) as docker_host, podman.HealthChecks(PROJECT):
         stack = ComposeStack(
             env={
-                **clean,
                 **images,
                 "DOCKER_HOST": docker_host,
                 "COMPOSE_PROJECT_NAME": PROJECT,
@@ -176,13 +166,8 @@ def stack(tmp_path_factory) -> Iterator[ComposeStack]:
                 "CFPO_REDIS_PASSWORD": REDIS_PASSWORD,
                 "CFPO_CONTROL_PORT": str(free_port()),
                 "CFPO_PROMETHEUS_PORT": str(free_port()),
-            },
-            control_port=0,
-            prometheus_port=0,
-            log_dir=work,
+            }
         )
-        stack.control_port = int(stack.env["CFPO_CONTROL_PORT"])
-        stack.prometheus_port = int(stack.env["CFPO_PROMETHEUS_PORT"])
         stack.compose("down", "--volumes", "--remove-orphans", timeout=900)  # what an interrupted run left
         try:
             stack.up()
@@ -223,7 +208,7 @@ def test_every_prometheus_target_is_up(stack, trained):
 @pytest.mark.parametrize("uid,title,expr", all_queries(), ids=[f"{u}/{t}" for u, t, _ in all_queries()])
 def test_dashboard_panel_query_returns_data(stack, trained, uid, title, expr):
     _, started = trained
-    query = expr.replace("$run", ".*").replace("$loss", ".*").replace("$__rate_interval", RATE_INTERVAL)
+    query = as_all_selected(expr, RATE_INTERVAL)
     series = stack.prometheus("query_range", query=query, start=str(started), end=str(time.time()), step="5s")["result"]
     values = [float(v) for s in series for _, v in s["values"]]
     assert any(not math.isnan(v) for v in values), f"{uid} / {title}: no data for {query}"

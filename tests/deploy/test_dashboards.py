@@ -28,8 +28,8 @@ def all_queries() -> list[tuple[str, str, str]]:
     return [(d.uid, p.title, q.expr) for d in dashboards.DASHBOARDS for p in d.panels for q in p.queries]
 
 
-def as_all_selected(expr: str) -> str:
-    return expr.replace("$run", ".*").replace("$loss", ".*").replace("$__rate_interval", RATE_INTERVAL)
+def as_all_selected(expr: str, rate_interval: str = RATE_INTERVAL) -> str:
+    return expr.replace("$run", ".*").replace("$loss", ".*").replace("$__rate_interval", rate_interval)
 
 
 @pytest.mark.parametrize("directory", COMMITTED, ids=lambda d: str(d.relative_to(REPO_ROOT)))
