@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "reinforce"]
+LossName = Literal["cfpo", "grpo", "dapo", "gspo", "cispo", "dppo_tv", "reinforce"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 DAPO_DEFAULT_EPS_HIGH = 0.28
@@ -100,6 +100,12 @@ class LossConfig(StrictModel):
         description="cispo: clip the importance weight below at "
         "1 - this too; default none, as in its paper (above: 1 + eps_high)",
     )
+    dppo_ratio_cap: float = Field(
+        20.0,
+        gt=0,
+        description="dppo_tv: truncation of its detached ratio weight (verl's clip_ratio_c; its paper advises a "
+        "large cap, as truncation biases the gradient); its trust region is eps / eps_high on the token's probability",
+    )
     ratio_reference: Anchor = Field(
         "behaviour",
         description="the trust region's anchor. behaviour: the ratio is against the sampling policy's log-probs "
@@ -140,6 +146,9 @@ class OptimizerConfig(StrictModel):
     grad_clip: float = Field(1.0, gt=0, description="global gradient-norm clip")
 
 
+LOGIT_CHUNK_TOKENS = 1024
+
+
 class LearnerConfig(StrictModel):
     """How one rollout batch becomes optimizer steps: iterations passes x minibatches steps per pass."""
 
@@ -155,6 +164,19 @@ class LearnerConfig(StrictModel):
         gt=0,
         le=MAX_BATCH_SIZE,
         description="sequences per forward, a divisor of the minibatch; default a whole minibatch",
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        gt=0,
+        description="cut micro-batches by padded tokens (sequences x the longest); excludes micro_batch_size",
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="recompute layer activations in the backward pass; auto: on on GPUs, off on CPU"
+    )
+    logit_chunk_tokens: int = Field(
+        LOGIT_CHUNK_TOKENS,
+        gt=0,
+        description="completion tokens per piece of the output head (its fp32 logits exist per piece)",
     )
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are of logits / T")
     zero_stage: int = Field(0, ge=0, le=3)
@@ -172,6 +194,11 @@ class LearnerConfig(StrictModel):
                 f"minibatches: {self.minibatches} does not divide batch_size {self.batch_size}; pick a divisor"
             )
         micro = self.micro_batch_size
+        if micro is not None and self.max_tokens_per_micro_batch is not None:
+            raise ValueError(
+                "max_tokens_per_micro_batch: set either it or micro_batch_size, not both (a token budget sizes "
+                "micro-batches itself)"
+            )
         if micro is not None and self.minibatch_size % micro:
             raise ValueError(
                 f"micro_batch_size: {micro} does not divide the minibatch of {self.minibatch_size} sequences"

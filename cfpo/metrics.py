@@ -218,6 +218,8 @@ TRUST_REGION_VALUES = {
     "tv": "Total variation estimate 0.5 * mean |r - 1|.",
     "kl_k1": "KL(anchor || current), k1 estimator.",
     "kl_k3": "KL(anchor || current), k3 estimator.",
+    "ess": "Effective sample size (sum r)^2 / (N sum r^2) of the ratios as importance weights over the step's N "
+    "tokens (1: all equal; 1/N: one token carries all).",
 }
 
 
@@ -233,8 +235,8 @@ LEARNER_STEP_VALUES = {
         for key, text in TRUST_REGION_VALUES.items()
     },
     "entropy": "Mean token entropy of the current policy.",
-    "adv_mean": "Mean advantage.",
-    "adv_std": "Standard deviation of the advantages.",
+    "adv_mean": "Mean advantage over the step's responses.",
+    "adv_std": "Standard deviation of the advantages over the step's responses.",
     "loss": "Policy loss of the step.",
     "grad_norm": "Global gradient norm before clipping.",
     "lr": "Learning rate.",

@@ -12,24 +12,28 @@ import logging
 import os
 import tempfile
 import typing
+from datetime import timedelta
 
 import torch
 
 Value = typing.TypeVar("Value")
 
 
-def init_distributed() -> None:
-    """Join (or form) the process group once per process."""
+def init_distributed(timeout: timedelta | None = None) -> None:
+    """Join (or form) the process group once per process. ``timeout``: how long one collective may wait before the
+    group fails (the learner's settings put it above rank 0's longest waits); None: DeepSpeed's 10 minutes."""
     import deepspeed
     import torch.distributed as dist
+    from deepspeed.constants import default_pg_timeout
 
     if dist.is_available() and dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    timeout = timeout or default_pg_timeout
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # before the first collective
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
         return
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine asks for it even in a lone process
     with tempfile.NamedTemporaryFile(prefix="cfpo-rendezvous-", delete=False) as rendezvous:
@@ -41,6 +45,7 @@ def init_distributed() -> None:
         rank=0,
         world_size=1,
         auto_mpi_discovery=False,
+        timeout=timeout,
         verbose=False,
     )
 

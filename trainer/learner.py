@@ -27,6 +27,8 @@ from cfpo.sample import Sample
 from trainer.distributed import gathered, init_distributed, quiet_deepspeed, rank, world_size
 from trainer.logprobs import PackedBatch, completion_logprobs, pack
 from trainer.losses import aggregation_normaliser, policy_loss, trust_region_metrics
+from trainer.micro_batches import split_by_budget, split_by_count, split_further
+from trainer.pooled import Pooled
 
 CLIENT_STATE_KEY = "cfpo"
 STALENESS_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
@@ -43,12 +45,15 @@ def _staleness_buckets(staleness: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def merge_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
-    """Micro-batch metrics as one step's: extremes of the extremes, token-weighted means of the rest."""
+    """Micro-batch metrics (with their token counts) as one step's, exactly: ``Pooled`` statistics from their
+    summed sums, extremes of the extremes, and the rest, token means, as token-weighted means."""
     merged: dict[str, float] = {}
     total = sum(tokens for _, tokens in parts) or 1.0
     for key in parts[0][0]:
         values = [metrics[key] for metrics, tokens in parts if tokens > 0] or [parts[0][0][key]]
-        if key.endswith("_min"):
+        if isinstance(values[0], Pooled):
+            merged[key] = Pooled.merge([metrics[key] for metrics, _ in parts])
+        elif key.endswith("_min"):
             merged[key] = min(values)
         elif key.endswith("_max"):
             merged[key] = max(values)
@@ -74,28 +79,49 @@ def _use_bf16(precision: str) -> bool:
 
 
 def micro_batch_size(config: LearnerConfig, ranks: int) -> int:
-    """Sequences per forward on each of ``ranks`` ranks; a ``ValueError`` naming the setting if they cannot split
-    each minibatch evenly."""
+    """Sequences per forward on each of ``ranks`` ranks (with a token budget: at most, a rank's whole share); a
+    ``ValueError`` naming the setting if they cannot split each minibatch evenly."""
     share, left = divmod(config.minibatch_size, ranks)
     micro = config.micro_batch_size or share
     if left or share % micro:
+        setting = "micro_batch_size" if config.micro_batch_size else "minibatches"
         raise ValueError(
-            f"learner.micro_batch_size: {ranks} ranks x micro-batches of {micro} do not divide the minibatch of "
+            f"learner.{setting}: {ranks} ranks x micro-batches of {micro} do not divide the minibatch of "
             f"{config.minibatch_size} sequences; pick sizes whose product divides it"
         )
     return micro
 
 
+def _use_checkpointing(setting: str) -> bool:
+    return setting == "on" or (setting == "auto" and torch.cuda.is_available())
+
+
+def _train_mode_without_dropout(model: torch.nn.Module) -> None:
+    """Training mode, which Hugging Face's layers need to recompute themselves, with dropout still off: the
+    learner's log-probs are compared with generation's, which has none."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+
+
 def deepspeed_config(config: LearnerConfig, ranks: int = 1) -> dict[str, Any]:
+    """The engine's settings. The learner marks each step's last micro-batch as the accumulation boundary itself
+    (their number follows the token budget), so the accumulation steps here only describe the count-sized case.
+    Under bf16, gradients accumulate in fp32, which DeepSpeed does in a partitioned (ZeRO >= 1) optimizer."""
     micro = micro_batch_size(config, ranks)
-    return {
+    bf16 = _use_bf16(config.precision)
+    settings: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": config.minibatch_size // (micro * ranks),
         "gradient_clipping": config.optimizer.grad_clip,
-        "zero_optimization": {"stage": config.zero_stage},
-        "bf16": {"enabled": _use_bf16(config.precision)},
+        "zero_optimization": {"stage": max(config.zero_stage, 1) if bf16 else config.zero_stage},
+        "bf16": {"enabled": bf16},
         "steps_per_print": 2**31 - 1,
     }
+    if bf16:
+        settings["data_types"] = {"grad_accum_dtype": "fp32"}
+    return settings
 
 
 class Learner:
@@ -111,6 +137,9 @@ class Learner:
         self.version = 0
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if _use_checkpointing(config.gradient_checkpointing):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _train_mode_without_dropout(model)
         optimizer = torch.optim.AdamW(  # torch's AdamW: DeepSpeed's CPU Adam would need a compiled op
             model.parameters(),
             lr=config.optimizer.lr,
@@ -182,16 +211,26 @@ class Learner:
     def _frozen_logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
         logprobs = torch.zeros_like(batch.behaviour_logprobs)
         with torch.no_grad():
-            for chunk in self._micro_chunks(torch.arange(len(batch), device=batch.input_ids.device), batch):
-                logprobs[chunk] = completion_logprobs(model, batch.select(chunk), self.config.temperature)[0]
+            # Every rank cuts the whole batch the same way, so under ZeRO-3 all enter as many gathers.
+            for chunk in self._micro_batches(torch.arange(len(batch), device=batch.input_ids.device), batch):
+                logprobs[chunk] = completion_logprobs(
+                    model, batch.select(chunk), self.config.temperature, self.config.logit_chunk_tokens
+                )[0]
         return logprobs
 
-    def _micro_chunks(self, indices: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, ...]:
-        """Micro-batches of ``indices`` with sequences of similar length (stable within a length): each is cut to
-        its own longest sequence (``completion_logprobs``), so less is computed on padding."""
-        lengths = batch.attention_mask.sum(1)[indices]
-        by_length = indices[torch.sort(lengths, stable=True).indices]
-        return by_length.split(self.micro_batch_size)
+    def _micro_batches(self, indices: torch.Tensor, batch: PackedBatch, agree: bool = False) -> list[torch.Tensor]:
+        """``indices`` cut into micro-batches of sequences of similar length (``trainer.micro_batches``). With
+        ``agree`` (each rank cutting its own share), every rank gets the same number: the most any rank needs."""
+        lengths = batch.attention_mask.sum(1)
+        budget = self.config.max_tokens_per_micro_batch
+        if budget is None:
+            return split_by_count(indices, lengths, self.micro_batch_size)
+        pieces = split_by_budget(indices, lengths, budget)
+        if agree and self.world_size > 1:
+            count = torch.tensor(len(pieces), device=indices.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+            pieces = split_further(pieces, lengths, int(count))
+        return pieces
 
     def _optimizer_step(
         self,
@@ -208,17 +247,21 @@ class Learner:
         ``proximal`` in (this rank's rows)."""
         parts: list[tuple[dict[str, float], float]] = []
         bucket_parts: dict[tuple[str, str], list[tuple[dict[str, float], float]]] = {}  # by (age, bucket)
-        micro_batches = self._micro_chunks(indices[self.rank :: self.world_size], batch)
-        # The whole step's normaliser per micro-batch and rank: DeepSpeed averages the accumulated micro-batch
-        # losses and then the ranks' gradients, so each divides its sum by this and the step's gradient is the
+        micro_batches = self._micro_batches(indices[self.rank :: self.world_size], batch, agree=True)
+        # The whole step's normaliser per rank: micro-batch gradients add up unscaled (``scale_wrt_gas=False``)
+        # and DeepSpeed averages the ranks', so each divides its sum by this and the step's gradient is the
         # minibatch's, however its tokens are split.
-        normaliser = aggregation_normaliser(
-            batch.completion_mask[indices], self.config.loss.agg, self.config.loss.norm_length
-        ) / (len(micro_batches) * self.world_size)
+        normaliser = (
+            aggregation_normaliser(batch.completion_mask[indices], self.config.loss.agg, self.config.loss.norm_length)
+            / self.world_size
+        )
         step_loss = 0.0
-        for chunk in micro_batches:
+        for position, chunk in enumerate(micro_batches):
+            self.engine.set_gradient_accumulation_boundary(position == len(micro_batches) - 1)
             micro = batch.select(chunk)
-            logprobs, entropy = completion_logprobs(self.engine, micro, self.config.temperature)
+            logprobs, entropy = completion_logprobs(
+                self.engine, micro, self.config.temperature, self.config.logit_chunk_tokens
+            )
             if fill_proximal:
                 proximal[chunk] = logprobs.detach()
             proximal_chunk = proximal[chunk]
@@ -230,11 +273,8 @@ class Learner:
                 entropy.detach(),
                 normaliser,
             )
-            self.engine.backward(loss)
-            if self.engine.is_gradient_accumulation_boundary():
-                unclipped_norm = self._stage0_grad_norm()
-            self.engine.step()  # steps the optimizer only at the accumulation boundary
-            step_loss += float(loss.detach()) / len(micro_batches)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            step_loss += float(loss.detach())
             parts.append((metrics, float(micro.completion_mask.sum())))
             with torch.no_grad():
                 for age, values in ages.items():
@@ -245,6 +285,8 @@ class Learner:
                             "entropy": float(entropy[mask].mean()) if mask.any() else 0.0,
                         }
                         bucket_parts.setdefault((age, bucket), []).append((bucket_metrics, float(mask.sum())))
+        unclipped_norm = self._stage0_grad_norm()
+        self.engine.step()  # the boundary was the last micro-batch: reduce, clip, step the optimizer
         parts, bucket_parts, step_loss = self._across_ranks(parts, bucket_parts, step_loss)
         merged = {**merge_metrics(parts), "loss": step_loss}
         for (age, bucket), parts_of_bucket in bucket_parts.items():

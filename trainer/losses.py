@@ -9,7 +9,9 @@ Conventions (tensors are ``[B, T]`` over completion tokens, ``B`` responses of u
   policy when ``behaviour_logprobs`` is passed too);
 * the ratio is ``r = exp(logprobs - old_logprobs)``, its log clamped to ``[-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT]``
   so that stale or corrupt tokens cannot overflow float32 (CFPO squares ``r - 1``);
-* ``loss`` is minimised; the surrogates of the paper are maximised, so ``loss = -surrogate``.
+* ``loss`` is minimised; the surrogates of the paper are maximised, so ``loss = -surrogate``;
+* metrics that a token-weighted mean over micro-batches would get wrong (a standard deviation, an effective sample
+  size, a mean over responses) are ``Pooled``: floats that carry the sums the learner merges them from.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from cfpo.config import AGGREGATIONS, LossConfig
+from trainer.pooled import Pooled
 
 LOG_RATIO_LIMIT = 20.0
 
@@ -30,11 +33,13 @@ class LossInputs:
     """What a loss sees: masked inputs, the ratio, and the trust region it is asked to respect."""
 
     logprobs: Tensor  # [B, T], padding zeroed
+    old_logprobs: Tensor  # [B, T], the anchor's, detached, padding zeroed
     log_ratio: Tensor  # [B, T], clamped, padding zeroed
     advantages: Tensor  # [B, T]
     mask: Tensor  # [B, T] bool
     eps_low: float
     eps_high: float
+    dppo_ratio_cap: float
     cispo_eps_low: float | None = None
 
     @property
@@ -89,6 +94,21 @@ def _cispo(x: LossInputs) -> TokenLoss:
     return TokenLoss(-weight * x.advantages * x.logprobs, x.ratio)
 
 
+def _dppo_tv(x: LossInputs) -> TokenLoss:
+    """DPPO with the binary total-variation mask (arXiv 2602.04879), as verl's ``dppo_tv``
+    (verl-project/verl, verl/trainer/ppo/core_algos.py, ``compute_policy_loss_dppo_tv``; PRIME-RL's default loss,
+    src/prime_rl/trainer/rl/loss.py, masks alike): the trust region is on the sampled token's probability, not its
+    ratio, so a rare token may move far in ratio and a likely one little. A token leaves the gradient once it has
+    moved past the region on the side its advantage favours: pi - pi_old > eps_high with A > 0, or
+    pi - pi_old < -eps_low otherwise. The rest get -A sg(min(r, dppo_ratio_cap)) log pi, a policy gradient weighted
+    by the truncated ratio. The trust ratio 1 + pi - pi_old puts that region at [1 - eps_low, 1 + eps_high], so
+    the clip metrics count exactly the masked tokens."""
+    shift = torch.exp(x.logprobs) - torch.exp(x.old_logprobs)
+    kept = torch.where(x.advantages > 0, shift <= x.eps_high, shift >= -x.eps_low)
+    weight = x.ratio.clamp(max=x.dppo_ratio_cap).detach()
+    return TokenLoss(-x.advantages * weight * x.logprobs * kept.to(weight.dtype), 1 + shift)
+
+
 def _reinforce(x: LossInputs) -> TokenLoss:
     """REINFORCE: -A log pi, no ratio in the objective (the ratio still feeds the metrics)."""
     return TokenLoss(-x.advantages * x.logprobs, x.ratio)
@@ -100,6 +120,7 @@ LOSSES: dict[str, Callable[[LossInputs], TokenLoss]] = {
     "dapo": _ppo_clip,
     "gspo": _gspo,
     "cispo": _cispo,
+    "dppo_tv": _dppo_tv,
     "reinforce": _reinforce,
 }
 
@@ -165,7 +186,9 @@ def trust_region_metrics(
     ratio_* and tv are of r = pi / pi_anchor; kl_k1/kl_k3 estimate KL(anchor || current) on the sampled tokens
     (exact for the behaviour policy, which sampled them). clip_frac counts the tokens the configured loss's trust
     region clips (for losses that do not clip, those PPO *would* clip): its trust ratio above 1 + eps_high with
-    A > 0, or below 1 - eps_low with A < 0 (GSPO's trust ratio is its sequence ratio).
+    A > 0, or below 1 - eps_low with A < 0 (GSPO's trust ratio is its sequence ratio; DPPO's, 1 + pi - pi_anchor).
+    ess is the normalised effective sample size of the ratios as importance weights, (sum r)^2 / (N sum r^2) over
+    the N tokens: 1 when all are equal (on-policy), towards 1/N as a few tokens carry the weight.
     """
     with torch.no_grad():
         x = _loss_inputs(config, logprobs.detach(), anchor_logprobs, advantages, mask)
@@ -185,6 +208,7 @@ def trust_region_metrics(
             "tv": 0.5 * _masked_mean((ratio - 1).abs(), mask),
             "kl_k1": _masked_mean(-x.log_ratio, mask),
             "kl_k3": _masked_mean(torch.exp(x.log_ratio) - x.log_ratio - 1, mask),
+            "ess": Pooled.of("ess", masked_ratio),
         }
 
 
@@ -197,8 +221,18 @@ def _loss_inputs(
     _check_shape("old_logprobs", old_logprobs, logprobs)
     adv = _broadcast_advantages(advantages, logprobs)
     logprobs = _zero_padding(logprobs, mask)
-    log_ratio = (logprobs - _zero_padding(old_logprobs, mask).detach()).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    return LossInputs(logprobs, log_ratio, _zero_padding(adv, mask), mask, eps_low, eps_high, config.cispo_eps_low)
+    old_logprobs = _zero_padding(old_logprobs, mask).detach()
+    return LossInputs(
+        logprobs=logprobs,
+        old_logprobs=old_logprobs,
+        log_ratio=(logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT),
+        advantages=_zero_padding(adv, mask),
+        mask=mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        dppo_ratio_cap=config.dppo_ratio_cap,
+        cispo_eps_low=config.cispo_eps_low,
+    )
 
 
 def _check_shape(field: str, tensor: Tensor | None, logprobs: Tensor) -> None:
@@ -286,14 +320,8 @@ def _batch_metrics(advantages: Tensor, mask: Tensor, entropy: Tensor | None) -> 
     """What every loss reports of the batch itself: its advantages (one per response when given per response)
     and, when given, the current policy's mean token entropy."""
     with torch.no_grad():
-        if advantages.dim() == 1:
-            adv_values = advantages[mask.any(-1)].float()
-        else:
-            adv_values = advantages[mask].float()
-        metrics = {
-            "adv_mean": float(adv_values.mean()) if adv_values.numel() else 0.0,
-            "adv_std": float(adv_values.std(unbiased=False)) if adv_values.numel() else 0.0,
-        }
+        adv_values = advantages[mask.any(-1)] if advantages.dim() == 1 else advantages[mask]
+        metrics: dict[str, float] = {"adv_mean": Pooled.of("mean", adv_values), "adv_std": Pooled.of("std", adv_values)}
         if entropy is not None:
             metrics["entropy"] = _masked_mean(entropy, mask)
     return metrics

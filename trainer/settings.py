@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from cfpo.clients.generation import PAUSE_BASE_S, PAUSE_PER_TOKEN_S, pause_timeout
 from cfpo.config import WeightTransfer, environment, require_cuda, weight_transfer_setting
 from cfpo.entrypoint import RunWorkerSettings
+
+# Beyond rank 0's own waits (data, disk), what follower ranks may also wait through in one collective: a held-out
+# evaluation and a weight push.
+PROCESS_GROUP_MARGIN_S = 1800.0
 
 
 class LearnerSettings(RunWorkerSettings):
@@ -21,6 +27,19 @@ class LearnerSettings(RunWorkerSettings):
     data_timeout: float = Field(600.0, gt=0, description="seconds to wait for a step's rollouts before failing")
     disk_wait_s: float = Field(
         600.0, ge=0, description="seconds a checkpoint waits for room on a nearly full disk before the run fails"
+    )
+    process_group_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds the learner's ranks may wait in one collective: the others wait there while rank 0 "
+        "waits for data or disk, evaluates or pushes; more than data_timeout and disk_wait_s (default: their sum + "
+        f"{PROCESS_GROUP_MARGIN_S:.0f})",
+    )
+    pause_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a weight push waits for generation to pause while its requests in flight finish, and "
+        f"to load (default: {PAUSE_BASE_S:g} + {PAUSE_PER_TOKEN_S:g} per token of the run's rollout.max_tokens)",
     )
     threads: int | None = Field(
         default_factory=environment("CFPO_LEARNER_THREADS"),
@@ -38,9 +57,10 @@ class LearnerSettings(RunWorkerSettings):
 
     weight_transfer: WeightTransfer = weight_transfer_setting()
     weight_transfer_address: str = Field(
-        default_factory=environment("POD_IP", "127.0.0.1"),
+        default_factory=lambda: environment("CFPO_WEIGHT_TRANSFER_ADDRESS")() or environment("POD_IP", "127.0.0.1")(),
         min_length=1,
-        description="nccl: the address of rank 0 the generation workers connect to ($POD_IP in Kubernetes)",
+        description="nccl: the address of rank 0 the generation workers connect to ($CFPO_WEIGHT_TRANSFER_ADDRESS, "
+        "else $POD_IP as Kubernetes sets it; compose: the learner's service name)",
     )
     weight_transfer_port: int = Field(29551, ge=1, le=65535, description="nccl: the port rank 0 listens on")
 
@@ -48,6 +68,31 @@ class LearnerSettings(RunWorkerSettings):
     def staging_dir(self) -> Path:
         """The file transport's folder: ``weights_dir``, or beside the runs (one run: its own directory)."""
         return self.weights_dir or (self.run_dir if self.run_dir is not None else self.runs_dir) / "weights"
+
+    @property
+    def collective_timeout(self) -> timedelta:
+        """How long a collective of the learner's ranks may wait, as torch.distributed takes it."""
+        return timedelta(seconds=self.process_group_timeout or self._derived_process_group_timeout())
+
+    def _derived_process_group_timeout(self) -> float:
+        return self.data_timeout + self.disk_wait_s + PROCESS_GROUP_MARGIN_S
+
+    def pause_timeout_for(self, max_tokens: int) -> float:
+        """``pause_timeout``, or what a run whose completions reach ``max_tokens`` needs."""
+        return self.pause_timeout or pause_timeout(max_tokens)
+
+    @model_validator(mode="after")
+    def _collectives_outlast_rank_0s_waits(self) -> LearnerSettings:
+        if self.process_group_timeout is None:
+            return self
+        name, longest = max(("data_timeout", self.data_timeout), ("disk_wait_s", self.disk_wait_s), key=lambda w: w[1])
+        if self.process_group_timeout <= longest:
+            raise ValueError(
+                f"process_group_timeout: {self.process_group_timeout:g} s is not above {name} ({longest:g} s), which "
+                "the other ranks may spend in one collective while rank 0 waits; give more, or leave it out "
+                f"(default: {self._derived_process_group_timeout():g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _transfer_fits_the_machine(self) -> LearnerSettings:

@@ -27,9 +27,18 @@ log = logging.getLogger("cfpo.learner")
 
 
 class TrainingRun:
-    def __init__(self, spec: RunSpec, run_id: str, run_dir: Path, plane: RunPlane, weight_sync: WeightSync):
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_id: str,
+        run_dir: Path,
+        plane: RunPlane,
+        weight_sync: WeightSync,
+        *,
+        push_timeout: float,
+    ):
         self.spec, self.run_id, self.paths, self.plane = spec, run_id, RunPaths(run_dir), plane
-        self.weight_sync = weight_sync
+        self.weight_sync, self.push_timeout = weight_sync, push_timeout  # seconds a push lets generation pause
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.learner = Learner(spec.model, spec.learner)
         self.served_version: int | None = None
@@ -115,6 +124,8 @@ class TrainingRun:
 
     def _push(self, version: int) -> None:
         self.plane.fence()
-        update = self.weight_sync.push(self.learner.engine.module, version, run=self.run_id, claim=self.claim)
+        update = self.weight_sync.push(
+            self.learner.engine.module, version, run=self.run_id, claim=self.claim, timeout=self.push_timeout
+        )
         self.plane.pushed(version, update)
         self.served_version = version

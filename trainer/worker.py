@@ -166,7 +166,9 @@ class LearnerProcess:
                     control=control,
                     rewards=self.rewards,
                 )
-            return TrainingRun(spec, run_id, run_dir, plane, self.weight_sync).train(resume=resume)
+            push_timeout = self.settings.pause_timeout_for(spec.rollout.max_tokens)
+            training = TrainingRun(spec, run_id, run_dir, plane, self.weight_sync, push_timeout=push_timeout)
+            return training.train(resume=resume)
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ class Assignment:
 def serve(settings: LearnerSettings) -> None:
     """Train the one run the settings name, or, with ``worker``, queued runs until SIGTERM."""
     if world_size() > 1:
-        init_distributed()  # the ranks talk from the start (a worker's claims), not only once a run begins
+        # The ranks talk from the start (a worker's claims), not only once a run begins.
+        init_distributed(timeout=settings.collective_timeout)
     stopping = threading.Event()
     # On every rank (the launcher signals them all); rank 0's decides, the others follow it.
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -217,6 +217,13 @@ STALENESS_PROBE = Dashboard(
             (*_against_anchors("ratio_min", "staleness", "min "), *_against_anchors("ratio_max", "staleness", "max ")),
         ),
         Panel(
+            "Effective sample size",
+            "(sum w)^2 / (N sum w^2) of the importance weights w = pi / pi_anchor over each optimizer step's N "
+            "tokens, against each anchor: 1 on-policy (every weight 1), falling as a few tokens carry the weight. "
+            "Its fall with staleness is how many of a stale batch's tokens still inform the update.",
+            _against_anchors("ess"),
+        ),
+        Panel(
             "Staleness of consumed samples",
             "Median and p90 staleness of the samples the learner consumed.",
             (

@@ -36,16 +36,18 @@ BEHAVIOUR, PROXIMAL = ANCHORS
 # since a panel's title must fit its panel.
 LineStyle = Literal["-", "--"]
 ANCHOR_STYLES: dict[str, LineStyle] = {
-    f"against {BEHAVIOUR} (clip, KL, TV)": "-",
-    f"against {PROXIMAL} (clip, KL, TV)": "--",
+    f"against {BEHAVIOUR} (clip, KL, TV, ESS)": "-",
+    f"against {PROXIMAL} (clip, KL, TV, ESS)": "--",
 }
 PANELS = {  # title -> plotted keys; a second key is drawn dashed
     "reward (mean)": ("reward_mean",),
     "clip fraction": (anchored(BEHAVIOUR, "clip_frac"), anchored(PROXIMAL, "clip_frac")),
     "KL k3 (anchor || current)": (anchored(BEHAVIOUR, "kl_k3"), anchored(PROXIMAL, "kl_k3")),
     "TV": (anchored(BEHAVIOUR, "tv"), anchored(PROXIMAL, "tv")),
+    "ESS of the ratios": (anchored(BEHAVIOUR, "ess"), anchored(PROXIMAL, "ess")),
     "entropy": ("entropy",),
     "staleness (solid: mean, dashed: max)": ("staleness_mean", "staleness_max"),
+    "gradient norm before clipping": ("grad_norm",),
 }
 BUCKET_METRICS = {
     anchored(BEHAVIOUR, "clip_frac"): f"clip fraction vs {BEHAVIOUR}",
@@ -61,8 +63,10 @@ HEADERS = (
     f"clip frac mean {BOTH}",
     f"KL k3 max {BOTH}",
     f"TV mean {BOTH}",
+    f"ESS min {BOTH}",
     "entropy first → last",
     "staleness max",
+    "grad norm max",
 )
 
 
@@ -105,6 +109,7 @@ class TrustRegionSummary:
     tv_mean: float | None
     tv_max: float | None
     ratio_deviation_max: float | None  # the largest |r - 1|
+    ess_min: float | None  # the smallest effective sample size of the ratios
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class Summary:
     entropy_first: float | None
     entropy_last: float | None
     staleness_max: float | None
+    grad_norm_max: float | None  # before clipping
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -225,6 +231,7 @@ def summarise(run: Run, all_steps: bool = False) -> Summary:
         entropy_first=entropy[0] if entropy else None,
         entropy_last=entropy[-1] if entropy else None,
         staleness_max=max(values("staleness_max"), default=None),
+        grad_norm_max=max(values("grad_norm"), default=None),
     )
 
 
@@ -241,6 +248,7 @@ def _trust_region_summary(run: Run, anchor: str) -> TrustRegionSummary:
         tv_mean=statistics.fmean(tv) if tv else None,
         tv_max=max(tv, default=None),
         ratio_deviation_max=max(deviations, default=None),
+        ess_min=min(values("ess"), default=None),
     )
 
 
@@ -252,7 +260,7 @@ def table_rows(runs: list[Run], all_steps: bool = False) -> list[list[str]]:
         steps = f"{s.steps} + {s.warm_up_left_out}" if s.warm_up_left_out else str(s.steps)
         both = [
             " / ".join(_cell(getattr(s.against[anchor], field)) for anchor in ANCHORS)
-            for field in ("clip_frac_max", "clip_frac_mean", "kl_k3_max", "tv_mean")
+            for field in ("clip_frac_max", "clip_frac_mean", "kl_k3_max", "tv_mean", "ess_min")
         ]
         rows.append(
             [
@@ -263,6 +271,7 @@ def table_rows(runs: list[Run], all_steps: bool = False) -> list[list[str]]:
                 *both,
                 f"{_cell(s.entropy_first)} → {_cell(s.entropy_last)}",
                 _cell(s.staleness_max),
+                _cell(s.grad_norm_max),
             ]
         )
     return rows

@@ -26,6 +26,18 @@ INITIAL_VERSION_LABEL = "default"
 RUN_SEPARATOR = "@"
 
 
+# /pause?mode=wait returns once the requests in flight have finished: one admitted just before it may still decode
+# every token up to max_tokens. The former fixed 120 s covers the pause, a weight load and a short request; each
+# token adds a decode step under full load with room to spare.
+PAUSE_BASE_S = 120.0
+PAUSE_PER_TOKEN_S = 0.1
+
+
+def pause_timeout(max_tokens: int) -> float:
+    """Seconds to let ``/pause`` (and the weight update inside it) take, for completions of up to ``max_tokens``."""
+    return PAUSE_BASE_S + PAUSE_PER_TOKEN_S * max_tokens
+
+
 class GenerationError(RuntimeError):
     """The generation service refused or failed a request; the message says which and why."""
 

@@ -24,10 +24,14 @@ class Problem(StrictModel):
 Split = Literal["train", "eval"]
 
 
+def split_key(text: str) -> int:
+    """Where ``text`` falls in [0, 2**64): the texts below ``eval_fraction * 2**64`` are the eval split."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
 def is_held_out(text: str, eval_fraction: float) -> bool:
     """True for the ``eval_fraction`` share of texts that belong to the eval split (a hash, not a draw)."""
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") < eval_fraction * 2**64
+    return split_key(text) < eval_fraction * 2**64
 
 
 def in_split(text: str, split: Split, eval_fraction: float) -> bool:

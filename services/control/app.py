@@ -34,7 +34,7 @@ from services.control.reaper import reap_forever
 from services.control.schemas import CancelRequest, HistoryQuery, ListQuery, RunList, StepHistory, SubmitRequest
 from services.control.served_models import ServedModels, check_served
 from services.control.settings import ControlSettings
-from services.control.spec_checks import SpecProblem, check_reward_names, check_task_files
+from services.control.spec_checks import SpecProblem, check_reward_names, check_task_files, task_size_problems
 
 log = logging.getLogger("cfpo.control")
 
@@ -181,14 +181,18 @@ def create_app(
 
 
 def _usable(spec: RunSpec, settings: ControlSettings, rewards: RewardClient | None) -> None:
+    problems = task_size_problems(spec)  # both splits at once: each names its own size
     try:
         if settings.check_task_files:
             check_task_files(spec)
         if rewards is not None and spec.rollout.rewards:
             check_reward_names(spec, rewards.functions())
     except SpecProblem as problem:
-        loc = ("body", *problem.loc)
-        raise RequestValidationError([{"loc": loc, "msg": f"Value error, {problem}", "type": "value_error"}]) from None
+        problems.append(problem)
+    if problems:
+        raise RequestValidationError(
+            [{"loc": ("body", *p.loc), "msg": f"Value error, {p}", "type": "value_error"} for p in problems]
+        ) from None
 
 
 def _within_budget(spec: RunSpec, registry: RunRegistry, budget_mib: int) -> None:

@@ -1,6 +1,7 @@
-"""What a submit checks beyond the spec's schema, against the world the workers will meet: the task's files exist
-and can be read, and every reward function it names is one the reward service has. Accepted without these, such a
-run would sit with its rollout workers failing on it; refused, the 422 names the field.
+"""What a submit checks beyond the spec's schema, against the world the workers will meet: a generated task holds
+the problems the run asks of it, the task's files exist and can be read, and every reward function it names is one
+the reward service has. Accepted without these, such a run would sit with its rollout workers failing on it, or
+fail at the learner's claim; refused, the 422 names the field.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import os
 from pathlib import Path
 
 from cfpo.run_spec import RunSpec
+from cfpo.tasks.arithmetic import ArithmeticTask
 from cfpo.tasks.files import FileTask
+from cfpo.tasks.problem import Split
 
 
 class SpecProblem(ValueError):
@@ -18,6 +21,17 @@ class SpecProblem(ValueError):
     def __init__(self, loc: tuple[str, ...], message: str):
         super().__init__(message)
         self.loc = loc
+
+
+def task_size_problems(spec: RunSpec) -> list[SpecProblem]:
+    """Whether the arithmetic task holds ``train_size`` distinct train problems (rollout workers load them) and, when
+    the run evaluates, ``eval_size`` eval ones (the learner loads them): counted by the task's own ``capacity``, the
+    rule its ``load`` refuses by, without drawing a problem. One problem per split short of its size."""
+    if not isinstance(spec.task, ArithmeticTask):
+        return []
+    splits: tuple[Split, ...] = ("train", "eval") if spec.evaluation.problems else ("train",)
+    shortfalls = [(split, spec.task.shortfall(split)) for split in splits]
+    return [SpecProblem(("task", f"{split}_size"), problem) for split, problem in shortfalls if problem is not None]
 
 
 def check_task_files(spec: RunSpec) -> None:

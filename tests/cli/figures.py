@@ -54,7 +54,7 @@ def read_results(path: Path) -> list[CellResult]:
                 for key, value in row.items()
                 if key not in METRICS
             },
-            figures={key: _number(row[key], float) for key in METRICS},
+            figures={key: _number(row.get(key), float) for key in METRICS},  # a sweep older than a metric lacks it
         )
         for row in rows
     ]

@@ -315,6 +315,9 @@ def test_gpu_profile_reserves_nvidia_devices_for_generation_and_learner(profile)
             assert services[service_name]["environment"]["CFPO_WEIGHT_TRANSFER"] == "ipc"
         assert services["generation-gpu"]["ipc"] == "shareable"
         assert services["learner-gpu"]["ipc"] == "service:generation-gpu"
+        # nccl: generation's workers reach the learner's rendezvous by its name on the compose network.
+        address = services["learner-gpu"]["environment"]["CFPO_WEIGHT_TRANSFER_ADDRESS"]
+        assert address in services["learner-gpu"]["networks"]["default"]["aliases"]
 
 
 @cache

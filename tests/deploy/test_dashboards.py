@@ -59,6 +59,8 @@ def test_dashboards_have_the_issue_panels_variables_and_datasource():
         "Total variation",
         "Entropy",
         "Ratio range",
+        "Effective sample size",
+        "Policy loss and gradient norm",
     } <= titles["cfpo-staleness-probe"]
     assert {
         "Generation throughput",

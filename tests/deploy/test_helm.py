@@ -16,6 +16,7 @@ import yaml
 
 from cfpo.cli.app import SERVICES
 from tests import REPO_ROOT
+from trainer.__main__ import parse_settings as learner_settings
 
 CHART = REPO_ROOT / "helm/cfpo"
 GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
@@ -83,6 +84,21 @@ def serve_args(main: dict, service: str) -> list[str]:
     return command[3:]
 
 
+TORCH_LAUNCHER = ["python", "-m", "torch.distributed.run"]  # the image's python: its environment has DeepSpeed
+
+
+def learner_args(main: dict) -> list[str]:
+    """The learner's own arguments, under torch's launcher (parsed with its parser) or `cfpo serve learner`."""
+    command = main["command"]
+    if command[:3] != TORCH_LAUNCHER:
+        return serve_args(main, "learner")
+    from torch.distributed.run import get_args_parser
+
+    launcher = get_args_parser().parse_args(command[3:])
+    assert launcher.module and launcher.standalone and launcher.training_script == "trainer"
+    return launcher.training_script_args
+
+
 # --- Helm and Kubernetes accept the chart ------------------------------------------------------------------------
 
 
@@ -147,7 +163,6 @@ def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     from services.generation.__main__ import ENTRYPOINT as generation_entrypoint
     from services.reward.__main__ import parse_settings as reward_settings
     from services.rollout.__main__ import parse_settings as rollout_settings
-    from trainer.__main__ import parse_settings as learner_settings
 
     objs = objects(values)
     ports = {c: container(objs, c)["ports"][0]["containerPort"] for c in PIPELINE}
@@ -175,16 +190,7 @@ def test_commands_parse_with_the_clis_they_start(values, monkeypatch):
     rollout = rollout_settings(serve_args(container(objs, "rollout"), "rollout"))
     assert (rollout.worker, rollout.metrics_host, rollout.metrics_port) == (True, "0.0.0.0", ports["rollout"])
 
-    command = container(objs, "learner")["command"]
-    if command[0] == "torchrun":
-        from torch.distributed.run import get_args_parser
-
-        launcher = get_args_parser().parse_args(command[1:])
-        assert launcher.module and launcher.standalone and launcher.training_script == "trainer"
-        learner_args = launcher.training_script_args
-    else:
-        learner_args = serve_args(container(objs, "learner"), "learner")
-    learner = learner_settings(learner_args)
+    learner = learner_settings(learner_args(container(objs, "learner")))
     assert (learner.worker, learner.metrics_host, learner.metrics_port) == (True, "0.0.0.0", ports["learner"])
     assert str(learner.runs_dir).startswith(f"{DATA}/")
 
@@ -199,8 +205,11 @@ def test_default_values_request_no_gpus():
 def test_gpu_values_give_generation_and_learner_their_gpus():
     objs = objects(GPU_VALUES)
     assert gpus(container(objs, "generation")) == (1, 1)
-    assert gpus(container(objs, "learner")) == (1, 1)
-    assert container(objs, "learner")["command"][:3] == ["cfpo", "serve", "learner"]
+    learner = container(objs, "learner")
+    assert gpus(learner) == (1, 1)
+    # One GPU takes the multi-GPU path too: torch's launcher with one rank (issue 28's acceptance).
+    assert learner["command"][:5] == [*TORCH_LAUNCHER, "--standalone", "--nproc-per-node=1"]
+    assert learner_settings(learner_args(learner)).worker
     for component in ("rollout", "reward", "control", "redis"):
         assert gpus(container(objs, component)) == (None, None)
     assert {c: container(objs, c)["image"] for c in ("generation", "learner", "reward")} == {
@@ -212,14 +221,31 @@ def test_gpu_values_give_generation_and_learner_their_gpus():
 
 @pytest.mark.parametrize(
     ("count", "launcher"),
-    [(1, ["cfpo", "serve", "learner"]), (4, ["torchrun", "--standalone", "--nproc-per-node=4"])],
+    [
+        (0, ["cfpo", "serve", "learner"]),
+        (1, [*TORCH_LAUNCHER, "--standalone", "--nproc-per-node=1"]),
+        (4, [*TORCH_LAUNCHER, "--standalone", "--nproc-per-node=4"]),
+    ],
 )
 def test_learner_launcher_follows_its_gpu_count(count, launcher):
     main = container(objects({"learner": {"gpus": count}}), "learner")
     assert main["command"][: len(launcher)] == launcher
-    assert gpus(main) == (count, count)
+    assert gpus(main) == ((count, count) if count else (None, None))
     [threads] = [e for e in main["env"] if e["name"] == "OMP_NUM_THREADS"]
-    assert threads["valueFrom"]["resourceFieldRef"]["divisor"] == str(count)  # each rank's share of the CPUs
+    assert threads["valueFrom"]["resourceFieldRef"]["divisor"] == str(max(count, 1))  # each rank's share of the CPUs
+    # Both launchers hand the learner the same arguments.
+    cpu = container(objects(), "learner")
+    assert learner_args(main) == learner_args(cpu)
+
+
+def test_the_gpu_images_multi_gpu_learner_starts_through_its_python():
+    """The GPU image's venv has no `torchrun` (torch is the base image's), and the base image's `torchrun` runs a
+    Python without DeepSpeed or the project: the chart starts torch's launcher with the image's `python`."""
+    main = container(objects({**GPU_VALUES, "learner": {**GPU_VALUES["learner"], "gpus": 2}}), "learner")
+    assert main["command"][:5] == [*TORCH_LAUNCHER, "--standalone", "--nproc-per-node=2"]
+    assert main["image"] == "cfpo/cfpo-gpu:0.1.0"
+    learner = learner_settings(learner_args(main))
+    assert learner.worker and learner.metrics_port == 9101
 
 
 def test_learner_generation_and_rollout_share_the_data_volume_at_one_path():
@@ -535,7 +561,7 @@ def test_every_value_is_documented():
     assert undocumented == []
 
 
-def test_scale_out_renders_torchrun_every_generation_pod_and_nccl_access():
+def test_scale_out_renders_the_launcher_every_generation_pod_and_nccl_settings():
     values = {
         **GPU_VALUES,
         "weightTransfer": "nccl",
@@ -556,7 +582,7 @@ def test_scale_out_renders_torchrun_every_generation_pod_and_nccl_access():
     assert gpus(generation) == (2, 2)
 
     learner = container(objs, "learner")
-    assert learner["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=8"]
+    assert learner["command"][:5] == [*TORCH_LAUNCHER, "--standalone", "--nproc-per-node=8"]
     memory = {kind: learner["resources"][kind]["memory"] for kind in ("requests", "limits")}
     assert memory == {"requests": "656Gi", "limits": "656Gi"}  # 16Gi of shm + 8 ranks x 80Gi
     variables = env(learner)
@@ -566,11 +592,130 @@ def test_scale_out_renders_torchrun_every_generation_pod_and_nccl_access():
     assert variables["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env(container(objs, "rollout"))["CFPO_GENERATION_URL"] == variables["CFPO_GENERATION_URL"]
 
-    rules = one(objs, "NetworkPolicy", "generation")["spec"]["ingress"]
-    learner_labels = pod(objs, "learner")["metadata"]["labels"]
-    every_port = [r for r in rules if "ports" not in r]
-    assert len(every_port) == 1  # NCCL: the learner on any port, nobody else
-    [peer] = every_port[0]["from"]
-    assert peer["podSelector"]["matchLabels"].items() <= learner_labels.items()
-    file_rules = one(objects(GPU_VALUES), "NetworkPolicy", "generation")["spec"]["ingress"]
-    assert all("ports" in r for r in file_rules)  # the file transport opens no more than the API port
+
+# --- NCCL through the NetworkPolicies ---------------------------------------------------------------------------
+
+NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "ml"}  # the namespace `render` installs into
+NCCL_PORTS = (29551, 45123)  # the learner's rendezvous (--weight-transfer-port) and an ephemeral port of NCCL's ring
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"the check reads matchLabels only: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer_matches(peer: dict, labels: dict) -> bool:
+    """A from/to peer of a rule against a pod of this release's namespace (no ipBlock: pods are not addressed so)."""
+    assert "ipBlock" not in peer, peer
+    namespace, pods = peer.get("namespaceSelector"), peer.get("podSelector", {})
+    return (namespace is None or _matches(namespace, NAMESPACE_LABELS)) and _matches(pods, labels)
+
+
+def _port_matches(rule_ports: list[dict] | None, port: int) -> bool:
+    if not rule_ports:  # no ports: every port
+        return True
+    return any(
+        p.get("protocol", "TCP") == "TCP" and p["port"] <= port <= p.get("endPort", p["port"]) for p in rule_ports
+    )
+
+
+def _admitted(policies: list[dict], pod_labels: dict, peer_labels: dict, port: int, direction: str) -> bool:
+    """Kubernetes' rule: traffic is open in ``direction`` unless a policy of that type selects the pod; then some
+    rule of one of them must admit the peer on the port."""
+    kind, peers = {"Ingress": ("ingress", "from"), "Egress": ("egress", "to")}[direction]
+    selecting = [
+        p["spec"]
+        for p in policies
+        if _matches(p["spec"]["podSelector"], pod_labels) and direction in p["spec"].get("policyTypes", ["Ingress"])
+    ]
+    return not selecting or any(
+        (not rule.get(peers) or any(_peer_matches(peer, peer_labels) for peer in rule[peers]))
+        and _port_matches(rule.get("ports"), port)
+        for policy in selecting
+        for rule in policy.get(kind, [])
+    )
+
+
+def reachable(objs: list[dict], source: str, target: str, port: int) -> bool:
+    """Whether ``source``'s pods may open a TCP connection to ``target``'s pods on ``port``: the source's egress
+    and the target's ingress both admit it."""
+    policies = of_kind(objs, "NetworkPolicy")
+    source_labels, target_labels = (pod(objs, c)["metadata"]["labels"] for c in (source, target))
+    return _admitted(policies, source_labels, target_labels, port, "Egress") and _admitted(
+        policies, target_labels, source_labels, port, "Ingress"
+    )
+
+
+NCCL_PAIRS = [("learner", "generation"), ("generation", "learner"), ("generation", "generation")]
+
+
+def test_nccl_connects_every_pair_of_ranks_through_the_network_policies():
+    """One NCCL group of the learner's rank 0 and every generation pod's workers: its bootstrap and ring connect any
+    two of them on ephemeral ports, generation pods among themselves included (2 replicas here)."""
+    values = {**GPU_VALUES, "weightTransfer": "nccl", "generation": {**GPU_VALUES["generation"], "replicas": 2}}
+    objs = objects(values)
+    assert one(objs, "StatefulSet", "generation")["spec"]["replicas"] == 2
+    assert len(of_kind(objs, "NetworkPolicy")) == 3  # generation, reward, Redis: the check reads them all
+    for source, target in NCCL_PAIRS:
+        for port in NCCL_PORTS:
+            assert reachable(objs, source, target, port), (source, target, port)
+    for outsider in ("rollout", "control"):  # only the group's members get past the API port
+        assert not reachable(objs, outsider, "generation", NCCL_PORTS[1])
+        assert reachable(objs, outsider, "generation", 8000)
+
+
+def test_the_file_transport_keeps_generation_to_its_api_port():
+    objs = objects({**GPU_VALUES, "generation": {**GPU_VALUES["generation"], "replicas": 2}})
+    for source in ("learner", "rollout", "control"):
+        assert reachable(objs, source, "generation", 8000)
+        assert not reachable(objs, source, "generation", NCCL_PORTS[1])
+    assert not reachable(objs, "generation", "generation", 8000)
+    assert not reachable(objs, "generation", "generation", NCCL_PORTS[1])
+
+
+def test_the_reachability_check_sees_a_closed_port():
+    """The check above must be able to fail: a policy that admits the learner on 8000 alone blocks NCCL."""
+    objs = objects({**GPU_VALUES, "weightTransfer": "nccl"})
+    policy = one(objs, "NetworkPolicy", "generation")["spec"]
+    policy["ingress"] = [rule for rule in policy["ingress"] if "ports" in rule]
+    assert not reachable(objs, "learner", "generation", NCCL_PORTS[1])
+    policy["policyTypes"] = ["Ingress", "Egress"]  # and an Egress type with no egress rule blocks the other way
+    assert not reachable(objs, "generation", "learner", NCCL_PORTS[0])
+
+
+# --- storage --------------------------------------------------------------------------------------------------
+
+DATA_PODS = ("generation", "learner", "rollout", "control")  # every pod that mounts the data volume
+
+
+def test_a_named_storage_class_or_one_node_with_read_write_once():
+    objs = objects({"persistence": {"storageClass": "nfs-client"}})
+    claim = one(objs, "PersistentVolumeClaim", "data")["spec"]
+    assert (claim["storageClassName"], claim["accessModes"]) == ("nfs-client", ["ReadWriteMany"])
+    assert "storageClassName" not in one(objects(), "PersistentVolumeClaim", "data")["spec"]  # the default class
+    for component in (*DATA_PODS, "reward", "redis"):  # placement as each component's own values say
+        assert "nodeSelector" not in pod(objs, component)["spec"]
+
+    values = {
+        **GPU_VALUES,
+        "persistence": {"accessModes": ["ReadWriteOnce"], "node": "gpu-node-1"},
+        "learner": {**GPU_VALUES["learner"], "nodeSelector": {"nvidia.com/gpu.product": "H100"}},
+    }
+    objs = objects(values)
+    for obj in objs:
+        if not obj["apiVersion"].startswith(CRD_GROUPS):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+    assert one(objs, "PersistentVolumeClaim", "data")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    for component in DATA_PODS:
+        assert pod(objs, component)["spec"]["nodeSelector"]["kubernetes.io/hostname"] == "gpu-node-1", component
+    assert pod(objs, "learner")["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "H100"  # kept beside it
+    for component in ("reward", "redis"):  # they do not mount it: free to go elsewhere
+        assert "nodeSelector" not in pod(objs, component)["spec"]
+    notes = render(values)["cfpo/templates/NOTES.txt"]
+    assert "(ReadWriteOnce, all on node gpu-node-1)" in notes and "Pending" not in notes
+
+
+def test_notes_say_why_a_read_write_many_claim_may_stay_pending():
+    notes = render()["cfpo/templates/NOTES.txt"]
+    assert "Pending" in notes and "persistence.storageClass" in notes and "persistence.node" in notes
+    assert "Pending" not in render({"persistence": {"storageClass": "nfs-client"}})["cfpo/templates/NOTES.txt"]

@@ -39,6 +39,20 @@ def test_on_policy_first_step_sees_ratio_one(tiny_model_dir, batch):
     assert result.metrics["entropy"] > 0
 
 
+def test_ess_is_one_on_policy_falls_as_ratios_spread_and_merges_exactly_over_micro_batches(tiny_model_dir, batch):
+    whole, split = (
+        Learner(tiny_model_dir, _config(iterations=3, micro_batch_size=micro)).train_on(batch) for micro in (None, 1)
+    )
+    # k = 0, first update: the step's forward is the sampling policy's (up to float noise) and the proximal one
+    assert whole[0].metrics["proximal_ess"] == 1.0
+    assert whole[0].metrics["behaviour_ess"] == pytest.approx(1.0, abs=1e-6)
+    for anchor in ("behaviour", "proximal"):
+        assert all(step.metrics[f"{anchor}_ess"] < 1 - 1e-4 for step in whole[1:]), anchor  # the ratios spread
+    # 16 micro-batches of one response each: the step's statistics, not a token-weighted mean of theirs (adv_std 0)
+    for key in ("adv_mean", "adv_std", "behaviour_ess", "proximal_ess"):
+        assert split[1].metrics[key] == pytest.approx(whole[1].metrics[key], rel=1e-5), key
+
+
 def test_loss_falls_on_a_fixed_batch(tiny_model_dir, batch):
     results = Learner(tiny_model_dir, _config(iterations=8)).train_on(batch)
     losses = [r.metrics["loss"] for r in results]
@@ -199,6 +213,52 @@ def test_micro_batches_do_not_change_the_step(tiny_model_dir, batch, agg):
     assert split["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
 
 
+# How a minibatch's gradient is computed, each against one whole forward at ZeRO-0: micro-batches by count or by a
+# token budget (uneven ones, of different widths), recomputed layers, the head in small pieces, and ZeRO-3, whose
+# accumulation runs from hooks on the engine's forward.
+SPLITS = {
+    "16 micro-batches of one": dict(micro_batch_size=1),
+    "a token budget": dict(max_tokens_per_micro_batch=60),
+    "gradient checkpointing": dict(gradient_checkpointing="on", micro_batch_size=4),
+    "the head in pieces of 5 tokens": dict(logit_chunk_tokens=5),
+    "ZeRO-3, a token budget": dict(zero_stage=3, max_tokens_per_micro_batch=60),
+}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_how_the_minibatch_is_computed_does_not_change_the_step(tiny_model_dir, batch, split):
+    cut = [
+        s.model_copy(
+            update={
+                "completion_ids": s.completion_ids[: 4 + i % 9],
+                "behaviour_logprobs": s.behaviour_logprobs[: 4 + i % 9],
+            }
+        )
+        for i, s in enumerate(batch)
+    ]
+    whole, other = (
+        Learner(tiny_model_dir, _config(**settings)).train_on(cut)[0].metrics for settings in ({}, SPLITS[split])
+    )
+    assert other["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    assert other["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
+    assert other["behaviour_ratio_max"] == pytest.approx(whole["behaviour_ratio_max"], rel=1e-5)
+
+
+@pytest.mark.parametrize("setting, forwards", [("off", 1), ("on", 2)])
+def test_gradient_checkpointing_recomputes_each_layer_in_the_backward_pass(tiny_model_dir, batch, setting, forwards):
+    learner = Learner(tiny_model_dir, _config(gradient_checkpointing=setting))
+    mlp, calls = learner.engine.module.model.layers[0].mlp, []
+    forward = mlp.forward  # counted by wrapping: module hooks do not fire when a checkpoint recomputes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    learner.train_on(batch)
+    assert len(calls) == forwards  # one micro-batch: its forward, and with checkpointing its recomputation
+
+
 def test_accumulation_follows_the_minibatch_and_the_ranks():
     config = LearnerConfig(batch_size=32, minibatches=2, micro_batch_size=4)
     assert config.minibatch_size == 16
@@ -208,3 +268,11 @@ def test_accumulation_follows_the_minibatch_and_the_ranks():
     assert deepspeed_config(LearnerConfig(batch_size=16), ranks=2)["train_micro_batch_size_per_gpu"] == 8
     with pytest.raises(ValueError, match="learner.micro_batch_size: 3 ranks"):
         deepspeed_config(config, ranks=3)
+
+
+def test_bf16_accumulates_gradients_in_fp32():
+    # DeepSpeed accumulates in the model's dtype unless told; fp32 accumulation under bf16 needs ZeRO >= 1.
+    settings = deepspeed_config(LearnerConfig(batch_size=16, precision="bf16"))
+    assert settings["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert settings["zero_optimization"]["stage"] == 1
+    assert "data_types" not in deepspeed_config(LearnerConfig(batch_size=16, precision="fp32"))

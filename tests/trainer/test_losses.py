@@ -255,9 +255,44 @@ def test_ratio_kl_and_advantage_metrics_by_hand():
     assert m["kl_k1"] == pytest.approx(-sum(math.log(r) for r in ratios) / 3)
     assert m["kl_k3"] == pytest.approx(sum(r - 1 - math.log(r) for r in ratios) / 3)
     assert (m["adv_mean"], m["adv_std"]) == pytest.approx((-1.0, 2.0))
+    assert m["ess"] == pytest.approx((2.0 + 0.5 + 1.0) ** 2 / (3 * (4.0 + 0.25 + 1.0)))  # (sum r)^2 / (N sum r^2)
     assert m["entropy"] == pytest.approx(2.0)
     # Only token 0 (r=2 > 1.2 with A>0) would be clipped; r=0.5 has A>0 so it is not.
     assert (m["clip_frac"], m["clip_frac_high"], m["clip_frac_low"]) == pytest.approx((1 / 3, 1 / 3, 0.0))
+
+
+def test_ess_is_one_on_policy_and_falls_as_the_ratios_spread():
+    logprobs, _, adv, mask = _random_batch(seed=4)
+    assert _region("cfpo", logprobs, logprobs.detach(), adv, mask)["ess"] == 1.0
+    # the same noise, scaled: r = exp(spread * z), whose ESS falls as the spread grows
+    ess = [_region("cfpo", *_random_batch(seed=4, spread=spread))["ess"] for spread in (0.1, 0.5, 1.5)]
+    assert 1.0 > ess[0] > ess[1] > ess[2] > 0.0, ess
+
+
+def test_dppo_tv_masks_on_the_probability_shift_on_the_side_the_advantage_favours():
+    # One token per response, eps 0.2. DPPO's region is on the sampled token's probability: a token leaves the
+    # gradient once pi - pi_old > 0.2 with A > 0, or < -0.2 with A < 0, whatever its ratio. A kept token's
+    # dLoss/dlog pi is -A min(r, 20) over the 7 responses (the ratio is a detached, truncated weight).
+    cases = [  # (pi_old, pi, A, kept)
+        (0.3, 0.6, 1.0, False),  # rose past the region, the way A pushes: masked
+        (0.6, 0.3, 1.0, True),  # fell as far, against A: kept, A pulls it back
+        (0.6, 0.3, -1.0, False),  # fell past the region, the way A pushes: masked
+        (0.3, 0.6, -1.0, True),  # rose against A: kept
+        (0.01, 0.05, 1.0, True),  # ratio 5 (a ratio clip masks it), probability up 0.04: kept
+        (0.5, 0.55, -1.0, True),  # inside the region
+        (0.001, 0.1, 1.0, True),  # ratio 100, up 0.099: kept, its weight truncated at 20
+    ]
+    old = torch.log(torch.tensor([[c[0]] for c in cases], dtype=torch.float64))
+    logprobs = torch.log(torch.tensor([[c[1]] for c in cases], dtype=torch.float64)).requires_grad_()
+    adv = torch.tensor([c[2] for c in cases], dtype=torch.float64)
+    mask = torch.ones(len(cases), 1, dtype=torch.bool)
+    loss, _ = _loss("dppo_tv", logprobs, old, adv, mask)
+    expected = [-a * min(pi / pi_old, 20.0) / len(cases) if kept else 0.0 for pi_old, pi, a, kept in cases]
+    torch.testing.assert_close(_grad(loss, logprobs)[:, 0], torch.tensor(expected, dtype=torch.float64))
+    region = _region("dppo_tv", logprobs, old, adv, mask)  # the clip metrics count the masked tokens
+    assert (region["clip_frac"], region["clip_frac_high"], region["clip_frac_low"]) == pytest.approx(
+        (2 / 7, 1 / 7, 1 / 7)
+    )
 
 
 def test_dapo_clips_higher_than_grpo():

@@ -111,7 +111,8 @@ class NativeWeightSync:
                         "restart generation"
                     ) from error
                 on_every_server(self.servers, lambda server: server.label_version(PolicyVersion(run, version)))
-        bytes_sent = sum(p.numel() * p.element_size() for p in model.parameters())
+            # Inside the gather: outside it a ZeRO-3 parameter is an empty placeholder, and would count 0 bytes.
+            bytes_sent = sum(p.numel() * p.element_size() for p in model.parameters())
         return WeightUpdate(version=version, seconds=time.perf_counter() - started, bytes=bytes_sent)
 
     def release(self, run: str, *, claim: str | None = None) -> None:

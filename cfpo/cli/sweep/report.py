@@ -2,10 +2,10 @@
 
 Per cell, from its run directory: final reward (mean of the last steps, as ``cfpo report``), held-out accuracy
 before and after training (``eval.jsonl``), and against each trust-region anchor (behaviour, proximal) the maximum
-and mean clip fraction, the maximum KL (k3) and TV and the largest |r - 1|; and the entropy trend (last step minus
-first). Figures put each loss x anchor side by side: held-out accuracy and KL against k (the headline), heatmaps
-over staleness k x iterations, and each metric against iterations (at the smallest k) and against k (at the
-smallest number of iterations).
+and mean clip fraction, the maximum KL (k3) and TV, the largest |r - 1| and the smallest effective sample size; the
+entropy trend (last step minus first) and the largest gradient norm before clipping. Figures put each loss x anchor
+side by side: held-out accuracy and KL against k (the headline), heatmaps over staleness k x iterations, and each
+metric against iterations (at the smallest k) and against k (at the smallest number of iterations).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ TRUST_REGION_FIGURES = {  # a TrustRegionSummary field -> its label
     "kl_k3_max": "KL k3 max",
     "tv_max": "TV max",
     "ratio_deviation_max": "max |r - 1|",
+    "ess_min": "ESS min",
 }
 # metric -> its label in tables and figures; the order of the report's columns and panels
 METRICS = {
@@ -46,6 +47,7 @@ METRICS = {
         for key, label in TRUST_REGION_FIGURES.items()
     },
     "entropy_change": "entropy last - first",
+    "grad_norm_max": "grad norm max",
 }
 HEATMAPS = ("heldout_after", "final_reward", anchored("behaviour", "kl_k3_max"), anchored("proximal", "kl_k3_max"))
 HEADLINE = ("heldout_after", anchored("behaviour", "kl_k3_max"), anchored("proximal", "kl_k3_max"))
@@ -103,6 +105,7 @@ def _result(cell: Cell, book: CellBook, runs_dir: Path) -> CellResult:
             if summary.entropy_first is not None and summary.entropy_last is not None
             else None
         ),
+        "grad_norm_max": summary.grad_norm_max,
     }
     return CellResult(
         **identity,

@@ -87,9 +87,14 @@ imagePullPolicy: {{ $image.pullPolicy }}
 {{- end }}
 
 {{/* Pod-level settings every component shares: no API credentials (no pod talks to Kubernetes), pull secrets,
-the security context, and the component's placement. */}}
+the security context, and the component's placement. With persistence.node, the pods that mount the data volume
+(generation, learner, rollout, control) go to that node, where a ReadWriteOnce volume serves them all. */}}
 {{- define "cfpo.podSpec" -}}
 {{- $values := index .root.Values .component -}}
+{{- $nodeSelector := deepCopy ($values.nodeSelector | default dict) }}
+{{- if and .root.Values.persistence.node (has .component (list "generation" "learner" "rollout" "control")) }}
+{{- $_ := set $nodeSelector "kubernetes.io/hostname" .root.Values.persistence.node }}
+{{- end }}
 automountServiceAccountToken: false
 {{- with $values.terminationGracePeriodSeconds }}
 terminationGracePeriodSeconds: {{ . }}
@@ -100,7 +105,7 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml ($values.podSecurityContext | default .root.Values.podSecurityContext) | nindent 2 }}
-{{- with $values.nodeSelector }}
+{{- with $nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}

@@ -1,3 +1,4 @@
+import random
 import re
 import statistics
 
@@ -5,6 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from cfpo.tasks import LEVELS, ArithmeticTask, is_held_out
+from cfpo.tasks.arithmetic import SIZE_LIMITS, level_size, random_expression
+from cfpo.tasks.arithmetic import expressions as enumerate_level
 
 OPERAND = re.compile(r"\d+")
 
@@ -112,5 +115,71 @@ def test_bad_settings_name_the_field(settings, field):
 
 
 def test_asking_for_more_problems_than_a_level_holds_says_so():
-    with pytest.raises(ValueError, match=r"eval_size: difficulty \[1\] gave only \d+ distinct eval problems"):
-        ArithmeticTask(difficulty=1).load("eval")  # one-digit sums: 100 in all, about 10 held out
+    with pytest.raises(ValueError, match=r"eval_size: difficulty \[1\] holds only 9 distinct eval problems .* not 100"):
+        ArithmeticTask(difficulty=1).load("eval")  # one-digit sums: 100 in all, 9 held out
+
+
+# --- capacity: how many distinct problems a split holds, counted without drawing them -----------------------------
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_the_enumeration_is_every_expression_the_stream_draws(level):
+    every = dict(enumerate_level(LEVELS[level]))
+    assert len(every) == level_size(LEVELS[level])  # each text once
+    rng = random.Random(level)
+    for _ in range(2000):
+        expression, value = random_expression(rng, LEVELS[level])
+        assert every[expression] == value
+
+
+@pytest.mark.parametrize("difficulty", [[1], [2], [1, 2]])
+@pytest.mark.parametrize("eval_fraction", [0.1, 0.5])
+def test_capacity_of_enumerable_levels_is_the_exact_count_by_hash(difficulty, eval_fraction):
+    texts = {text for level in difficulty for text, _ in enumerate_level(LEVELS[level])}
+    held_out = sum(is_held_out(text, eval_fraction) for text in texts)
+    task = ArithmeticTask(difficulty=difficulty, eval_fraction=eval_fraction)
+    assert (task.capacity("train"), task.capacity("eval")) == (len(texts) - held_out, held_out)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"difficulty": [1]},  # 9 eval problems: the stream finds them all
+        {"difficulty": [2], "eval_fraction": 0.01},  # 153: more than its draws find; the enumeration adds the rest
+        {"difficulty": [4], "eval_fraction": 0.025},  # a large level at a small share: the bound on what draws find
+        {"difficulty": [1, 4], "eval_fraction": 0.025},
+    ],
+)
+def test_a_split_at_its_capacity_loads_and_one_more_is_refused_before_drawing(settings):
+    task = ArithmeticTask(**settings)
+    capacity = task.capacity("eval")
+    assert 0 < capacity < 1000
+    problems = task.model_copy(update={"eval_size": capacity}).load("eval")
+    assert len({p.metadata["expression"] for p in problems}) == capacity
+    assert all(is_held_out(p.metadata["expression"], task.eval_fraction) for p in problems)
+    over = task.model_copy(update={"eval_size": capacity + 1})
+    assert over.shortfall("eval") is not None and str(capacity) in over.shortfall("eval")
+    with pytest.raises(ValueError, match=rf"^eval_size: difficulty .* {capacity} distinct eval problems"):
+        over.load("eval")
+
+
+def test_capacity_is_cheap_and_total_at_the_extremes():
+    for difficulty in ([1], [3], [4], [5], [1, 2, 3, 4, 5], [1, 1, 1, 5]):
+        for eval_fraction in (5e-324, 1e-9, 0.5, 1 - 1e-16):
+            task = ArithmeticTask(difficulty=difficulty, eval_fraction=eval_fraction, train_size=10**7, eval_size=10**5)
+            for split in ("train", "eval"):
+                assert task.capacity(split) >= 0  # exact counts may pass the size limit (level 3 holds 123,462)
+                assert task.shortfall(split) is None or "distinct" in task.shortfall(split)
+    assert ArithmeticTask(difficulty=[4]).capacity("train") == SIZE_LIMITS["train"]  # every size it admits
+
+
+def test_the_refusal_says_the_numbers_and_the_fix():
+    assert ArithmeticTask(difficulty=1).shortfall("eval") == (
+        "difficulty [1] holds only 9 distinct eval problems at eval_fraction 0.1, not 100; ask for at most 9, add a "
+        "harder level or raise eval_fraction"
+    )
+    # at this share even the largest level adds too few: only eval_fraction helps
+    assert ArithmeticTask(difficulty=1, eval_fraction=0.999).shortfall("train") == (
+        "difficulty [1] holds only 0 distinct train problems at eval_fraction 0.999, not 1000; lower eval_fraction"
+    )
+    assert ArithmeticTask(difficulty=1, train_size=91, eval_size=9).shortfall("train") is None

@@ -18,8 +18,10 @@ def write_run(path, steps=6, buckets=True, spec_loss=None, warm_up_steps=0, spec
 
     Step s, against the behaviour policy: clip_frac rows 0.01s and 0.01s + 0.02 (step mean 0.01s + 0.01); kl_k3
     rows 0.001s and 0.003s (mean 0.002s); tv rows 0.05 and 0.07; ratio_max 1 + 0.1s, ratio_min 1 - 0.05s. Against
-    the proximal policy: half of clip_frac and kl_k3, tv rows 0 and 0.01, ratios 1. Reward 0.1(s+1); entropy rows
-    2 - 0.1s ± 0.05; staleness_max rows 0 and s // 2.
+    the proximal policy: half of clip_frac and kl_k3, tv rows 0 and 0.01, ratios 1. ESS rows 1 - 0.05s and
+    1 - 0.05s - 0.02 against the behaviour policy (mean 0.99 - 0.05s), 1 and 0.99 against the proximal one. Reward
+    0.1(s+1); entropy rows 2 - 0.1s ± 0.05; staleness_max rows 0 and s // 2; grad_norm rows 1 + 0.1s and
+    1.2 + 0.1s, NaN at step 0 (as a ZeRO stage that reports none).
     """
     path.mkdir(parents=True)
     rows = []
@@ -42,10 +44,12 @@ def write_run(path, steps=6, buckets=True, spec_loss=None, warm_up_steps=0, spec
                 "proximal_tv": 0.01 * i,
                 "proximal_ratio_max": 1.0,
                 "proximal_ratio_min": 1.0,
+                "behaviour_ess": 1 - 0.05 * s - 0.02 * i,
+                "proximal_ess": 1 - 0.01 * i,
                 "entropy": 2 - 0.1 * s + sign * 0.05,
                 "staleness_mean": 0.25 * i,
                 "staleness_max": (s // 2) * i,
-                "grad_norm": float("nan"),
+                "grad_norm": float("nan") if s == 0 else 1 + 0.1 * s + 0.2 * i,
             }
             if buckets:
                 row["behaviour_clip_frac/staleness_0"] = 0.0
@@ -84,8 +88,10 @@ def test_summary_matches_hand_computed_values(tmp_path):
     assert behaviour.ratio_deviation_max == pytest.approx(0.5)  # ratio_max 1.5 at step 5
     assert (proximal.clip_frac_max, proximal.kl_k3_max, proximal.tv_mean) == pytest.approx((0.03, 0.005, 0.005))
     assert proximal.ratio_deviation_max == 0
+    assert (behaviour.ess_min, proximal.ess_min) == pytest.approx((0.74, 0.995))  # the smallest step mean
     assert (summary.entropy_first, summary.entropy_last) == (pytest.approx(2.0), pytest.approx(1.5))
     assert summary.staleness_max == 2  # *_max keys reduce by max: the step mean would give 1
+    assert summary.grad_norm_max == pytest.approx(1.6)  # step 5's mean; step 0's NaN is no value
 
 
 def test_warm_up_steps_are_left_out_of_the_summary_unless_all_are_asked_for(tmp_path):
@@ -119,7 +125,8 @@ def test_report_writes_table_and_valid_figures(tmp_path):
         assert width > 300 and height > 300
     markdown = (out / "report.md").read_text()
     assert (
-        "| run-a | – | 6 | 0.4 | 0.06 / 0.03 | 0.035 / 0.0175 | 0.01 / 0.005 | 0.06 / 0.005 | 2 → 1.5 | 2 |" in markdown
+        "| run-a | – | 6 | 0.4 | 0.06 / 0.03 | 0.035 / 0.0175 | 0.01 / 0.005 | 0.06 / 0.005 | 0.74 / 0.995 "
+        "| 2 → 1.5 | 2 | 1.6 |" in markdown
     )
     for png in pngs:
         assert f"]({png.name})" in markdown  # relative to report.md

@@ -3,8 +3,10 @@ every schema-valid request accepted.
 
 The schema states every cross-field rule of the run spec that JSON Schema can (learner.batch_size is read-only,
 fixed staleness syncs every version, a stale run names its anchor, grpo has no eps_high, a file task has one eval
-source). Four it cannot state, a product, two divisors and one field against another, are in the fields' texts;
-``_keep_unstatable_rules`` makes a generated spec keep them, so that everything else the schema admits is tried.
+source). Five it cannot state, a product, two divisors, one field against another and an arithmetic task's sizes
+against what its levels hold, are in the fields' texts; ``_keep_unstatable_rules`` makes a generated spec keep them,
+so that everything else the schema admits is tried. The sizes may be fuzzed up to millions: the API counts what a
+task holds, it never draws the problems.
 The API under test reads no task files and has a budget no spec reaches: those refusals depend on the files and the
 other runs, not on the request, and tests/services/control/test_validation.py covers them.
 """
@@ -22,6 +24,7 @@ from cfpo.config import MAX_BATCH_SIZE, LearnerConfig
 from cfpo.metrics import CONTROL_METRICS, PrometheusRecorder
 from cfpo.registry import RunRegistry
 from cfpo.run_spec import RolloutConfig, StalenessConfig
+from cfpo.tasks import ArithmeticTask
 from services.control.app import create_app
 from services.control.settings import ControlSettings
 from tests.services.control.conftest import TOKEN, Api, control_api
@@ -64,10 +67,28 @@ def _keep_unstatable_rules(spec: dict) -> None:
     if learner.get("micro_batch_size") is not None:
         minibatch = prompts * group_size // learner["minibatches"]
         learner["micro_batch_size"] = math.gcd(int(learner["micro_batch_size"]), minibatch)
+        learner.pop("max_tokens_per_micro_batch", None)  # one way to size micro-batches, not both
     staleness = spec.get("staleness", {})
     if staleness.get("mode", "bounded") == "bounded":
         most = int(staleness.get("max_staleness", StalenessConfig().max_staleness)) + 1
         spec["sync_every"] = min(int(spec.get("sync_every", 1)), most)
+    task = spec.get("task")
+    if isinstance(task, dict) and task.get("kind") == "arithmetic":
+        _fit_arithmetic_sizes(task)
+
+
+def _fit_arithmetic_sizes(task: dict) -> None:
+    """Sizes no larger than the task's levels hold (ArithmeticTask.capacity, the rule the API refuses by); a split
+    that holds none at this eval_fraction (one-digit sums at 0.999 keep no train problem) gets an even share."""
+    try:
+        arithmetic = ArithmeticTask.model_validate(task)
+    except ValueError:  # pydantic's ValidationError: the API refuses it by the schema's rules, not this one
+        return
+    if min(arithmetic.capacity("train"), arithmetic.capacity("eval")) < 1:
+        task["eval_fraction"] = 0.5
+        arithmetic = ArithmeticTask.model_validate(task)
+    task["train_size"] = min(arithmetic.train_size, arithmetic.capacity("train"))
+    task["eval_size"] = min(arithmetic.eval_size, arithmetic.capacity("eval"))
 
 
 def test_fuzz_schema_is_the_served_one(fuzzed_api):
