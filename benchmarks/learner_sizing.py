@@ -7,7 +7,8 @@ Per GPU, in bytes, for a bf16 learner (fp32 gradient accumulation, ZeRO >= 1), g
   two moments 8), divided by the ranks under ZeRO-3;
 - activations: per token of the micro-batch, each layer's checkpointed input (L x H x 2) and one layer's
   recomputed working set ((10 H + 4 I) x 2), times ``MEASURED_OVER_FORMULA``;
-- the output head: one piece of ``logit_chunk_tokens`` x V fp32 logits, with its log-softmax and probabilities (x 3).
+- the output head: one piece of ``logit_chunk_tokens`` x V fp32 logits, five times over (the logits, their
+  log-softmax, the probabilities, their product for the entropy, and the gradient when the piece is recomputed).
 
 What fits leaves ``HEADROOM`` of the GPU to the CUDA context, the allocator's fragmentation and NCCL's buffers.
 """
@@ -23,7 +24,8 @@ from cfpo.config import LOGIT_CHUNK_TOKENS
 
 GB = 1e9
 STATE_BYTES_PER_PARAMETER = 20
-MEASURED_OVER_FORMULA = 1.15  # the CPU measurement's activations per token over the formula's (README)
+MEASURED_OVER_FORMULA = 1.15  # margin on activations: the CPU measurement came out 1.1 x the formula (README)
+HEAD_COPIES = 5
 HEADROOM = 0.10
 GPU_GB = 80.0
 
@@ -57,7 +59,7 @@ def activation_bytes_per_token(shape: Shape, element_bytes: int = 2) -> float:
 def fixed_bytes(shape: Shape, ranks: int = 1) -> float:
     """States and the head's piece: what a micro-batch of any length adds its activations to."""
     states = STATE_BYTES_PER_PARAMETER * shape.parameters / ranks
-    head_piece = LOGIT_CHUNK_TOKENS * shape.vocabulary * 4 * 3
+    head_piece = LOGIT_CHUNK_TOKENS * shape.vocabulary * 4 * HEAD_COPIES
     return states + head_piece
 
 

@@ -118,9 +118,16 @@ def _last_hidden_state(model: torch.nn.Module, input_ids: Tensor, attention_mask
     decoder alone is called, which keeps no per-layer states.
     """
     if torch.is_grad_enabled():
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,  # nothing decodes after this forward
+        )
         return outputs.hidden_states[-1]
-    return _unwrapped(model).get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    decoder = _unwrapped(model).get_decoder()
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
 def _head_in_pieces(
