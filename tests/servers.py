@@ -23,9 +23,11 @@ def stack_port_offset() -> int:
 
 
 def interruptible() -> None:
-    """A ``preexec_fn`` giving the child Ctrl-C's default action, as in a terminal: a test run started as a
-    background job (``cmd &``) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    """A ``preexec_fn`` giving the child Ctrl-C's and hang-up's default actions, as in a terminal: a test run started
+    as a background job (``cmd &``) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; one
+    started under ``nohup`` inherits SIGHUP ignored, which ``cfpo up`` honours by staying up."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -60,10 +60,18 @@ sys.exit(serve(stack))
 """
 
 
-def _serve(state: Path, mode: str, **popen) -> subprocess.Popen:
+def _serve(state: Path, mode: str, preexec_fn=None, **popen) -> subprocess.Popen:
+    """``cfpo up`` of two cheap services, with the terminal's signal actions whatever this run inherited, then
+    ``preexec_fn``."""
     env = {**os.environ, "COLUMNS": "200"}  # the last line of the URLs unwrapped, on a terminal too
     argv = [sys.executable, "-c", SERVE, str(state), mode, str(stack_port_offset()), SERVICE]
-    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, start_new_session=True, **popen)
+
+    def start() -> None:
+        interruptible()
+        if preexec_fn is not None:
+            preexec_fn()
+
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, start_new_session=True, preexec_fn=start, **popen)
 
 
 def _service_pids(state: Path) -> list[int]:
@@ -152,7 +160,6 @@ def test_closing_its_terminal_stops_every_service(state):
 
 def test_sighup_ignored_as_under_nohup_leaves_the_stack_up(output, state):
     def ignore_hangups() -> None:
-        interruptible()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     with output.open("w") as log:
@@ -171,7 +178,7 @@ def test_sighup_ignored_as_under_nohup_leaves_the_stack_up(output, state):
 
 def test_a_second_ctrl_c_kills_the_services_still_stopping(output, state):
     with output.open("w") as log:
-        up = _serve(state, "stubborn", stdout=log, stderr=subprocess.STDOUT, preexec_fn=interruptible)
+        up = _serve(state, "stubborn", stdout=log, stderr=subprocess.STDOUT)
     try:
         pids = _wait_until_up(up, output, state)
         up.send_signal(signal.SIGINT)
