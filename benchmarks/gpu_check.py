@@ -32,16 +32,11 @@ from typing import Any, Literal
 
 import typer
 
+from benchmarks.learner_memory import QWEN25_05B
+
 Device = Literal["cuda", "cpu"]
 SHAPES: dict[str, dict[str, Any]] = {
-    "cuda": dict(
-        vocab_size=151_936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-    ),
+    "cuda": QWEN25_05B,
     "cpu": dict(
         vocab_size=1024,
         hidden_size=64,
@@ -49,6 +44,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        tie_word_embeddings=True,
     ),
 }
 LENGTHS = {"cuda": (128, 4096), "cpu": (16, 48)}  # prompt, completion tokens per sequence
@@ -63,7 +59,7 @@ def build_model(device: Device, directory: Path) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(**SHAPES[device], tie_word_embeddings=True)).save_pretrained(directory)
+    Qwen2ForCausalLM(Qwen2Config(**SHAPES[device])).save_pretrained(directory)
     return directory
 
 

@@ -24,6 +24,19 @@ def _config(loss="cfpo", **overrides):
     return LearnerConfig(**settings)
 
 
+def _cut_to_different_lengths(batch):
+    """The batch with completions of 4 to 12 tokens: micro-batches of different widths."""
+    return [
+        s.model_copy(
+            update={
+                "completion_ids": s.completion_ids[: 4 + i % 9],
+                "behaviour_logprobs": s.behaviour_logprobs[: 4 + i % 9],
+            }
+        )
+        for i, s in enumerate(batch)
+    ]
+
+
 def _max_ratio_deviation(results):
     return max(max(r.metrics["behaviour_ratio_max"] - 1, 1 - r.metrics["behaviour_ratio_min"]) for r in results)
 
@@ -197,15 +210,7 @@ def test_micro_batches_do_not_change_the_step(tiny_model_dir, batch, agg):
     # Gradient accumulation is an implementation detail: one optimizer step's gradient and loss are the same
     # whether the minibatch is one forward or 16 (of different token counts, each cut to its own width).
     loss = LossConfig(name="cfpo", agg=agg, norm_length=16 if agg == "seq-mean-token-sum-norm" else None)
-    cut = [
-        s.model_copy(
-            update={
-                "completion_ids": s.completion_ids[: 4 + i % 9],
-                "behaviour_logprobs": s.behaviour_logprobs[: 4 + i % 9],
-            }
-        )
-        for i, s in enumerate(batch)
-    ]
+    cut = _cut_to_different_lengths(batch)
     whole, split = (
         Learner(tiny_model_dir, _config(loss, micro_batch_size=micro)).train_on(cut)[0].metrics for micro in (None, 1)
     )
@@ -227,15 +232,7 @@ SPLITS = {
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_how_the_minibatch_is_computed_does_not_change_the_step(tiny_model_dir, batch, split):
-    cut = [
-        s.model_copy(
-            update={
-                "completion_ids": s.completion_ids[: 4 + i % 9],
-                "behaviour_logprobs": s.behaviour_logprobs[: 4 + i % 9],
-            }
-        )
-        for i, s in enumerate(batch)
-    ]
+    cut = _cut_to_different_lengths(batch)
     whole, other = (
         Learner(tiny_model_dir, _config(**settings)).train_on(cut)[0].metrics for settings in ({}, SPLITS[split])
     )
